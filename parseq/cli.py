@@ -1,0 +1,189 @@
+"""The ``parseq`` command: the all-in-one server, each service alone, and one-off runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from parseq.errors import ParseqError
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Report Parseq errors as one line on stderr and exit 1, without a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ParseqError as exc:
+            click.echo(f"parseq: error: {exc.message}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            click.echo(f"parseq: error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _build_app(**overrides: Any):  # type: ignore[no-untyped-def]
+    from parseq.app import create_app
+    from parseq.config import Config
+
+    config = Config.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    return create_app(config)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@click.group()
+@click.version_option(package_name="parseq")
+def main() -> None:
+    """Parseq: run and schedule web parsers written in Python."""
+
+
+@main.command("init-db")
+@_one_line_errors
+def init_db_cmd() -> None:
+    """Create the database tables and register the parsers shipped in parsers/."""
+    from parseq.app import init_db
+    from parseq.registry import sync_shipped
+
+    app = _build_app()
+    init_db(app)
+    with app.app_context():
+        added = sync_shipped(app.extensions["parseq"].config)
+    click.echo(f"database ready; {len(added)} parser(s) registered")
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (PARSEQ_HOST).")
+@click.option("--port", type=int, default=None, help="Port (PARSEQ_PORT).")
+@click.option("--threads", type=int, default=None, help="Worker threads (PARSEQ_WORKER_THREADS).")
+@_one_line_errors
+def up(host: str | None, port: int | None, threads: int | None) -> None:
+    """All in one process: database, worker threads and the web admin (embedded default)."""
+    from parseq.app import init_db
+    from parseq.models import Run, db
+    from parseq.registry import sync_shipped
+    from parseq.runs import create_run, get_parser
+    from parseq.tasks import start_worker
+
+    app = _build_app(host=host, port=port, worker_threads=threads)
+    config = app.extensions["parseq"].config
+    init_db(app)
+    with app.app_context():
+        sync_shipped(config)
+        if db.session.execute(db.select(Run.id).limit(1)).first() is None:
+            # A first run, so a new install shows a completed run out of the box.
+            with contextlib.suppress(ParseqError):
+                create_run(get_parser("pi"), {"digits": 50})
+    worker = start_worker(app)
+    server = _make_server(config.host, config.port, app)
+    url = f"http://{config.host}:{server.server_port}"
+    click.echo(f"Parseq is up: admin {url}/admin/  API {url}/api/v1/parsers  (Ctrl+C stops)")
+    click.echo(f"  database {config.database_url}\n  storage  {config.storage_url}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _wait_for_signal()
+    finally:
+        click.echo("stopping...")
+        server.shutdown()
+        worker.stop()
+
+
+def _make_server(host: str, port: int, app: Any) -> Any:
+    from werkzeug.serving import make_server
+
+    try:
+        return make_server(host, port, app, threaded=True)
+    except OSError as exc:
+        raise ParseqError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (PARSEQ_HOST).")
+@click.option("--port", type=int, default=None, help="Port (PARSEQ_PORT).")
+@_one_line_errors
+def web(host: str | None, port: int | None) -> None:
+    """The web admin and REST API only (for production use gunicorn 'parseq.wsgi:app')."""
+    app = _build_app(host=host, port=port)
+    config = app.extensions["parseq"].config
+    server = _make_server(config.host, config.port, app)
+    click.echo(f"Parseq web on http://{config.host}:{server.server_port}/admin/")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _wait_for_signal()
+    finally:
+        server.shutdown()
+
+
+@main.command()
+@click.option("--threads", type=int, default=None, help="Worker threads (PARSEQ_WORKER_THREADS).")
+@_one_line_errors
+def worker(threads: int | None) -> None:
+    """A worker: executes runs from the broker's queue until stopped."""
+    from parseq.tasks import start_worker
+
+    app = _build_app(worker_threads=threads)
+    w = start_worker(app)
+    click.echo(f"Parseq worker on {app.extensions['parseq'].config.broker_url} (Ctrl+C stops)")
+    try:
+        _wait_for_signal()
+    finally:
+        w.stop()
+
+
+def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any]:
+    """``k=v`` pairs; a value that is valid JSON (numbers, true, lists) is taken as JSON."""
+    args: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not of the form key=value")
+        try:
+            args[key] = json.loads(raw)
+        except ValueError:
+            args[key] = raw
+    return args
+
+
+@main.command("run")
+@click.argument("parser")
+@click.option("--arg", "args", multiple=True, callback=_parse_arg, help="key=value (repeatable)")
+@_one_line_errors
+def run_cmd(parser: str, args: dict[str, Any]) -> None:
+    """Run PARSER now in this process and print its status and where its files went."""
+    from parseq.app import init_db
+    from parseq.registry import sync_shipped
+    from parseq.runs import get_parser, run_now
+
+    app = _build_app()
+    init_db(app)
+    with app.app_context():
+        sync_shipped(app.extensions["parseq"].config)
+        run = run_now(get_parser(parser), args)
+        storage_url = app.extensions["parseq"].config.storage_url
+        click.echo(f"run {run.id} of {parser}: {run.status.value}")
+        for f in run.files:
+            click.echo(f"  {f.name} ({f.size} bytes) -> {storage_url}/{f.storage_key}")
+        if run.error:
+            click.echo(f"error: {run.error}", err=True)
+        if run.status.value != "completed":
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""All of Parseq's settings, read from ``PARSEQ_*`` environment variables.
+
+This is the only module that reads ``os.environ``. Every setting has a default that gives the
+embedded all-in-one mode (SQLite, local storage, in-memory broker) under ``./var``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from parseq.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one Parseq process. Build with :meth:`from_env`; override with ``replace``."""
+
+    #: SQLAlchemy URL: ``sqlite:///path`` or ``postgresql://user@host/db``.
+    database_url: str = ""
+    #: ``memory://`` (in-process), ``amqp://user:pass@host:5672/vhost`` or ``redis://host:6379/0``.
+    broker_url: str = "memory://"
+    #: Dramatiq queue that runs are sent to; workers consume the same name.
+    queue_name: str = "parseq"
+    #: ``file:///abs/path`` or ``s3://bucket/prefix``.
+    storage_url: str = ""
+    #: S3-compatible endpoint (MinIO, Yandex Object Storage, moto); empty = AWS.
+    s3_endpoint_url: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_region: str = "us-east-1"
+    #: Folders the parser paths are relative to.
+    parsers_dir: Path = PROJECT_ROOT / "parsers"
+    notebooks_dir: Path = PROJECT_ROOT / "notebooks"
+    #: Cached per-parser virtualenvs.
+    envs_dir: Path = PROJECT_ROOT / "envs"
+    #: Working data: SQLite file, local storage, run working directories, parser state.
+    var_dir: Path = PROJECT_ROOT / "var"
+    #: Wall-clock limit of a run when its parser sets none, in seconds.
+    default_timeout_s: float = 3600.0
+    #: Time a timed-out or cancelled run gets between SIGTERM and SIGKILL, in seconds.
+    kill_grace_s: float = 2.0
+    #: Bytes of stderr kept as a failed run's error message.
+    error_tail_bytes: int = 2000
+    #: Largest run log stored, in bytes; the rest is cut with a marker.
+    max_log_bytes: int = 10 * 1024 * 1024
+    #: Keep run working directories after their files are stored (for debugging).
+    keep_workdirs: bool = False
+    #: Worker threads per worker process (and in ``parseq up``).
+    worker_threads: int = 2
+    #: Web server bind address.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Flask secret key (sessions, CSRF). Generated into ``var/`` when empty.
+    secret_key: str = ""
+    #: Runs per page in list endpoints, and the largest page a client may ask for.
+    page_size: int = 50
+    max_page_size: int = 500
+    #: Logging level of Parseq's own processes.
+    log_level: str = "INFO"
+    #: Extra Flask settings (tests); not read from the environment.
+    flask: Mapping[str, Any] = field(default_factory=dict)
+    #: What parser processes inherit from ours: PATH and locale only (see ``runner.build_env``).
+    child_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def runs_dir(self) -> Path:
+        """Working directories of runs in progress."""
+        return self.var_dir / "runs"
+
+    @property
+    def state_dir(self) -> Path:
+        """Per-parser directories that persist between runs (``PARSEQ_STATE_DIR``)."""
+        return self.var_dir / "state"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Read every setting from ``PARSEQ_<NAME>`` variables, then apply ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in ("flask", "child_env"):
+                continue
+            raw = env.get(f"PARSEQ_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, raw, type(getattr(_DEFAULTS, f.name)))
+        values["child_env"] = {
+            k: v for k, v in env.items() if k in ("PATH", "LANG") or k.startswith("LC_")
+        }
+        values.update(overrides)
+        return cls(**values).resolved()
+
+    def resolved(self) -> Config:
+        """Fill the defaults that depend on other settings (paths under ``var_dir``)."""
+        var_dir = Path(self.var_dir).resolve()
+        changes: dict[str, Any] = {
+            "var_dir": var_dir,
+            "parsers_dir": Path(self.parsers_dir).resolve(),
+            "notebooks_dir": Path(self.notebooks_dir).resolve(),
+            "envs_dir": Path(self.envs_dir).resolve(),
+        }
+        if not self.database_url:
+            changes["database_url"] = f"sqlite:///{var_dir / 'parseq.db'}"
+        elif self.database_url.startswith(("postgresql://", "postgres://")):
+            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; our driver is psycopg2.
+            changes["database_url"] = (
+                "postgresql+psycopg2://" + self.database_url.split("://", 1)[1]
+            )
+        if not self.storage_url:
+            changes["storage_url"] = (var_dir / "storage").as_uri()
+        if self.default_timeout_s <= 0:
+            raise ConfigError("PARSEQ_DEFAULT_TIMEOUT_S must be > 0")
+        if self.worker_threads < 1:
+            raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
+        return replace(self, **changes)
+
+
+def _coerce(name: str, raw: str, kind: type) -> Any:
+    """Turn an environment string into the type of the setting's default."""
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if issubclass(kind, Path):
+            return Path(raw).expanduser()
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"PARSEQ_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+_DEFAULTS = Config()

@@ -1,0 +1,236 @@
+"""Database models: parsers, their runs, and the files each run stored."""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """A timestamp that always comes back timezone-aware UTC (SQLite stores it naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; Parseq stores timezone-aware UTC only")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is in its life. The last four are final."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+class RunTrigger(str, enum.Enum):
+    """What created a run."""
+
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    API = "api"
+
+
+class ParserKind(str, enum.Enum):
+    SCRIPT = "script"
+    NOTEBOOK = "notebook"
+
+
+def _str_enum(cls: type[enum.Enum]) -> sa.Enum:
+    # Stored as plain strings (no native PG enum) so adding a value needs no migration.
+    return sa.Enum(
+        cls,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class Parser(db.Model):
+    """A registered parser: a script in ``parsers/`` or a notebook in ``notebooks/``."""
+
+    __tablename__ = "parsers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    kind: Mapped[ParserKind] = mapped_column(_str_enum(ParserKind), default=ParserKind.SCRIPT)
+    #: Relative to ``parsers_dir`` (scripts) or ``notebooks_dir`` (notebooks).
+    path: Mapped[str] = mapped_column(sa.String(512))
+    requirements: Mapped[str] = mapped_column(sa.Text, default="")
+    default_args: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    #: Secret name -> value. Never serialized by ``to_dict``.
+    secrets: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    #: Wall-clock limit; None = the configured default.
+    timeout_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    max_retries: Mapped[int] = mapped_column(default=0)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="parser", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parser as the API shows it: secrets by name only."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "kind": self.kind.value,
+            "path": self.path,
+            "requirements": self.requirements,
+            "default_args": self.default_args or {},
+            "secrets": sorted(self.secrets or {}),
+            "timeout_s": self.timeout_s,
+            "max_retries": self.max_retries,
+            "enabled": self.enabled,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+class Run(db.Model):
+    """One execution of a parser."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        sa.Index("ix_runs_parser_id_id", "parser_id", "id"),
+        sa.Index("ix_runs_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parser_id: Mapped[int] = mapped_column(sa.ForeignKey("parsers.id", ondelete="CASCADE"))
+    status: Mapped[RunStatus] = mapped_column(_str_enum(RunStatus), default=RunStatus.PENDING)
+    trigger: Mapped[RunTrigger] = mapped_column(_str_enum(RunTrigger), default=RunTrigger.MANUAL)
+    args: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    attempt: Mapped[int] = mapped_column(default=1)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exit_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    progress_done: Mapped[float | None]
+    progress_total: Mapped[float | None]
+    progress_message: Mapped[str | None] = mapped_column(sa.String(500))
+    worker_id: Mapped[str | None] = mapped_column(sa.String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    env_key: Mapped[str | None] = mapped_column(sa.String(64))
+
+    parser: Mapped[Parser] = relationship(back_populates="runs")
+    files: Mapped[list[RunFile]] = relationship(
+        back_populates="run",
+        cascade="all, delete-orphan",
+        order_by="RunFile.name",
+        passive_deletes=True,
+    )
+
+    def __str__(self) -> str:
+        return f"run {self.id}"
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return round((end - self.started_at).total_seconds(), 3)
+
+    def file(self, name: str) -> RunFile | None:
+        return next((f for f in self.files if f.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as the API shows it."""
+        return {
+            "id": self.id,
+            "parser": self.parser.name,
+            "status": self.status.value,
+            "trigger": self.trigger.value,
+            "args": self.args or {},
+            "attempt": self.attempt,
+            "queued_at": _iso(self.queued_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "duration_s": self.duration_s,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "progress": {
+                "done": self.progress_done,
+                "total": self.progress_total,
+                "message": self.progress_message,
+            },
+            "worker_id": self.worker_id,
+            "heartbeat_at": _iso(self.heartbeat_at),
+            "env_key": self.env_key,
+            "files": [f.to_dict() for f in self.files],
+        }
+
+
+class RunFile(db.Model):
+    """A result file of a run, as stored in the storage backend."""
+
+    __tablename__ = "run_files"
+    __table_args__ = (sa.UniqueConstraint("run_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"))
+    #: Path relative to the run's output folder, ``/``-separated (``data/items.csv``).
+    name: Mapped[str] = mapped_column(sa.String(512))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    storage_key: Mapped[str] = mapped_column(sa.String(1024))
+
+    run: Mapped[Run] = relationship(back_populates="files")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

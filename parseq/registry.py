@@ -1,0 +1,113 @@
+"""Finding parsers on disk: path validation, script resolution, and registering shipped ones."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from parseq.config import Config
+from parseq.errors import ScriptNotFound, ValidationError
+from parseq.models import NAME_RE, Parser, ParserKind, db
+
+log = logging.getLogger(__name__)
+
+SUFFIX = {ParserKind.SCRIPT: ".py", ParserKind.NOTEBOOK: ".ipynb"}
+
+
+def root_for(config: Config, kind: ParserKind) -> Path:
+    """The folder a parser of this kind has its path relative to."""
+    return config.parsers_dir if kind is ParserKind.SCRIPT else config.notebooks_dir
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValidationError(
+            "name must be 1-64 lowercase letters, digits, _ or -, starting with a letter or digit",
+            field="name",
+        )
+    return name
+
+
+def validate_path(config: Config, kind: ParserKind, rel: object) -> str:
+    """Check that ``rel`` names a file of the right type inside its root; return it normalized.
+
+    Absolute paths, ``..`` and symlinks leading out of the root are refused.
+    """
+    if not isinstance(rel, str) or not rel.strip():
+        raise ValidationError("path is required", field="path")
+    root = root_for(config, kind)
+    candidate = Path(rel.strip())
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise ValidationError(f"path must be relative to {root.name}/ without '..'", field="path")
+    if candidate.suffix != SUFFIX[kind]:
+        raise ValidationError(f"a {kind.value} path must end with {SUFFIX[kind]}", field="path")
+    full = (root / candidate).resolve()
+    if not full.is_relative_to(root):
+        raise ValidationError(f"path leads outside {root.name}/", field="path")
+    return candidate.as_posix()
+
+
+def resolve_script(config: Config, parser: Parser) -> Path:
+    """The absolute path of the parser's file, checked to exist inside its root."""
+    root = root_for(config, parser.kind)
+    full = (root / parser.path).resolve()
+    if not full.is_relative_to(root):
+        raise ScriptNotFound(f"{parser.kind.value} path {parser.path!r} leads outside {root}")
+    if not full.is_file():
+        raise ScriptNotFound(f"{parser.kind.value} {root.name}/{parser.path} does not exist")
+    return full
+
+
+@dataclass(frozen=True)
+class Discovered:
+    name: str
+    path: str
+    description: str
+
+
+def discover(config: Config) -> list[Discovered]:
+    """Scripts shipped in ``parsers/``: ``<name>.py`` or ``<name>/main.py``; ``_`` files skipped."""
+    root = config.parsers_dir
+    found: list[Discovered] = []
+    if not root.is_dir():
+        return found
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(("_", ".")):
+            continue
+        if entry.is_file() and entry.suffix == ".py":
+            script, name = entry, entry.stem
+        elif entry.is_dir() and (entry / "main.py").is_file():
+            script, name = entry / "main.py", entry.name
+        else:
+            continue
+        name = name.lower().replace(" ", "-")
+        if NAME_RE.match(name):
+            rel = script.relative_to(root).as_posix()
+            found.append(Discovered(name, rel, _docstring_summary(script)))
+    return found
+
+
+def _docstring_summary(script: Path) -> str:
+    try:
+        doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8")))
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return ""
+    return (doc or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def sync_shipped(config: Config) -> list[Parser]:
+    """Register shipped scripts that have no parser yet; never overwrite a user's edits."""
+    existing = {name for (name,) in db.session.execute(db.select(Parser.name))}
+    added = []
+    for item in discover(config):
+        if item.name in existing:
+            continue
+        parser = Parser(name=item.name, path=item.path, description=item.description)
+        db.session.add(parser)
+        added.append(parser)
+    db.session.commit()
+    for parser in added:
+        log.info("registered parser %s (%s)", parser.name, parser.path)
+    return added

@@ -1,0 +1,280 @@
+"""Run a parser script as a sandboxed subprocess and supervise it.
+
+Two pure builders (:func:`build_command`, :func:`build_env`) say what to run; :func:`spawn`
+starts it in its own process group; :func:`supervise` streams its output to a log, enforces the
+wall-clock timeout and cancellation by killing the whole group, and reports the outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from parseq.errors import ValidationError
+from parseq.models import RunStatus
+
+log = logging.getLogger(__name__)
+
+ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: Variables a secret may not shadow: the contract's and the ones the sandbox sets.
+RESERVED_ENV = frozenset(
+    {"PATH", "HOME", "TMPDIR", "TMP", "TEMP", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "PYTHONPATH"}
+)
+LOG_TRUNCATED_MARKER = b"\n[parseq: log truncated at %d bytes]\n"
+
+#: ``on_line(stream, line)``: called for every output line, ``stream`` is "stdout" or "stderr".
+LineCallback = Callable[[str, bytes], None]
+
+
+def validate_arg_name(name: str) -> str:
+    """Argument names become ``--name`` flags: keep them to safe identifiers."""
+    if not isinstance(name, str) or not ARG_NAME_RE.match(name):
+        raise ValidationError(
+            f"argument name {name!r} must start with a letter or _ and contain only "
+            "letters, digits, _ and - (at most 64)",
+            field="args",
+        )
+    return name
+
+
+def validate_secret_name(name: str) -> str:
+    """Secret names become environment variables of their own."""
+    if not isinstance(name, str) or not SECRET_NAME_RE.match(name):
+        raise ValidationError(
+            f"secret name {name!r} must be a valid environment variable name "
+            "(letters, digits, _; not starting with a digit)",
+            field="secrets",
+        )
+    if name in RESERVED_ENV or name.upper().startswith("PARSEQ_"):
+        raise ValidationError(f"secret name {name!r} is reserved by Parseq", field="secrets")
+    return name
+
+
+def arg_to_str(value: Any) -> str:
+    """How an argument value appears in argv: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def build_command(
+    interpreter: Path | str, script: Path | str, args: Mapping[str, Any]
+) -> list[str]:
+    """The argv of a run: ``<interpreter> <script> --key value ...`` in the args' order."""
+    argv = [str(interpreter), str(script)]
+    for name, value in args.items():
+        argv += [f"--{validate_arg_name(name)}", arg_to_str(value)]
+    return argv
+
+
+def build_env(
+    *,
+    base_env: Mapping[str, str],
+    run_id: int,
+    parser: str,
+    args: Mapping[str, Any],
+    secrets: Mapping[str, str],
+    output_dir: Path,
+    state_dir: Path,
+    home_dir: Path,
+    tmp_dir: Path,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The child's whole environment: nothing of Parseq's own environment leaks in.
+
+    ``base_env`` gives only PATH and locale variables; secrets each get a variable of their own.
+    """
+    env = {k: v for k, v in base_env.items() if k == "PATH" or k == "LANG" or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(
+        {
+            "HOME": str(home_dir),
+            "TMPDIR": str(tmp_dir),
+            "TMP": str(tmp_dir),
+            "TEMP": str(tmp_dir),
+            "PYTHONUNBUFFERED": "1",
+            "PARSEQ_RUN_ID": str(run_id),
+            "PARSEQ_PARSER": parser,
+            "PARSEQ_ARGS": json.dumps(dict(args)),
+            "PARSEQ_OUTPUT_DIR": str(output_dir),
+            "PARSEQ_STATE_DIR": str(state_dir),
+        }
+    )
+    env.update(extra or {})
+    for name, value in secrets.items():
+        env[validate_secret_name(name)] = str(value)
+    return env
+
+
+@dataclass
+class Outcome:
+    """How a supervised process ended."""
+
+    status: RunStatus
+    exit_code: int | None
+    error: str | None
+    duration_s: float
+    log_bytes: int
+
+
+def spawn(argv: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """Start the process in a new session, so it and all its children share one group."""
+    return subprocess.Popen(
+        argv,
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal every process of the group; False when none is left."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class _LogSink:
+    """Writes both streams into one capped log and keeps the stderr tail."""
+
+    def __init__(
+        self, fh: IO[bytes], max_bytes: int, tail_bytes: int, on_line: LineCallback | None
+    ) -> None:
+        self.fh = fh
+        self.max_bytes = max_bytes
+        self.written = 0
+        self.truncated = False
+        self.tail: deque[bytes] = deque()
+        self.tail_len = 0
+        self.tail_bytes = tail_bytes
+        self.on_line = on_line
+        self.lock = threading.Lock()
+
+    def pump(self, stream: IO[bytes], name: str) -> None:
+        for line in iter(stream.readline, b""):
+            if self.on_line is not None:
+                try:
+                    self.on_line(name, line)
+                except Exception:  # a faulty callback must not stop the log
+                    log.exception("line callback failed")
+            with self.lock:
+                self._write(line)
+                if name == "stderr":
+                    self._remember(line)
+        stream.close()
+
+    def _write(self, line: bytes) -> None:
+        if self.truncated:
+            return
+        room = self.max_bytes - self.written
+        if len(line) > room:
+            self.fh.write(line[: max(room, 0)])
+            self.fh.write(LOG_TRUNCATED_MARKER % self.max_bytes)
+            self.written = self.max_bytes
+            self.truncated = True
+        else:
+            self.fh.write(line)
+            self.written += len(line)
+        self.fh.flush()
+
+    def _remember(self, line: bytes) -> None:
+        self.tail.append(line)
+        self.tail_len += len(line)
+        while self.tail_len > self.tail_bytes and len(self.tail) > 1:
+            self.tail_len -= len(self.tail.popleft())
+
+    def stderr_tail(self) -> str:
+        with self.lock:
+            data = b"".join(self.tail)[-self.tail_bytes :]
+        return data.decode("utf-8", "replace").strip()
+
+
+def supervise(
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    *,
+    timeout_s: float,
+    kill_grace_s: float = 2.0,
+    max_log_bytes: int = 10 * 1024 * 1024,
+    error_tail_bytes: int = 2000,
+    cancel: threading.Event | None = None,
+    on_line: LineCallback | None = None,
+    poll_s: float = 0.05,
+) -> Outcome:
+    """Wait for ``proc``, streaming its output into ``log_path``; kill its group on timeout or
+    cancel. The group is always killed at the end so no stray child outlives the run."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    pgid = proc.pid  # start_new_session made the child its group leader
+    with log_path.open("wb") as fh:
+        sink = _LogSink(fh, max_log_bytes, error_tail_bytes, on_line)
+        pumps = [
+            threading.Thread(target=sink.pump, args=(proc.stdout, "stdout"), daemon=True),
+            threading.Thread(target=sink.pump, args=(proc.stderr, "stderr"), daemon=True),
+        ]
+        for t in pumps:
+            t.start()
+        reason: RunStatus | None = None
+        while True:
+            try:
+                proc.wait(timeout=poll_s)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if cancel is not None and cancel.is_set():
+                reason = RunStatus.CANCELLED
+            elif time.monotonic() >= deadline:
+                reason = RunStatus.TIMEOUT
+            if reason is not None:
+                _terminate(proc, pgid, kill_grace_s)
+                break
+        kill_group(pgid)  # children left behind by a script that exited
+        for t in pumps:
+            t.join(timeout=2.0)
+        duration = time.monotonic() - started
+        rc = proc.returncode
+        if reason is RunStatus.TIMEOUT:
+            error = f"timed out after {timeout_s:g} s; process group killed"
+        elif reason is RunStatus.CANCELLED:
+            error = "cancelled"
+        elif rc == 0:
+            reason, error = RunStatus.COMPLETED, None
+        else:
+            reason = RunStatus.ERROR
+            error = sink.stderr_tail() or _describe_exit(rc)
+        return Outcome(reason, rc, error, duration, sink.written)
+
+
+def _terminate(proc: subprocess.Popen[bytes], pgid: int, grace_s: float) -> None:
+    """SIGTERM the group, then SIGKILL what is left after ``grace_s``."""
+    kill_group(pgid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    kill_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _describe_exit(rc: int | None) -> str:
+    if rc is not None and rc < 0:
+        try:
+            return f"killed by signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exited with code {rc}"

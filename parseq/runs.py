@@ -1,0 +1,216 @@
+"""The run lifecycle: create and enqueue a run, then claim, execute and record it.
+
+Every entry point (API, admin, CLI, scheduler) creates runs through :func:`create_run`; every
+worker executes them through :func:`execute_run`, so status transitions live in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+
+from parseq import runner
+from parseq.config import Config
+from parseq.errors import BadRequest, NotFound, ParseqError
+from parseq.models import Parser, Run, RunFile, RunStatus, RunTrigger, db, utcnow
+from parseq.registry import resolve_script
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILE = "output.txt"
+LOG_FILE = "run.log"
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def get_parser(name: str) -> Parser:
+    parser = db.session.execute(db.select(Parser).filter_by(name=name)).scalar_one_or_none()
+    if parser is None:
+        raise NotFound(f"no parser named {name!r}", parser=name)
+    return parser
+
+
+def get_run(run_id: int) -> Run:
+    run = db.session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run with id {run_id}", run_id=run_id)
+    return run
+
+
+def check_args(args: object) -> dict[str, Any]:
+    """Run arguments must be a JSON object with flag-safe names."""
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise BadRequest("args must be a JSON object", field="args")
+    for name in args:
+        runner.validate_arg_name(name)
+    return args
+
+
+def create_run(
+    parser: Parser,
+    args: Mapping[str, Any] | None = None,
+    trigger: RunTrigger = RunTrigger.MANUAL,
+    enqueue: bool = True,
+) -> Run:
+    """Insert a ``pending`` run with the parser's default args overlaid by ``args``, and send it
+    to the broker. If the broker is down the run stays pending rather than being lost."""
+    merged = {**(parser.default_args or {}), **check_args(dict(args) if args else {})}
+    run = Run(parser=parser, args=merged, trigger=trigger, status=RunStatus.PENDING)
+    db.session.add(run)
+    db.session.commit()
+    if enqueue:
+        from parseq.tasks import send_run
+
+        try:
+            send_run(run.id)
+        except Exception:
+            log.exception("run %s could not be enqueued; it stays pending", run.id)
+    return run
+
+
+def claim(run_id: int) -> bool:
+    """Atomically move a run from ``pending`` to ``running``; False if it is not pending.
+
+    This makes the actor idempotent: a redelivered message for a run that already started or
+    finished changes nothing.
+    """
+    now = utcnow()
+    result = db.session.execute(
+        db.update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.PENDING)
+        .values(status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker_id=WORKER_ID)
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def interpreter_for(parser: Parser) -> Path:
+    """The Python that runs the parser. Per-parser virtualenvs replace this (envs issue)."""
+    return Path(sys.executable)
+
+
+def execute_run(run_id: int) -> RunStatus | None:
+    """Execute a pending run end to end; return its final status, or None if not claimed."""
+    if not claim(run_id):
+        log.info("run %s is not pending; message ignored", run_id)
+        return None
+    run = get_run(run_id)
+    config: Config = current_app.extensions["parseq"].config
+    workdir = config.runs_dir / str(run.id)
+    try:
+        status = _execute(run, config, workdir)
+    except Exception as exc:
+        db.session.rollback()
+        run = get_run(run_id)
+        message = exc.message if isinstance(exc, ParseqError) else f"internal error: {exc!r}"
+        if not isinstance(exc, ParseqError):
+            log.exception("run %s failed inside Parseq", run_id)
+        _finish(run, RunStatus.ERROR, None, message)
+        status = RunStatus.ERROR
+    finally:
+        if not config.keep_workdirs:
+            shutil.rmtree(workdir, ignore_errors=True)
+    log.info("run %s of %s finished: %s", run.id, run.parser.name, status.value)
+    return status
+
+
+def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
+    parser = run.parser
+    script = resolve_script(config, parser)
+    dirs = {name: workdir / name for name in ("work", "output", "home", "tmp")}
+    state_dir = config.state_dir / parser.name
+    for path in [*dirs.values(), state_dir]:
+        path.mkdir(parents=True, exist_ok=True)
+    interpreter = interpreter_for(parser)
+    argv = runner.build_command(interpreter, script, run.args or {})
+    env = runner.build_env(
+        base_env=config.child_env,
+        run_id=run.id,
+        parser=parser.name,
+        args=run.args or {},
+        secrets=parser.secrets or {},
+        output_dir=dirs["output"],
+        state_dir=state_dir,
+        home_dir=dirs["home"],
+        tmp_dir=dirs["tmp"],
+    )
+    timeout_s = parser.timeout_s or config.default_timeout_s
+    log_path = workdir / LOG_FILE
+    proc = runner.spawn(argv, env, cwd=dirs["work"])
+    log.info("run %s of %s started pid=%d", run.id, parser.name, proc.pid)
+    cancel = threading.Event()
+    outcome = runner.supervise(
+        proc,
+        log_path,
+        timeout_s=timeout_s,
+        kill_grace_s=config.kill_grace_s,
+        max_log_bytes=config.max_log_bytes,
+        error_tail_bytes=config.error_tail_bytes,
+        cancel=cancel,
+    )
+    files = collect_files(dirs["output"], log_path)
+    store_files(run, files)
+    _finish(run, outcome.status, outcome.exit_code, outcome.error)
+    return outcome.status
+
+
+def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
+    """Result files by name: everything in the output folder, ``output.txt`` (created empty if
+    the parser wrote none) and the run log."""
+    out = output_dir / OUTPUT_FILE
+    if not out.exists():
+        out.touch()
+    files = {
+        p.relative_to(output_dir).as_posix(): p
+        for p in sorted(output_dir.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+    files[LOG_FILE] = log_path
+    return files
+
+
+def store_files(run: Run, files: Mapping[str, Path]) -> None:
+    """Upload each file under ``runs/<id>/`` and record its size and sha256 on the run."""
+    storage = current_app.extensions["parseq"].storage
+    for name, path in files.items():
+        key = f"runs/{run.id}/{name}"
+        storage.put(key, path)
+        run.files.append(
+            RunFile(name=name, size=path.stat().st_size, sha256=_sha256(path), storage_key=key)
+        )
+    db.session.commit()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> None:
+    run.status = status
+    run.exit_code = exit_code
+    run.error = error
+    run.finished_at = utcnow()
+    db.session.commit()
+
+
+def run_now(parser: Parser, args: Mapping[str, Any] | None = None) -> Run:
+    """Create and execute a run in this process (``parseq run``), bypassing the broker."""
+    run = create_run(parser, args, RunTrigger.MANUAL, enqueue=False)
+    execute_run(run.id)
+    db.session.refresh(run)
+    return run

@@ -1,0 +1,179 @@
+"""Where run result files live: a local folder or an S3 bucket, picked by URL scheme.
+
+Like papermill's I/O handlers: ``file:///abs/path`` gives :class:`LocalStorage`,
+``s3://bucket/prefix`` gives :class:`S3Storage` (any S3-compatible endpoint).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from parseq.config import Config
+from parseq.errors import ConfigError, NotFound, StorageError
+
+CHUNK_BYTES = 256 * 1024
+
+
+class Storage(Protocol):
+    """What Parseq needs of a storage backend. Keys are ``/``-separated relative paths."""
+
+    def put(self, key: str, path: Path) -> None:
+        """Store the local file ``path`` under ``key``."""
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        """Stream the object's bytes; raise :class:`NotFound` when it is missing."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def check(self) -> None:
+        """Raise :class:`StorageError` when the backend is unreachable."""
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise NotFound(f"invalid storage key {key!r}")
+    return key
+
+
+class LocalStorage:
+    """Files under a local root folder (the embedded default)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*_check_key(key).split("/"))
+
+    def put(self, key: str, path: Path) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        shutil.copyfile(path, tmp)
+        tmp.replace(dest)
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"no stored object {key!r}") from None
+        return _iter_file(fh)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage folder {self.root} is not writable: {exc}") from exc
+
+
+def _iter_file(fh) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+    with fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            yield chunk
+
+
+class S3Storage:
+    """Objects in an S3 bucket under a prefix, through boto3."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        import boto3  # imported here so the embedded default never pays for it
+        from botocore.config import Config as BotoConfig
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_access_key or None,
+            region_name=region or None,
+            config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}),
+        )
+
+    def _key(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, path: Path) -> None:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key))
+        except (Boto3Error, BotoCoreError, ClientError) as exc:
+            raise StorageError(f"upload of {key!r} to s3://{self.bucket} failed: {exc}") from exc
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise NotFound(f"no stored object {key!r}") from None
+            raise StorageError(f"download of {key!r} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"download of {key!r} failed: {exc}") from exc
+        return obj["Body"].iter_chunks(CHUNK_BYTES)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"bucket s3://{self.bucket} is not reachable: {exc}") from exc
+
+
+def get_storage(config: Config) -> Storage:
+    """The storage backend that ``config.storage_url`` names."""
+    url = urlparse(config.storage_url)
+    if url.scheme == "file":
+        return LocalStorage(Path(unquote(url.path)))
+    if url.scheme == "s3":
+        if not url.netloc:
+            raise ConfigError(f"PARSEQ_STORAGE_URL {config.storage_url!r} names no bucket")
+        return S3Storage(
+            bucket=url.netloc,
+            prefix=url.path,
+            endpoint_url=config.s3_endpoint_url,
+            access_key_id=config.s3_access_key_id,
+            secret_access_key=config.s3_secret_access_key,
+            region=config.s3_region,
+        )
+    raise ConfigError(
+        f"PARSEQ_STORAGE_URL scheme {url.scheme!r} is not supported (use file:// or s3://)"
+    )

@@ -1,0 +1,95 @@
+"""The Dramatiq side: a broker picked by URL scheme, the ``execute_run`` actor, and workers.
+
+Each app gets its own broker and actor (no global broker), so tests and the embedded mode can
+hold several apps in one process. The actor is thin: it enters the app context and delegates to
+:func:`parseq.runs.execute_run`, which is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from flask import Flask, current_app
+
+from parseq.config import Config
+from parseq.errors import BrokerError, ConfigError
+
+if TYPE_CHECKING:
+    from dramatiq import Actor, Broker
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "execute_run"
+# Parseq enforces run timeouts itself by killing the process group; Dramatiq's time limit
+# cannot interrupt a wait on a child process, so it is set out of the way (7 days, in ms).
+ACTOR_TIME_LIMIT_MS = 7 * 24 * 3600 * 1000
+
+
+def make_broker(config: Config) -> Broker:
+    """``memory://`` -> in-process StubBroker, ``amqp://`` -> RabbitMQ, ``redis://`` -> Redis."""
+    scheme = urlparse(config.broker_url).scheme
+    if scheme == "memory":
+        broker = StubBroker()
+        broker.emit_after("process_boot")
+        return broker
+    if scheme in ("amqp", "amqps"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=config.broker_url, confirm_delivery=True)
+    if scheme in ("redis", "rediss"):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=config.broker_url)
+    raise ConfigError(
+        f"PARSEQ_BROKER_URL scheme {scheme!r} is not supported (use memory://, amqp:// or redis://)"
+    )
+
+
+def init_broker(app: Flask, config: Config) -> tuple[Broker, Actor]:
+    """Create the app's broker and declare the ``execute_run`` actor on it."""
+    broker = make_broker(config)
+
+    def execute_run(run_id: int) -> None:
+        from parseq.runs import execute_run as run_it
+
+        with app.app_context():
+            run_it(run_id)
+
+    actor = dramatiq.actor(
+        execute_run,
+        broker=broker,
+        actor_name=ACTOR_NAME,
+        queue_name=config.queue_name,
+        max_retries=0,  # retries are Parseq's own (per parser), not Dramatiq's
+        time_limit=ACTOR_TIME_LIMIT_MS,
+    )
+    return broker, actor
+
+
+def send_run(run_id: int) -> None:
+    """Enqueue a run for the workers; raise :class:`BrokerError` when the broker is down."""
+    actor = current_app.extensions["parseq"].actor
+    try:
+        actor.send(run_id)
+    except Exception as exc:
+        raise BrokerError(f"could not enqueue run {run_id}: {exc}", run_id=run_id) from exc
+
+
+def start_worker(app: Flask, threads: int | None = None) -> dramatiq.Worker:
+    """Start worker threads in this process consuming the app's queue; call ``.stop()`` after."""
+    state = app.extensions["parseq"]
+    threads = threads or state.config.worker_threads
+    # Prefetch no more than the threads can run, so idle workers elsewhere get the rest.
+    worker = dramatiq.Worker(
+        state.broker,
+        worker_threads=threads,
+        worker_timeout=100,
+    )
+    worker.queue_prefetch = threads
+    worker.start()
+    log.info("worker started: %d threads on queue %s", threads, state.config.queue_name)
+    return worker

@@ -1,0 +1,237 @@
+"""Shared fixtures: configs and apps on the embedded default and on real services.
+
+Real services: PostgreSQL (a database made for this session and dropped after), RabbitMQ (queue
+names made for this session and deleted after), Redis, and an S3 endpoint (moto's server over
+HTTP on a free port). ``scripts/services.sh`` starts the daemons before pytest runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from parseq.app import create_app, init_db
+from parseq.config import Config
+from parseq.models import Parser, Run, db
+
+HERE = Path(__file__).resolve().parent
+FIXTURE_PARSERS = HERE / "fixtures" / "parsers"
+PG_ADMIN_DSN = "dbname=postgres user=postgres host=127.0.0.1 port=5432"
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+SESSION = uuid.uuid4().hex[:10]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- real services -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own."""
+    import psycopg2
+
+    name = f"parseq_test_{SESSION}"
+    conn = psycopg2.connect(PG_ADMIN_DSN)
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server over real HTTP on a free port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+S3_KEYS = {"s3_access_key_id": "parseq-test-key", "s3_secret_access_key": "parseq-test-secret"}
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh bucket on the S3 endpoint."""
+    import boto3
+
+    name = f"parseq-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=S3_KEYS["s3_access_key_id"],
+        aws_secret_access_key=S3_KEYS["s3_secret_access_key"],
+        region_name="us-east-1",
+    ).create_bucket(Bucket=name)
+    return name
+
+
+def delete_rabbit_queues(*names: str) -> None:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+    channel = conn.channel()
+    for name in names:
+        for suffix in ("", ".DQ", ".XQ"):
+            channel.queue_delete(queue=name + suffix)
+    conn.close()
+
+
+# --- configs and apps ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """A config under ``tmp_path`` with the fixture parsers; keyword args override."""
+
+    def make(**overrides: Any) -> Config:
+        values: dict[str, Any] = {
+            "var_dir": tmp_path / "var",
+            "parsers_dir": FIXTURE_PARSERS,
+            "notebooks_dir": tmp_path / "notebooks",
+            "envs_dir": tmp_path / "envs",
+            "secret_key": "test",
+            "default_timeout_s": 60.0,
+            "kill_grace_s": 0.5,
+            "log_level": "WARNING",
+        }
+        values.update(overrides)
+        return Config.from_env(environ={"PATH": os.environ.get("PATH", "")}, **values)
+
+    return make
+
+
+def add_parser(name: str, path: str | None = None, **fields: Any) -> Parser:
+    parser = Parser(name=name, path=path or f"{name}.py", **fields)
+    db.session.add(parser)
+    db.session.commit()
+    return parser
+
+
+def wait_for_run(run_id: int, timeout_s: float = 30.0) -> Run:
+    """Poll the database until the run is final (workers commit in other sessions)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        db.session.expire_all()
+        run = db.session.get(Run, run_id)
+        assert run is not None
+        if run.status.is_final or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def embedded_app(make_config: Callable[..., Config]) -> Iterator[Flask]:
+    """The embedded default: SQLite, local storage, in-memory broker, in-process worker."""
+    from parseq.tasks import start_worker
+
+    app = create_app(make_config())
+    init_db(app)
+    worker = start_worker(app, threads=2)
+    with app.app_context():
+        yield app
+    worker.stop()
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_app(make_config: Callable[..., Config]) -> Iterator[Flask]:
+    """SQLite and local storage with no worker: runs are executed by calling the code."""
+    app = create_app(make_config())
+    init_db(app)
+    with app.app_context():
+        yield app
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def services_env(
+    pg_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """``PARSEQ_*`` variables for PostgreSQL + RabbitMQ + S3, shared by the web app under test
+    and a real ``parseq worker`` process."""
+    import boto3
+
+    bucket = f"parseq-{SESSION}"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=S3_KEYS["s3_access_key_id"],
+        aws_secret_access_key=S3_KEYS["s3_secret_access_key"],
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    queue = f"parseq_test_{SESSION}"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PARSEQ_DATABASE_URL": pg_url,
+        "PARSEQ_BROKER_URL": RABBIT_URL,
+        "PARSEQ_QUEUE_NAME": queue,
+        "PARSEQ_STORAGE_URL": f"s3://{bucket}/results",
+        "PARSEQ_S3_ENDPOINT_URL": s3_endpoint,
+        "PARSEQ_S3_ACCESS_KEY_ID": S3_KEYS["s3_access_key_id"],
+        "PARSEQ_S3_SECRET_ACCESS_KEY": S3_KEYS["s3_secret_access_key"],
+        "PARSEQ_VAR_DIR": str(tmp_path_factory.mktemp("services-var")),
+        "PARSEQ_PARSERS_DIR": str(FIXTURE_PARSERS),
+        "PARSEQ_SECRET_KEY": "test",
+        "PARSEQ_KILL_GRACE_S": "0.5",
+        "PARSEQ_LOG_LEVEL": "INFO",
+    }
+    yield env
+    delete_rabbit_queues(queue)
+
+
+@pytest.fixture(scope="session")
+def services_app(services_env: dict[str, str]) -> Iterator[Flask]:
+    """The web side on PostgreSQL + RabbitMQ + S3, with the tables created."""
+    app = create_app(Config.from_env(environ=services_env))
+    init_db(app)
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def worker_process(
+    services_app: Flask, services_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``parseq worker`` process consuming the session's RabbitMQ queue."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parseq.cli", "worker", "--threads", "2"],
+            env=services_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 20
+    while b"Parseq worker on" not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()

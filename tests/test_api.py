@@ -1,0 +1,162 @@
+"""REST API on the embedded default: runs through the in-memory broker and worker threads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flask import Flask
+
+from parseq.models import RunStatus
+from tests.conftest import add_parser, wait_for_run
+
+
+@pytest.fixture
+def client(embedded_app: Flask):  # type: ignore[no-untyped-def]
+    add_parser("echo", "echo_env.py", secrets={"API_TOKEN": "tok-123"}, default_args={"who": "x"})
+    add_parser("fail", "fail.py")
+    return embedded_app.test_client()
+
+
+def _run(client, name: str = "echo", **body):  # type: ignore[no-untyped-def]
+    resp = client.post(f"/api/v1/parsers/{name}/runs", json=body)
+    assert resp.status_code == 202, resp.json
+    return wait_for_run(resp.json["id"])
+
+
+def test_post_run_returns_202_with_location(client) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post("/api/v1/parsers/echo/runs", json={"args": {"who": "bob"}})
+    assert resp.status_code == 202
+    assert resp.headers["Location"] == f"/api/v1/runs/{resp.json['id']}"
+    assert resp.json["status"] == "pending"
+    assert resp.json["trigger"] == "api"
+    assert resp.json["args"] == {"who": "bob"}
+
+
+def test_completed_run_serves_its_files(client) -> None:  # type: ignore[no-untyped-def]
+    run = _run(client, args={"who": "alice"})
+    assert run.status is RunStatus.COMPLETED, run.error
+    body = client.get(f"/api/v1/runs/{run.id}").json
+    assert body["status"] == "completed"
+    assert body["exit_code"] == 0
+    assert body["started_at"] and body["finished_at"]
+    names = [f["name"] for f in client.get(f"/api/v1/runs/{run.id}/files").json["files"]]
+    assert names == ["data/items.csv", "output.txt", "report.json", "run.log"]
+
+    out = client.get(f"/api/v1/runs/{run.id}/files/output.txt")
+    assert out.status_code == 200
+    assert out.data == b"hello alice\n"
+    assert out.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert out.headers["Content-Disposition"].startswith('attachment; filename="output.txt"')
+
+    csv = client.get(f"/api/v1/runs/{run.id}/files/data/items.csv")
+    assert csv.data == b"id,name\n1,alpha\n"
+    assert csv.headers["Content-Type"].startswith("text/csv")
+    log = client.get(f"/api/v1/runs/{run.id}/files/run.log").data.decode()
+    assert "stdout line" in log and "stderr line" in log
+
+    report = json.loads(client.get(f"/api/v1/runs/{run.id}/files/report.json").data)
+    assert report["secret"] == "tok-123"
+    assert report["argv"] == ["--who", "alice"]
+
+
+def test_default_args_are_overlaid_by_run_args(client) -> None:  # type: ignore[no-untyped-def]
+    run = _run(client)
+    assert run.args == {"who": "x"}
+    assert client.get(f"/api/v1/runs/{run.id}/files/output.txt").data == b"hello x\n"
+
+
+def test_failing_script_is_error_with_stderr_tail(client) -> None:  # type: ignore[no-untyped-def]
+    run = _run(client, "fail")
+    body = client.get(f"/api/v1/runs/{run.id}").json
+    assert body["status"] == "error"
+    assert body["exit_code"] == 3
+    assert body["error"].endswith("ValueError: the site changed its layout")
+    assert "partial work done" not in body["error"]  # stdout is in the log, not the error
+
+
+def test_missing_script_is_error_with_a_clear_message(client) -> None:  # type: ignore[no-untyped-def]
+    add_parser("ghost", "ghost.py")
+    run = _run(client, "ghost")
+    assert run.status is RunStatus.ERROR
+    assert run.error == "script parsers/ghost.py does not exist"
+
+
+def test_parsers_are_listed_without_secret_values(client) -> None:  # type: ignore[no-untyped-def]
+    body = client.get("/api/v1/parsers").json
+    assert [p["name"] for p in body["parsers"]] == ["echo", "fail"]
+    assert body["parsers"][0]["secrets"] == ["API_TOKEN"]
+    assert "tok-123" not in json.dumps(body)
+    assert client.get("/api/v1/parsers/echo").json["path"] == "echo_env.py"
+
+
+def test_runs_are_filtered_and_paginated(client) -> None:  # type: ignore[no-untyped-def]
+    ok = [_run(client).id for _ in range(3)]
+    bad = _run(client, "fail").id
+    page1 = client.get("/api/v1/runs?limit=2").json
+    assert [r["id"] for r in page1["runs"]] == [bad, ok[2]]
+    page2 = client.get(f"/api/v1/runs?limit=2&cursor={page1['next_cursor']}").json
+    assert [r["id"] for r in page2["runs"]] == [ok[1], ok[0]]
+    assert page2["next_cursor"] is None
+    assert [r["id"] for r in client.get("/api/v1/runs?status=error").json["runs"]] == [bad]
+    assert [r["id"] for r in client.get("/api/v1/runs?parser=fail").json["runs"]] == [bad]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "kwargs", "status"),
+    [
+        ("get", "/api/v1/parsers/nope", {}, 404),
+        ("post", "/api/v1/parsers/nope/runs", {"json": {}}, 404),
+        ("get", "/api/v1/runs/999999", {}, 404),
+        ("get", "/api/v1/runs/999999/files", {}, 404),
+        ("get", "/api/v1/runs?parser=nope", {}, 404),
+        ("get", "/api/v1/nothing-here", {}, 404),
+        (
+            "post",
+            "/api/v1/parsers/echo/runs",
+            {"data": "{not json", "content_type": "application/json"},
+            400,
+        ),
+        ("post", "/api/v1/parsers/echo/runs", {"json": [1, 2]}, 400),
+        ("post", "/api/v1/parsers/echo/runs", {"json": {"args": [1]}}, 400),
+        ("post", "/api/v1/parsers/echo/runs", {"json": {"args": "x"}}, 400),
+        ("post", "/api/v1/parsers/echo/runs", {"json": {"args": {"bad name": 1}}}, 422),
+        ("post", "/api/v1/parsers/echo/runs", {"json": {"argz": {}}}, 400),
+        ("get", "/api/v1/runs?status=weird", {}, 400),
+        ("get", "/api/v1/runs?limit=abc", {}, 400),
+        ("get", "/api/v1/runs?limit=0", {}, 400),
+        ("delete", "/api/v1/parsers", {}, 405),
+    ],
+)
+def test_bad_requests_get_json_errors(client, method, url, kwargs, status) -> None:  # type: ignore[no-untyped-def]
+    resp = getattr(client, method)(url, **kwargs)
+    assert resp.status_code == status
+    assert resp.is_json
+    assert set(resp.json["error"]) >= {"code", "message"}
+    assert resp.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../../etc/passwd",
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e/%2e%2e/secret_key",
+        "/etc/passwd",
+        "data/../output.txt",
+        "missing.txt",
+        "..",
+    ],
+)
+def test_file_path_tricks_are_404(client, name: str) -> None:  # type: ignore[no-untyped-def]
+    run = _run(client)
+    resp = client.get(f"/api/v1/runs/{run.id}/files/{name}")
+    assert resp.status_code == 404
+    assert resp.is_json
+    assert b"root:" not in resp.data
+
+
+def test_health_reports_database_and_storage(client) -> None:  # type: ignore[no-untyped-def]
+    body = client.get("/api/v1/health").json
+    assert body["status"] == "ok"
+    assert body["checks"]["database"]["ok"] and body["checks"]["storage"]["ok"]

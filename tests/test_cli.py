@@ -1,0 +1,103 @@
+"""The ``parseq`` command, run as a user would: as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import FIXTURE_PARSERS, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _parseq(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "parseq.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ["PATH"],
+        "PARSEQ_VAR_DIR": str(tmp_path / "var"),
+        "PARSEQ_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def test_run_command_runs_the_pi_demo_and_says_where_output_went(tmp_path: Path) -> None:
+    result = _parseq("run", "pi", "--arg", "digits=20", env=_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "run 1 of pi: completed" in result.stdout
+    stored = tmp_path / "var" / "storage" / "runs" / "1" / "output.txt"
+    assert f"output.txt (23 bytes) -> {stored.as_uri()}" in result.stdout
+    assert stored.read_text() == "3.14159265358979323846\n"
+
+
+def test_run_command_failures_exit_nonzero_with_one_line(tmp_path: Path) -> None:
+    env = _env(tmp_path, PARSEQ_PARSERS_DIR=str(FIXTURE_PARSERS))
+    failed = _parseq("run", "fail", env=env)
+    assert failed.returncode == 1
+    assert "run 1 of fail: error" in failed.stdout
+    assert "ValueError: the site changed its layout" in failed.stderr
+
+    unknown = _parseq("run", "nope", env=env)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "parseq: error: no parser named 'nope'"
+
+    bad_arg = _parseq("run", "fail", "--arg", "novalue", env=env)
+    assert bad_arg.returncode == 2
+    assert "is not of the form key=value" in bad_arg.stderr
+
+
+def test_bad_config_is_one_line(tmp_path: Path) -> None:
+    result = _parseq("init-db", env=_env(tmp_path, PARSEQ_BROKER_URL="kafka://x"))
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("parseq: error: PARSEQ_BROKER_URL scheme 'kafka'")
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_up_serves_admin_and_api_and_completes_the_demo_run(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parseq.cli", "up", "--port", str(port)],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        first_line = proc.stdout.readline()
+        assert f"admin http://127.0.0.1:{port}/admin/" in first_line
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            runs = _get(f"{base}/api/v1/runs")["runs"]
+            if (runs and runs[0]["status"] == "completed") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert runs[0]["parser"] == "pi"
+        assert runs[0]["status"] == "completed"
+        with urllib.request.urlopen(f"{base}/api/v1/runs/{runs[0]['id']}/files/output.txt") as r:
+            assert r.read().startswith(b"3.14159265358979")
+        with urllib.request.urlopen(f"{base}/admin/runs/") as r:
+            page = r.read().decode()
+        assert r.status == 200 and "completed" in page
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0

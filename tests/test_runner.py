@@ -1,0 +1,229 @@
+"""The sandbox: pure command/env builders, and real subprocesses under supervision."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from parseq import runner
+from parseq.errors import ValidationError
+from parseq.models import RunStatus
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, []),
+        ({"pages": 3}, ["--pages", "3"]),
+        ({"city": "Moscow", "dry_run": True}, ["--city", "Moscow", "--dry_run", "true"]),
+        ({"ids": [1, 2]}, ["--ids", "[1, 2]"]),
+        ({"q": "a b --c"}, ["--q", "a b --c"]),
+    ],
+)
+def test_build_command_passes_args_as_flags(args: dict, expected: list[str]) -> None:
+    assert runner.build_command("/venv/bin/python", "/p/x.py", args) == [
+        "/venv/bin/python",
+        "/p/x.py",
+        *expected,
+    ]
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a b", "1abc", "a=b", "x" * 65, "--pages"])
+def test_build_command_refuses_unsafe_arg_names(name: str) -> None:
+    with pytest.raises(ValidationError):
+        runner.build_command("py", "x.py", {name: 1})
+
+
+def _env(**overrides):  # type: ignore[no-untyped-def]
+    values = dict(
+        base_env={
+            "PATH": "/usr/bin",
+            "LANG": "C.UTF-8",
+            "LC_CTYPE": "C.UTF-8",
+            "PARSEQ_DATABASE_URL": "postgresql://secret@db/parseq",
+            "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+            "HOME": "/root",
+        },
+        run_id=7,
+        parser="quotes",
+        args={"pages": 2},
+        secrets={"API_TOKEN": "tok"},
+        output_dir=Path("/r/7/output"),
+        state_dir=Path("/s/quotes"),
+        home_dir=Path("/r/7/home"),
+        tmp_dir=Path("/r/7/tmp"),
+    )
+    values.update(overrides)
+    return runner.build_env(**values)
+
+
+def test_build_env_gives_the_contract_and_nothing_of_parseq() -> None:
+    env = _env()
+    assert env == {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_CTYPE": "C.UTF-8",
+        "HOME": "/r/7/home",
+        "TMPDIR": "/r/7/tmp",
+        "TMP": "/r/7/tmp",
+        "TEMP": "/r/7/tmp",
+        "PYTHONUNBUFFERED": "1",
+        "PARSEQ_RUN_ID": "7",
+        "PARSEQ_PARSER": "quotes",
+        "PARSEQ_ARGS": json.dumps({"pages": 2}),
+        "PARSEQ_OUTPUT_DIR": "/r/7/output",
+        "PARSEQ_STATE_DIR": "/s/quotes",
+        "API_TOKEN": "tok",
+    }
+
+
+def test_build_env_does_not_change_its_input() -> None:
+    base = {"PATH": "/bin"}
+    runner.build_env(
+        base_env=base,
+        run_id=1,
+        parser="p",
+        args={},
+        secrets={},
+        output_dir=Path("/o"),
+        state_dir=Path("/s"),
+        home_dir=Path("/h"),
+        tmp_dir=Path("/t"),
+    )
+    assert base == {"PATH": "/bin"}
+
+
+@pytest.mark.parametrize("name", ["PATH", "HOME", "PARSEQ_RUN_ID", "parseq_x", "1X", "A-B", ""])
+def test_build_env_refuses_secret_names_that_shadow_the_contract(name: str) -> None:
+    with pytest.raises(ValidationError):
+        _env(secrets={name: "v"})
+
+
+# --- supervise: real subprocesses ----------------------------------------------------------
+
+
+def _run_code(tmp_path: Path, code: str, **kwargs):  # type: ignore[no-untyped-def]
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    proc = runner.spawn([sys.executable, str(script)], {"PATH": os.environ["PATH"]}, tmp_path)
+    kwargs.setdefault("timeout_s", 20)
+    return runner.supervise(proc, tmp_path / "run.log", **kwargs)
+
+
+def test_exit_zero_is_completed_and_both_streams_are_logged(tmp_path: Path) -> None:
+    outcome = _run_code(
+        tmp_path, "import sys\nprint('out')\nprint('err', file=sys.stderr)\nprint('out2')\n"
+    )
+    assert outcome.status is RunStatus.COMPLETED
+    assert outcome.exit_code == 0
+    assert outcome.error is None
+    log = (tmp_path / "run.log").read_text().splitlines()
+    assert sorted(log) == ["err", "out", "out2"]
+
+
+def test_nonzero_exit_is_error_with_the_stderr_tail(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "for i in range(500): print(f'noise {i}', file=sys.stderr)\n"
+        "print('ValueError: layout changed', file=sys.stderr)\n"
+        "sys.exit(4)\n"
+    )
+    outcome = _run_code(tmp_path, code, error_tail_bytes=200)
+    assert outcome.status is RunStatus.ERROR
+    assert outcome.exit_code == 4
+    assert outcome.error.endswith("ValueError: layout changed")
+    assert len(outcome.error) <= 200
+    assert "noise 0\n" not in outcome.error
+
+
+def test_silent_failure_says_the_exit_code(tmp_path: Path) -> None:
+    outcome = _run_code(tmp_path, "raise SystemExit(9)\n")
+    assert outcome.error == "exited with code 9"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.split(")")[-1].split()[0] != "Z"  # a zombie is dead, just not yet reaped
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(c.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    started = time.monotonic()
+    outcome = _run_code(tmp_path, code, timeout_s=1.0, kill_grace_s=0.3)
+    assert time.monotonic() - started < 10
+    assert outcome.status is RunStatus.TIMEOUT
+    assert "timed out after 1 s" in outcome.error
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_term_ignoring_process_is_killed_after_the_grace(tmp_path: Path) -> None:
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    outcome = _run_code(tmp_path, code, timeout_s=0.5, kill_grace_s=0.3)
+    assert outcome.status is RunStatus.TIMEOUT
+    assert outcome.exit_code == -9
+
+
+def test_children_left_behind_by_a_finished_script_are_killed(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, sys\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(c.pid))\n"
+    )
+    outcome = _run_code(tmp_path, code)
+    assert outcome.status is RunStatus.COMPLETED
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_cancel_event_stops_the_run(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    outcome = _run_code(tmp_path, "import time\ntime.sleep(600)\n", cancel=cancel)
+    assert outcome.status is RunStatus.CANCELLED
+    assert outcome.duration_s < 5
+
+
+def test_log_is_capped_with_a_marker(tmp_path: Path) -> None:
+    outcome = _run_code(tmp_path, "for i in range(10000): print('y' * 99)\n", max_log_bytes=5000)
+    assert outcome.status is RunStatus.COMPLETED
+    data = (tmp_path / "run.log").read_bytes()
+    assert data.startswith(b"y" * 99 + b"\n")
+    assert data.endswith(b"[parseq: log truncated at 5000 bytes]\n")
+    assert len(data) < 5100
+
+
+def test_line_callback_sees_each_line(tmp_path: Path) -> None:
+    seen: list[tuple[str, bytes]] = []
+    _run_code(
+        tmp_path,
+        "import sys\nprint('a')\nprint('b', file=sys.stderr)\n",
+        on_line=lambda stream, line: seen.append((stream, line)),
+    )
+    assert sorted(seen) == [("stderr", b"b\n"), ("stdout", b"a\n")]

@@ -1,0 +1,82 @@
+"""Storage backends: a local folder and a real S3 endpoint (moto's server over HTTP)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from parseq.config import Config
+from parseq.errors import ConfigError, NotFound, StorageError
+from parseq.storage import LocalStorage, S3Storage, get_storage
+from tests.conftest import S3_KEYS
+
+
+def _roundtrip(storage, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src.bin"
+    payload = bytes(range(256)) * 5000  # > one chunk
+    src.write_bytes(payload)
+    storage.put("runs/1/data/file.bin", src)
+    assert storage.exists("runs/1/data/file.bin")
+    assert b"".join(storage.iter_bytes("runs/1/data/file.bin")) == payload
+    with pytest.raises(NotFound):
+        storage.iter_bytes("runs/1/missing.txt")
+    storage.delete("runs/1/data/file.bin")
+    assert not storage.exists("runs/1/data/file.bin")
+    storage.check()
+
+
+def test_local_storage_roundtrip(tmp_path: Path) -> None:
+    _roundtrip(LocalStorage(tmp_path / "store"), tmp_path)
+
+
+@pytest.mark.services
+def test_s3_storage_roundtrip(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
+    config = Config.from_env(
+        environ={},
+        storage_url=f"s3://{s3_bucket}/some/prefix",
+        s3_endpoint_url=s3_endpoint,
+        var_dir=tmp_path,
+        **S3_KEYS,
+    )
+    storage = get_storage(config)
+    assert isinstance(storage, S3Storage)
+    _roundtrip(storage, tmp_path)
+    src = tmp_path / "x.txt"
+    src.write_text("x")
+    storage.put("runs/2/x.txt", src)
+    keys = [o["Key"] for o in storage.client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert keys == ["some/prefix/runs/2/x.txt"]
+
+
+@pytest.mark.services
+def test_s3_missing_bucket_is_a_storage_error(tmp_path: Path, s3_endpoint: str) -> None:
+    storage = S3Storage(
+        "no-such-bucket",
+        endpoint_url=s3_endpoint,
+        region="us-east-1",
+        **{
+            "access_key_id": S3_KEYS["s3_access_key_id"],
+            "secret_access_key": S3_KEYS["s3_secret_access_key"],
+        },
+    )
+    with pytest.raises(StorageError):
+        storage.check()
+    src = tmp_path / "x.txt"
+    src.write_text("x")
+    with pytest.raises(StorageError):
+        storage.put("runs/1/x.txt", src)
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "runs/../../etc", "runs//x", "./x"])
+def test_keys_cannot_escape_the_root(tmp_path: Path, key: str) -> None:
+    with pytest.raises(NotFound):
+        LocalStorage(tmp_path).iter_bytes(key)
+
+
+@pytest.mark.parametrize("url", ["ftp://host/x", "s3://", "gs://bucket"])
+def test_unknown_storage_urls_are_config_errors(tmp_path: Path, url: str) -> None:
+    config = replace(Config.from_env(environ={}, var_dir=tmp_path), storage_url=url)
+    with pytest.raises(ConfigError):
+        get_storage(config)
