@@ -121,6 +121,12 @@ def get_run(run_id: int) -> Response:
     return jsonify(runs.get_run(run_id).to_dict())
 
 
+@bp.post("/runs/<int:run_id>/cancel")
+def cancel_run(run_id: int) -> Response:
+    """Cancel a pending or running run; 409 when it already ended."""
+    return jsonify(runs.cancel_run(runs.get_run(run_id)).to_dict())
+
+
 @bp.get("/runs/<int:run_id>/files")
 def list_files(run_id: int) -> Response:
     run = runs.get_run(run_id)

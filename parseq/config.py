@@ -45,6 +45,9 @@ class Config:
     default_timeout_s: float = 3600.0
     #: Time a timed-out or cancelled run gets between SIGTERM and SIGKILL, in seconds.
     kill_grace_s: float = 2.0
+    #: How often a worker records a heartbeat for each run it executes and checks for a cancel
+    #: request, in seconds.
+    heartbeat_interval_s: float = 1.0
     #: Bytes of stderr kept as a failed run's error message.
     error_tail_bytes: int = 2000
     #: Largest run log stored, in bytes; the rest is cut with a marker.

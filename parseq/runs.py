@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import current_app
+from flask import Flask, current_app
 
 from parseq import runner
 from parseq.config import Config
-from parseq.errors import BadRequest, NotFound, ParseqError
+from parseq.errors import BadRequest, Conflict, NotFound, ParseqError
 from parseq.models import Parser, Run, RunFile, RunStatus, RunTrigger, db, utcnow
 from parseq.registry import resolve_script
 
@@ -149,20 +149,86 @@ def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
     log_path = workdir / LOG_FILE
     proc = runner.spawn(argv, env, cwd=dirs["work"])
     log.info("run %s of %s started pid=%d", run.id, parser.name, proc.pid)
-    cancel = threading.Event()
-    outcome = runner.supervise(
-        proc,
-        log_path,
-        timeout_s=timeout_s,
-        kill_grace_s=config.kill_grace_s,
-        max_log_bytes=config.max_log_bytes,
-        error_tail_bytes=config.error_tail_bytes,
-        cancel=cancel,
-    )
+    watchdog = Watchdog(current_app._get_current_object(), run.id, config.heartbeat_interval_s)
+    watchdog.start()
+    try:
+        outcome = runner.supervise(
+            proc,
+            log_path,
+            timeout_s=timeout_s,
+            kill_grace_s=config.kill_grace_s,
+            max_log_bytes=config.max_log_bytes,
+            error_tail_bytes=config.error_tail_bytes,
+            cancel=watchdog.cancel,
+        )
+    finally:
+        watchdog.stop()
     files = collect_files(dirs["output"], log_path)
     store_files(run, files)
     _finish(run, outcome.status, outcome.exit_code, outcome.error)
     return outcome.status
+
+
+class Watchdog(threading.Thread):
+    """Beside a running run: records its heartbeat and notices a cancel request.
+
+    Works in its own app context, so in its own database session.
+    """
+
+    def __init__(self, app: Flask, run_id: int, interval_s: float) -> None:
+        super().__init__(name=f"watchdog-{run_id}", daemon=True)
+        self.app = app
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self.cancel = threading.Event()
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        with self.app.app_context():
+            while not self._stopped.wait(self.interval_s):
+                try:
+                    self.beat()
+                except Exception:  # the database may blip; the run goes on
+                    log.exception("heartbeat of run %s failed", self.run_id)
+                    db.session.rollback()
+
+    def beat(self) -> None:
+        result = db.session.execute(
+            db.update(Run)
+            .where(Run.id == self.run_id, Run.status == RunStatus.RUNNING)
+            .values(heartbeat_at=utcnow())
+        )
+        db.session.commit()
+        if result.rowcount == 0:
+            status = db.session.execute(db.select(Run.status).where(Run.id == self.run_id)).scalar()
+            if status is RunStatus.CANCELLED:
+                log.info("run %s: cancel requested, stopping it", self.run_id)
+                self.cancel.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+
+
+def cancel_run(run: Run) -> Run:
+    """Cancel a run: a pending one never starts; a running one's worker kills its process
+    group within about ``heartbeat_interval_s + kill_grace_s``. Final runs are a conflict."""
+    if run.status.is_final:
+        raise Conflict(f"run {run.id} is already {run.status.value}", run_id=run.id)
+    result = db.session.execute(
+        db.update(Run)
+        .where(Run.id == run.id, Run.status == run.status)
+        .values(
+            status=RunStatus.CANCELLED,
+            error="cancelled before it started" if run.status is RunStatus.PENDING else "cancelled",
+            finished_at=utcnow() if run.status is RunStatus.PENDING else None,
+        )
+    )
+    db.session.commit()
+    db.session.refresh(run)
+    if result.rowcount == 0 and not run.status.is_final:
+        return cancel_run(run)  # it moved from pending to running meanwhile: try again
+    return run
 
 
 def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
@@ -201,6 +267,9 @@ def _sha256(path: Path) -> str:
 
 
 def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> None:
+    db.session.refresh(run)
+    if run.status is RunStatus.CANCELLED and status is not RunStatus.COMPLETED:
+        status, error = RunStatus.CANCELLED, "cancelled"  # a cancel request explains the end
     run.status = status
     run.exit_code = exit_code
     run.error = error

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 
 from parseq.app import create_app, init_db
 from parseq.config import Config
@@ -126,6 +127,16 @@ def add_parser(name: str, path: str | None = None, **fields: Any) -> Parser:
     db.session.add(parser)
     db.session.commit()
     return parser
+
+
+def api_client(app: Flask) -> FlaskClient:
+    """A test client allowed to call the REST API (the one place API auth is set up)."""
+    return app.test_client()
+
+
+def admin_client(app: Flask) -> FlaskClient:
+    """A test client logged in to the admin (the one place admin login is set up)."""
+    return app.test_client()
 
 
 def wait_for_run(run_id: int, timeout_s: float = 30.0) -> Run:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from flask import Flask
 
-from parseq.models import RunStatus
-from tests.conftest import add_parser, wait_for_run
+from parseq import runs
+from parseq.models import Run, RunStatus, db
+from tests.conftest import add_parser, api_client, wait_for_run
 
 
 @pytest.fixture
 def client(embedded_app: Flask):  # type: ignore[no-untyped-def]
     add_parser("echo", "echo_env.py", secrets={"API_TOKEN": "tok-123"}, default_args={"who": "x"})
     add_parser("fail", "fail.py")
-    return embedded_app.test_client()
+    return api_client(embedded_app)
 
 
 def _run(client, name: str = "echo", **body):  # type: ignore[no-untyped-def]
@@ -160,3 +162,70 @@ def test_health_reports_database_and_storage(client) -> None:  # type: ignore[no
     body = client.get("/api/v1/health").json
     assert body["status"] == "ok"
     assert body["checks"]["database"]["ok"] and body["checks"]["storage"]["ok"]
+
+
+def _wait_status(run_id: int, status: RunStatus, timeout_s: float = 10) -> Run:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        db.session.expire_all()
+        run = db.session.get(Run, run_id)
+        if run.status is status or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
+def test_cancel_running_run_kills_its_group(client, embedded_app: Flask) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_runner import _alive
+
+    add_parser("sleeper", "sleeper.py")
+    run_id = client.post("/api/v1/parsers/sleeper/runs").json["id"]
+    running = _wait_status(run_id, RunStatus.RUNNING)
+    assert running.status is RunStatus.RUNNING
+    state = embedded_app.extensions["parseq"].config.state_dir / "sleeper" / "child.pid"
+    deadline = time.monotonic() + 10
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first_beat = running.heartbeat_at
+    time.sleep(1.5)
+    db.session.expire_all()
+    assert db.session.get(Run, run_id).heartbeat_at > first_beat  # the watchdog beats
+
+    asked = time.monotonic()
+    resp = client.post(f"/api/v1/runs/{run_id}/cancel")
+    assert resp.status_code == 200
+    assert resp.json["status"] == "cancelled"
+    run = wait_for_run(run_id)
+    db.session.expire_all()
+    run = db.session.get(Run, run_id)
+    while run.finished_at is None and time.monotonic() - asked < 10:
+        time.sleep(0.05)
+        db.session.expire_all()
+        run = db.session.get(Run, run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert run.finished_at is not None
+    assert time.monotonic() - asked < 5
+    child = int(state.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+    assert client.post(f"/api/v1/runs/{run_id}/cancel").status_code == 409
+
+
+def test_cancelled_pending_run_never_starts(client) -> None:  # type: ignore[no-untyped-def]
+    parser = runs.get_parser("echo")
+    run = runs.create_run(parser, enqueue=False)
+    resp = client.post(f"/api/v1/runs/{run.id}/cancel")
+    assert resp.json["status"] == "cancelled"
+    assert resp.json["error"] == "cancelled before it started"
+    assert runs.execute_run(run.id) is None
+    db.session.expire_all()
+    assert db.session.get(Run, run.id).started_at is None
+
+
+def test_cancel_unknown_or_finished_run(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.post("/api/v1/runs/424242/cancel").status_code == 404
+    run = _run(client)
+    resp = client.post(f"/api/v1/runs/{run.id}/cancel")
+    assert resp.status_code == 409
+    assert resp.json["error"]["code"] == "conflict"

@@ -15,7 +15,7 @@ from parseq.app import create_app, init_db
 from parseq.config import Config
 from parseq.models import Run, RunStatus, db
 from parseq.tasks import start_worker
-from tests.conftest import REDIS_URL, add_parser, wait_for_run
+from tests.conftest import REDIS_URL, add_parser, api_client, wait_for_run
 
 pytestmark = pytest.mark.services
 
@@ -27,7 +27,7 @@ def _unique(prefix: str) -> str:
 def test_api_run_on_postgres_rabbitmq_and_s3(
     services_app: Flask, worker_process, services_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
-    client = services_app.test_client()
+    client = api_client(services_app)
     with services_app.app_context():
         name = _unique("echo")
         add_parser(name, "echo_env.py", secrets={"API_TOKEN": "s3cret-token"})
