@@ -1,0 +1,56 @@
+"""The docker-compose deployment, checked without a container engine (none runs here).
+
+The file is validated against the Compose Specification's JSON schema (tests/fixtures/
+compose_spec.json, as shipped in docker-compose 1.29.2's wheel), and every PARSEQ_* variable
+it sets must be a real setting of parseq.config.Config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from parseq.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS = {f"PARSEQ_{f.name.upper()}" for f in dataclasses.fields(Config)}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict) -> None:
+    schema = json.loads((REPO / "tests" / "fixtures" / "compose_spec.json").read_text())
+    jsonschema.Draft201909Validator(schema).validate(compose)
+
+
+def test_every_parseq_variable_is_a_real_setting(compose: dict) -> None:
+    used = set()
+    for service in compose["services"].values():
+        used |= {k for k in service.get("environment", {}) if k.startswith("PARSEQ_")}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        name = line.split("=", 1)[0].strip()
+        if name.startswith("PARSEQ_"):
+            used.add(name)
+    assert used, "compose sets no PARSEQ_ variable"
+    assert used - SETTINGS == set()
+
+
+def test_compose_runs_the_three_processes_and_their_dependencies(compose: dict) -> None:
+    services = compose["services"]
+    assert {"postgres", "rabbitmq", "minio", "web", "worker", "scheduler"} <= set(services)
+    for name in ("web", "worker", "scheduler"):
+        deps = services[name]["depends_on"]
+        assert deps["postgres"]["condition"] == "service_healthy"
+        assert deps["rabbitmq"]["condition"] == "service_healthy"
+        assert deps["createbucket"]["condition"] == "service_completed_successfully"
+    for name in ("postgres", "rabbitmq", "minio"):
+        assert "test" in services[name]["healthcheck"]
+    assert "ports" not in services["worker"]  # scalable: --scale worker=N
