@@ -7,7 +7,6 @@ wall-clock timeout and cancellation by killing the whole group, and reports the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -216,7 +215,7 @@ def supervise(
     error_tail_bytes: int = 2000,
     cancel: threading.Event | None = None,
     on_line: LineCallback | None = None,
-    poll_s: float = 0.05,
+    poll_s: float = 0.1,
 ) -> Outcome:
     """Wait for ``proc``, streaming its output into ``log_path``; kill its group on timeout or
     cancel. The group is always killed at the end so no stray child outlives the run."""
@@ -232,19 +231,16 @@ def supervise(
         for t in pumps:
             t.start()
         reason: RunStatus | None = None
-        while True:
-            try:
-                proc.wait(timeout=poll_s)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        exited = _exit_event(proc)
+        while not exited.wait(timeout=min(poll_s, max(deadline - time.monotonic(), 0.001))):
             if cancel is not None and cancel.is_set():
                 reason = RunStatus.CANCELLED
             elif time.monotonic() >= deadline:
                 reason = RunStatus.TIMEOUT
             if reason is not None:
-                _terminate(proc, pgid, kill_grace_s)
+                _terminate(pgid, exited, kill_grace_s)
                 break
+        proc.wait()
         kill_group(pgid)  # children left behind by a script that exited
         for t in pumps:
             t.join(timeout=2.0)
@@ -262,13 +258,25 @@ def supervise(
         return Outcome(reason, rc, error, duration, sink.written)
 
 
-def _terminate(proc: subprocess.Popen[bytes], pgid: int, grace_s: float) -> None:
+def _exit_event(proc: subprocess.Popen[bytes]) -> threading.Event:
+    """An event set the moment the process exits: a blocked ``wait()`` in a helper thread
+    notices the exit at once, where polling ``wait(timeout=...)`` would add up to its sleep."""
+    exited = threading.Event()
+
+    def waiter() -> None:
+        proc.wait()
+        exited.set()
+
+    threading.Thread(target=waiter, name=f"wait-{proc.pid}", daemon=True).start()
+    return exited
+
+
+def _terminate(pgid: int, exited: threading.Event, grace_s: float) -> None:
     """SIGTERM the group, then SIGKILL what is left after ``grace_s``."""
     kill_group(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace_s)
+    exited.wait(timeout=grace_s)
     kill_group(pgid, signal.SIGKILL)
-    proc.wait()
+    exited.wait()
 
 
 def _describe_exit(rc: int | None) -> str:

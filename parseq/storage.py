@@ -16,6 +16,8 @@ from parseq.config import Config
 from parseq.errors import ConfigError, NotFound, StorageError
 
 CHUNK_BYTES = 256 * 1024
+#: Files up to this size go to S3 in a single PUT; larger ones as multipart uploads.
+SINGLE_PUT_BYTES = 8 * 1024 * 1024
 
 
 class Storage(Protocol):
@@ -120,7 +122,12 @@ class S3Storage:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key))
+            if path.stat().st_size <= SINGLE_PUT_BYTES:
+                # One PUT: upload_file's transfer manager costs a thread pool per call.
+                with path.open("rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body)
+            else:
+                self.client.upload_file(str(path), self.bucket, self._key(key))
         except (Boto3Error, BotoCoreError, ClientError) as exc:
             raise StorageError(f"upload of {key!r} to s3://{self.bucket} failed: {exc}") from exc
 
