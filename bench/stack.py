@@ -52,10 +52,13 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Stack:
+        import logging
+
         import boto3
         import psycopg2
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's and our request lines
         self.tmp = Path(tempfile.mkdtemp(prefix="parseq-bench-"))
         self.db_name = f"parseq_bench_{self.session}"
         conn = psycopg2.connect(PG_ADMIN_DSN)
