@@ -37,3 +37,8 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+## Benchmarks (on demand, never in the test suite): make bench  or  make bench BENCH="dispatch scale"
+bench: $(VENV)/.installed-dev
+	./scripts/services.sh
+	$(BIN)/python -m bench $(BENCH)

@@ -1,0 +1,44 @@
+"""Run the benchmarks: ``python -m bench [name ...]`` (``make bench``); no names = all.
+
+Each benchmark is a module of this package with a ``main(argv)``; arguments after ``--`` go
+to every selected benchmark. They need the services the tests use (``scripts/services.sh``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+
+BENCHMARKS = ["dispatch", "throughput", "scrapyd", "scale", "envs", "notebooks", "scheduler"]
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    extra: list[str] = []
+    if "--" in args:
+        i = args.index("--")
+        args, extra = args[:i], args[i + 1 :]
+    unknown = [a for a in args if a not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        return 2
+    print(f"# Parseq benchmarks, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores")
+    for name in args or BENCHMARKS:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"bench.{name}":
+                print(f"\n## {name}: not available")
+                continue
+            raise
+        print(f"\n## {name}")
+        module.main(extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
