@@ -39,6 +39,18 @@ class Config:
     notebooks_dir: Path = PROJECT_ROOT / "notebooks"
     #: Cached per-parser virtualenvs.
     envs_dir: Path = PROJECT_ROOT / "envs"
+    #: What fills a parser's virtualenv: ``uv``, ``pip``, or ``auto`` (uv, else pip).
+    env_installer: str = "auto"
+    #: Longest an environment build (virtualenv + install) may take, in seconds.
+    env_build_timeout_s: float = 900.0
+    #: Least-recently-used envs are evicted past these limits (0 = no limit).
+    envs_max_count: int = 50
+    envs_max_bytes: int = 10 * 1024**3
+    #: Allow requirement lines that can run arbitrary installers or fetch from anywhere
+    #: (``-e``, ``-r``, ``--find-links``, local paths, direct URLs).
+    env_allow_unsafe_requirements: bool = False
+    #: Comma-separated index URLs a parser may name with ``--index-url``/``--extra-index-url``.
+    env_allowed_index_urls: str = ""
     #: Working data: SQLite file, local storage, run working directories, parser state.
     var_dir: Path = PROJECT_ROOT / "var"
     #: Wall-clock limit of a run when its parser sets none, in seconds.
@@ -70,6 +82,9 @@ class Config:
     flask: Mapping[str, Any] = field(default_factory=dict)
     #: What parser processes inherit from ours: PATH and locale only (see ``runner.build_env``).
     child_env: Mapping[str, str] = field(default_factory=dict)
+    #: What the env builder (virtualenv, uv, pip) inherits: PATH, HOME, locale, proxies, TLS
+    #: certificates and UV_*/PIP_* settings; never Parseq's own secrets.
+    installer_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def runs_dir(self) -> Path:
@@ -87,7 +102,7 @@ class Config:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name in ("flask", "child_env"):
+            if f.name in ("flask", "child_env", "installer_env"):
                 continue
             raw = env.get(f"PARSEQ_{f.name.upper()}")
             if raw is None or raw == "":
@@ -96,6 +111,7 @@ class Config:
         values["child_env"] = {
             k: v for k, v in env.items() if k in ("PATH", "LANG") or k.startswith("LC_")
         }
+        values["installer_env"] = installer_environ(env)
         values.update(overrides)
         return cls(**values).resolved()
 
@@ -121,7 +137,26 @@ class Config:
             raise ConfigError("PARSEQ_DEFAULT_TIMEOUT_S must be > 0")
         if self.worker_threads < 1:
             raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
+        if self.env_installer not in ("auto", "uv", "pip"):
+            raise ConfigError("PARSEQ_ENV_INSTALLER must be auto, uv or pip")
         return replace(self, **changes)
+
+
+_INSTALLER_VARS = frozenset(
+    {"PATH", "HOME", "LANG", "XDG_CACHE_HOME", "XDG_DATA_HOME", "SSL_CERT_FILE", "SSL_CERT_DIR"}
+    | {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC"}
+)
+
+
+def installer_environ(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables an installer needs to reach an index (proxies, certificates, its cache)."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k in _INSTALLER_VARS
+        or k.startswith(("LC_", "UV_", "PIP_"))
+        or k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    }
 
 
 def _coerce(name: str, raw: str, kind: type) -> Any:

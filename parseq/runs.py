@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from parseq import runner
+from parseq import envs, runner
+from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, NotFound, ParseqError
 from parseq.models import Parser, Run, RunFile, RunStatus, RunTrigger, db, utcnow
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_FILE = "output.txt"
 LOG_FILE = "run.log"
+ENV_BUILD_LOG = "env-build.log"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -95,9 +96,41 @@ def claim(run_id: int) -> bool:
     return result.rowcount == 1
 
 
-def interpreter_for(parser: Parser) -> Path:
-    """The Python that runs the parser. Per-parser virtualenvs replace this (envs issue)."""
-    return Path(sys.executable)
+#: Envs held in use (safe from eviction) by the runs executing in this process.
+_env_leases: dict[int, envs.Env] = {}
+
+
+def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
+    """The absolute path of the Python that runs the parser (script or notebook): its cached
+    virtualenv's, built on first use. With ``run``, the env key is recorded on the run and the
+    env stays in use until :func:`release_env`; a failed build stores ``env-build.log``."""
+    config: Config = current_app.extensions["parseq"].config
+    requirements = reqs.for_parser(config, parser, resolve_script(config, parser))
+    try:
+        env = envs.acquire(config, requirements.lines)
+    except envs.EnvBuildFailed as exc:
+        if run is not None:
+            run.env_key = exc.key
+            log_path = config.runs_dir / str(run.id) / ENV_BUILD_LOG
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(exc.build_log)
+            store_files(run, {ENV_BUILD_LOG: log_path})
+        raise
+    if run is None:
+        env.release()
+    else:
+        _env_leases[run.id] = env
+        run.env_key = env.key
+        db.session.commit()
+    log.info("parser %s uses env %s (%s)", parser.name, env.key, "built" if env.built else "cached")
+    return env.python
+
+
+def release_env(run_id: int) -> None:
+    """Let the env of a finished run be evicted again."""
+    env = _env_leases.pop(run_id, None)
+    if env is not None:
+        env.release()
 
 
 def execute_run(run_id: int) -> RunStatus | None:
@@ -119,6 +152,7 @@ def execute_run(run_id: int) -> RunStatus | None:
         _finish(run, RunStatus.ERROR, None, message)
         status = RunStatus.ERROR
     finally:
+        release_env(run_id)
         if not config.keep_workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
     log.info("run %s of %s finished: %s", run.id, run.parser.name, status.value)
@@ -132,7 +166,7 @@ def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
     state_dir = config.state_dir / parser.name
     for path in [*dirs.values(), state_dir]:
         path.mkdir(parents=True, exist_ok=True)
-    interpreter = interpreter_for(parser)
+    interpreter = interpreter_for(parser, run)
     argv = runner.build_command(interpreter, script, run.args or {})
     env = runner.build_env(
         base_env=config.child_env,

@@ -22,7 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from parseq.app import create_app, init_db
-from parseq.config import Config
+from parseq.config import Config, installer_environ
 from parseq.models import Parser, Run, db
 
 HERE = Path(__file__).resolve().parent
@@ -101,8 +101,19 @@ def delete_rabbit_queues(*names: str) -> None:
 # --- configs and apps ----------------------------------------------------------------------
 
 
+#: What the env builder needs from ours (proxies, TLS certificates, uv's cache under HOME).
+INSTALLER_ENV = installer_environ(os.environ)
+
+
+@pytest.fixture(scope="session")
+def shared_envs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Parser virtualenvs shared by the session's tests, so the base env is built once;
+    tests about envs themselves pass an ``envs_dir`` of their own."""
+    return tmp_path_factory.mktemp("envs")
+
+
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Config]:
+def make_config(tmp_path: Path, shared_envs_dir: Path) -> Callable[..., Config]:
     """A config under ``tmp_path`` with the fixture parsers; keyword args override."""
 
     def make(**overrides: Any) -> Config:
@@ -110,14 +121,14 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
             "var_dir": tmp_path / "var",
             "parsers_dir": FIXTURE_PARSERS,
             "notebooks_dir": tmp_path / "notebooks",
-            "envs_dir": tmp_path / "envs",
+            "envs_dir": shared_envs_dir,
             "secret_key": "test",
             "default_timeout_s": 60.0,
             "kill_grace_s": 0.5,
             "log_level": "WARNING",
         }
         values.update(overrides)
-        return Config.from_env(environ={"PATH": os.environ.get("PATH", "")}, **values)
+        return Config.from_env(environ=INSTALLER_ENV, **values)
 
     return make
 
@@ -194,7 +205,7 @@ def services_env(
     ).create_bucket(Bucket=bucket)
     queue = f"parseq_test_{SESSION}"
     env = {
-        "PATH": os.environ.get("PATH", ""),
+        **INSTALLER_ENV,
         "PARSEQ_DATABASE_URL": pg_url,
         "PARSEQ_BROKER_URL": RABBIT_URL,
         "PARSEQ_QUEUE_NAME": queue,
@@ -204,6 +215,7 @@ def services_env(
         "PARSEQ_S3_SECRET_ACCESS_KEY": S3_KEYS["s3_secret_access_key"],
         "PARSEQ_VAR_DIR": str(tmp_path_factory.mktemp("services-var")),
         "PARSEQ_PARSERS_DIR": str(FIXTURE_PARSERS),
+        "PARSEQ_ENVS_DIR": str(tmp_path_factory.mktemp("services-envs")),
         "PARSEQ_SECRET_KEY": "test",
         "PARSEQ_KILL_GRACE_S": "0.5",
         "PARSEQ_LOG_LEVEL": "INFO",

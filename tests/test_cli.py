@@ -30,6 +30,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
         "PATH": os.environ["PATH"],
         "PARSEQ_VAR_DIR": str(tmp_path / "var"),
+        "PARSEQ_ENVS_DIR": str(tmp_path / "envs"),
         "PARSEQ_LOG_LEVEL": "WARNING",
         **extra,
     }
