@@ -13,6 +13,7 @@ from flask_admin.contrib.sqla import filters as sqla_filters
 from markupsafe import Markup, escape
 from wtforms import ValidationError as FormValidationError
 
+from parseq import requirements as reqs
 from parseq import runs
 from parseq.errors import ParseqError
 from parseq.models import Parser, ParserKind, Run, RunStatus, RunTrigger, db
@@ -68,6 +69,7 @@ class ParserView(ModelView):
             validate_name(model.name)
             model.kind = ParserKind(model.kind)
             model.path = validate_path(config, model.kind, model.path)
+            reqs.parse(model.requirements or "", reqs.Policy.from_config(config))
             if isinstance(model.default_args, str):
                 model.default_args = json.loads(model.default_args or "{}")
             runs.check_args(model.default_args)
@@ -100,8 +102,9 @@ class RunView(ModelView):
         "finished_at",
         "exit_code",
         "error",
+        "env_key",
     )
-    column_details_list = (*column_list, "args", "env_key", "worker_id", "files")
+    column_details_list = (*column_list, "args", "worker_id", "files")
     column_filters = (
         "status",
         "trigger",

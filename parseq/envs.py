@@ -207,7 +207,7 @@ class _Builder:
                 self.note("uv not found: falling back to pip (much slower)")
                 log.warning("env %s: uv not found, installing with pip (much slower)", self.key)
             elif uv is None and self.config.env_installer == "uv":
-                self._fail(lines, "PARSEQ_ENV_INSTALLER=uv but uv is not installed", None)
+                self._fail(lines, "PARSEQ_ENV_INSTALLER=uv but uv is not installed")
         seed = [] if self.installer == "pip" else ["--no-seed"]
         venv = [sys.executable, "-m", "virtualenv", "--no-download", "--no-periodic-update"]
         self.run(
@@ -241,19 +241,19 @@ class _Builder:
         except subprocess.TimeoutExpired as exc:
             self.chunks.append((exc.output or b"").decode("utf-8", "replace"))
             limit = self.config.env_build_timeout_s
-            self._fail(lines, f"timed out after {limit:g} s", None)
+            self._fail(lines, f"timed out after {limit:g} s")
         self.chunks.append(proc.stdout.decode("utf-8", "replace"))
         if proc.returncode != 0:
-            self._fail(lines, f"{Path(cmd[0]).name} exited with code {proc.returncode}", proc)
+            self._fail(lines, f"{Path(cmd[0]).name} exited with code {proc.returncode}")
 
-    def _fail(self, lines: list[str], why: str, proc: object) -> None:
-        self.note(why)
+    def _fail(self, lines: list[str], why: str) -> None:
         text = self.text()
         culprit = failing_requirement(lines, text)
         what = f"requirement {culprit!r}" if culprit else f"requirements {', '.join(lines)}"
         tail = text[-self.config.error_tail_bytes :].strip()
         message = f"could not build the environment for {what}: {why}\n{tail}"
-        raise EnvBuildFailed(message, self.key, culprit, text)
+        self.note(why)
+        raise EnvBuildFailed(message, self.key, culprit, self.text())
 
 
 def failing_requirement(lines: Sequence[str], build_log: str) -> str | None:
