@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format check bench clean
+.PHONY: run test lint format check bench bench-envs clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ lint: $(VENV)/.installed-dev
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## Benchmarks (on demand, never in the tests): print medians and ratios.
+bench: bench-envs
+
+bench-envs: $(VENV)/.installed-run
+	$(BIN)/python bench/envs.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

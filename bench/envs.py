@@ -1,0 +1,80 @@
+"""Benchmark of per-parser virtualenvs (run on demand: ``make bench-envs``; not a test).
+
+Prints the cache-hit overhead of :func:`parseq.envs.acquire`, a cold build of
+``requests beautifulsoup4 lxml`` with a warm package cache (virtualenv + uv, Parseq's default),
+and the same build with virtualenv + pip, as medians and a ratio. Needs PyPI (or a mirror).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from parseq import envs
+from parseq.config import Config
+
+PACKAGES = ("requests", "beautifulsoup4", "lxml")
+
+
+def _config(root: Path, installer: str) -> Config:
+    return Config.from_env(envs_dir=root, env_installer=installer, envs_max_count=0)
+
+
+def cold_build_s(installer: str, lines: tuple[str, ...], rounds: int) -> list[float]:
+    """Seconds per build into an empty envs dir; a first, unmeasured build warms the cache."""
+    times = []
+    for i in range(rounds + 1):
+        with tempfile.TemporaryDirectory(prefix="parseq-bench-") as tmp:
+            config = _config(Path(tmp), installer)
+            started = time.perf_counter()
+            envs.build_env(config, lines)
+            if i:  # round 0 only fills uv's/pip's package cache
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def hit_overhead_ms(lines: tuple[str, ...], n: int) -> list[float]:
+    """Milliseconds per cache hit: key, directory check, in-use lease taken and released."""
+    with tempfile.TemporaryDirectory(prefix="parseq-bench-") as tmp:
+        config = _config(Path(tmp), "uv")
+        envs.build_env(config, lines)
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            env = envs.acquire(config, lines)
+            env.release()
+            samples.append((time.perf_counter() - started) * 1000)
+            assert not env.built
+    return samples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="cold uv builds to take the median of")
+    ap.add_argument("--hits", type=int, default=2000, help="cache hits to time")
+    ap.add_argument("--no-pip", action="store_true", help="skip the (slow) pip comparison")
+    opts = ap.parse_args()
+
+    hits = hit_overhead_ms(PACKAGES, opts.hits)
+    p95 = statistics.quantiles(hits, n=20)[-1]
+    print(
+        f"cache hit:        median {statistics.median(hits):.3f} ms  p95 {p95:.3f} ms"
+        f"  (target <= 1 ms, n={len(hits)})"
+    )
+    uv = cold_build_s("uv", PACKAGES, opts.rounds)
+    print(
+        f"cold build, uv:   median {statistics.median(uv):.3f} s  "
+        f"[{', '.join(f'{t:.3f}' for t in uv)}]  (target <= 1 s; {' '.join(PACKAGES)})"
+    )
+    if opts.no_pip:
+        return
+    pip = cold_build_s("pip", PACKAGES, 1)
+    print(f"cold build, pip:  {pip[0]:.3f} s  (virtualenv + pip, warm pip cache)")
+    print(f"pip / uv:         {pip[0] / statistics.median(uv):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
