@@ -106,6 +106,11 @@ def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
     env stays in use until :func:`release_env`; a failed build stores ``env-build.log``."""
     config: Config = current_app.extensions["parseq"].config
     requirements = reqs.for_parser(config, parser, resolve_script(config, parser))
+    # A first build can take minutes: keep the run's heartbeat going meanwhile.
+    watchdog = None
+    if run is not None:
+        watchdog = Watchdog(current_app._get_current_object(), run.id, config.heartbeat_interval_s)
+        watchdog.start()
     try:
         env = envs.acquire(config, requirements.lines)
     except envs.EnvBuildFailed as exc:
@@ -116,6 +121,9 @@ def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
             log_path.write_text(exc.build_log)
             store_files(run, {ENV_BUILD_LOG: log_path})
         raise
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     if run is None:
         env.release()
     else:
