@@ -35,12 +35,6 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## Benchmarks (on demand, never in the tests): print medians and ratios.
-bench: bench-envs
-
-bench-envs: $(VENV)/.installed-run
-	$(BIN)/python bench/envs.py
-
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
 
@@ -48,3 +42,7 @@ clean:
 bench: $(VENV)/.installed-dev
 	./scripts/services.sh
 	$(BIN)/python -m bench $(BENCH)
+
+## Only the parser-environment benchmark (cache hit, cold builds with uv and with pip).
+bench-envs: $(VENV)/.installed-dev
+	$(BIN)/python -m bench envs

@@ -1,4 +1,4 @@
-"""Benchmark of per-parser virtualenvs (run on demand: ``make bench-envs``; not a test).
+"""Benchmark of per-parser virtualenvs (on demand: ``make bench-envs`` or ``make bench``).
 
 Prints the cache-hit overhead of :func:`parseq.envs.acquire`, a cold build of
 ``requests beautifulsoup4 lxml`` with a warm package cache (virtualenv + uv, Parseq's default),
@@ -51,12 +51,12 @@ def hit_overhead_ms(lines: tuple[str, ...], n: int) -> list[float]:
     return samples
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3, help="cold uv builds to take the median of")
     ap.add_argument("--hits", type=int, default=2000, help="cache hits to time")
     ap.add_argument("--no-pip", action="store_true", help="skip the (slow) pip comparison")
-    opts = ap.parse_args()
+    opts = ap.parse_args(argv)
 
     hits = hit_overhead_ms(PACKAGES, opts.hits)
     p95 = statistics.quantiles(hits, n=20)[-1]
