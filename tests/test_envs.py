@@ -335,6 +335,19 @@ def test_unknown_package_errors_clearly_and_a_fixed_requirement_succeeds(
     assert _output(env_app, fixed.id).startswith("1.16.0 ")
 
 
+def test_invalid_requirements_saved_behind_the_admins_back_fail_the_run_not_the_worker(
+    env_app: Flask, env_config: Config
+) -> None:
+    parser = _six_parser(env_config, "garbage", "six>=>1")
+    run = wait_for_run(runs.create_run(parser).id)
+    assert run.status is RunStatus.ERROR
+    assert run.error.startswith("requirements line 1: 'six>=>1' is not a valid requirement")
+    assert envs.builds(env_config) == []
+    parser.requirements = "six==1.16.0"
+    db.session.commit()
+    assert wait_for_run(runs.create_run(parser).id).status is RunStatus.COMPLETED
+
+
 def _output_file(app: Flask, run_id: int, name: str) -> str:
     resp = api_client(app).get(f"/api/v1/runs/{run_id}/files/{name}")
     assert resp.status_code == 200
