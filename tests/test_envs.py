@@ -215,6 +215,32 @@ def test_threads_asking_for_one_new_env_build_it_once(env_config: Config) -> Non
         env.release()
 
 
+ACQUIRE = """
+import sys
+from parseq import envs
+from parseq.config import Config
+config = Config.from_env(envs_dir=sys.argv[1])
+with envs.acquire(config, ["idna==3.6"]) as env:
+    print(env.key, env.built)
+"""
+
+
+def test_processes_asking_for_one_new_env_build_it_once(env_config: Config) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ACQUIRE, str(env_config.envs_dir)],
+            env=INSTALLER_ENV,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = sorted(p.communicate(timeout=60)[0].split() for p in procs)
+    key = envs.env_key(["idna==3.6"])
+    assert outputs == [[key, "False"], [key, "True"]]
+    assert len(envs.builds(env_config, key)) == 1
+
+
 def test_pip_fallback_when_uv_is_missing(env_config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(envs, "_find_uv", lambda: None)
     with envs.acquire(env_config, ["six==1.15.0"]) as env:
