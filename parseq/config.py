@@ -96,6 +96,11 @@ class Config:
         """Per-parser directories that persist between runs (``PARSEQ_STATE_DIR``)."""
         return self.var_dir / "state"
 
+    @property
+    def sdk_dir(self) -> Path:
+        """Copies of the parser SDK that parser processes import (``PYTHONPATH``)."""
+        return self.var_dir / "sdk"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read every setting from ``PARSEQ_<NAME>`` variables, then apply ``overrides``."""

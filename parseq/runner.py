@@ -108,6 +108,8 @@ def build_env(
             "PARSEQ_ARGS": json.dumps(dict(args)),
             "PARSEQ_OUTPUT_DIR": str(output_dir),
             "PARSEQ_STATE_DIR": str(state_dir),
+            # Names only, so the SDK knows which variables are secrets (to mask them).
+            "PARSEQ_SECRET_NAMES": ",".join(sorted(secrets)),
         }
     )
     env.update(extra or {})

@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from parseq import envs, runner
+from parseq import envs, runner, sdk
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, NotFound, ParseqError
@@ -174,6 +174,7 @@ def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
     state_dir = config.state_dir / parser.name
     for path in [*dirs.values(), state_dir]:
         path.mkdir(parents=True, exist_ok=True)
+    progress_file = workdir / sdk.PROGRESS_FILE
     interpreter = interpreter_for(parser, run)
     argv = runner.build_command(interpreter, script, run.args or {})
     env = runner.build_env(
@@ -186,12 +187,18 @@ def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
         state_dir=state_dir,
         home_dir=dirs["home"],
         tmp_dir=dirs["tmp"],
+        extra={
+            "PYTHONPATH": str(sdk.install_sdk(config.sdk_dir)),
+            "PARSEQ_PROGRESS_FILE": str(progress_file),
+        },
     )
     timeout_s = parser.timeout_s or config.default_timeout_s
     log_path = workdir / LOG_FILE
     proc = runner.spawn(argv, env, cwd=dirs["work"])
     log.info("run %s of %s started pid=%d", run.id, parser.name, proc.pid)
-    watchdog = Watchdog(current_app._get_current_object(), run.id, config.heartbeat_interval_s)
+    watchdog = Watchdog(
+        current_app._get_current_object(), run.id, config.heartbeat_interval_s, progress_file
+    )
     watchdog.start()
     try:
         outcome = runner.supervise(
@@ -205,6 +212,7 @@ def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
         )
     finally:
         watchdog.stop()
+    _record_progress(run, progress_file)
     files = collect_files(dirs["output"], log_path)
     store_files(run, files)
     _finish(run, outcome.status, outcome.exit_code, outcome.error)
@@ -217,11 +225,15 @@ class Watchdog(threading.Thread):
     Works in its own app context, so in its own database session.
     """
 
-    def __init__(self, app: Flask, run_id: int, interval_s: float) -> None:
+    def __init__(
+        self, app: Flask, run_id: int, interval_s: float, progress_file: Path | None = None
+    ) -> None:
         super().__init__(name=f"watchdog-{run_id}", daemon=True)
         self.app = app
         self.run_id = run_id
         self.interval_s = interval_s
+        self.progress_file = progress_file
+        self._progress_mtime: int | None = None
         self.cancel = threading.Event()
         self._stopped = threading.Event()
 
@@ -235,10 +247,12 @@ class Watchdog(threading.Thread):
                     db.session.rollback()
 
     def beat(self) -> None:
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        values.update(self._new_progress())
         result = db.session.execute(
             db.update(Run)
             .where(Run.id == self.run_id, Run.status == RunStatus.RUNNING)
-            .values(heartbeat_at=utcnow())
+            .values(**values)
         )
         db.session.commit()
         if result.rowcount == 0:
@@ -246,6 +260,19 @@ class Watchdog(threading.Thread):
             if status is RunStatus.CANCELLED:
                 log.info("run %s: cancel requested, stopping it", self.run_id)
                 self.cancel.set()
+
+    def _new_progress(self) -> dict[str, Any]:
+        """The progress columns, when the parser reported since the last beat."""
+        if self.progress_file is None:
+            return {}
+        try:
+            mtime = self.progress_file.stat().st_mtime_ns
+        except OSError:
+            return {}
+        if mtime == self._progress_mtime:
+            return {}
+        self._progress_mtime = mtime
+        return _progress_values(sdk.read_progress(self.progress_file))
 
     def stop(self) -> None:
         self._stopped.set()
@@ -273,6 +300,23 @@ def cancel_run(run: Run) -> Run:
     return run
 
 
+def _progress_values(progress: sdk.Progress | None) -> dict[str, Any]:
+    if progress is None:
+        return {}
+    return {
+        "progress_done": progress.done,
+        "progress_total": progress.total,
+        "progress_message": progress.message,
+    }
+
+
+def _record_progress(run: Run, progress_file: Path) -> None:
+    """The parser's last report, which it may have made after the last heartbeat."""
+    for name, value in _progress_values(sdk.read_progress(progress_file)).items():
+        setattr(run, name, value)
+    db.session.commit()
+
+
 def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
     """Result files by name: everything in the output folder, ``output.txt`` (created empty if
     the parser wrote none) and the run log."""
@@ -282,7 +326,7 @@ def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
     files = {
         p.relative_to(output_dir).as_posix(): p
         for p in sorted(output_dir.rglob("*"))
-        if p.is_file() and not p.is_symlink()
+        if p.is_file() and not p.is_symlink() and not p.name.startswith(sdk.TMP_PREFIX)
     }
     files[LOG_FILE] = log_path
     return files

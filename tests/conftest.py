@@ -258,3 +258,13 @@ def worker_process(
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture
+def site() -> Iterator[Any]:
+    """A local HTTP server with sample pages of the demo parsers' sites (tests/fixture_site.py)."""
+    from tests.fixture_site import Site
+
+    server = Site().start()
+    yield server
+    server.stop()

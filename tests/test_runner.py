@@ -79,6 +79,7 @@ def test_build_env_gives_the_contract_and_nothing_of_parseq() -> None:
         "PARSEQ_ARGS": json.dumps({"pages": 2}),
         "PARSEQ_OUTPUT_DIR": "/r/7/output",
         "PARSEQ_STATE_DIR": "/s/quotes",
+        "PARSEQ_SECRET_NAMES": "API_TOKEN",
         "API_TOKEN": "tok",
     }
 

@@ -1,0 +1,105 @@
+"""The worker's side of the parser SDK (``parseq_sdk``): shipping it to parser processes and
+reading the progress they report.
+
+Shipping: parser processes get ``PYTHONPATH`` set to a folder that holds a copy of the SDK and
+nothing else (``<var>/sdk/<content hash>/parseq_sdk``), so any interpreter (this one, a
+per-parser virtualenv) can ``import parseq_sdk`` without seeing Flask or any of Parseq's own
+modules, and a user's packages never shadow ours. The folder is named by the hash of the SDK's
+sources, so an upgrade makes a new folder and a running parser keeps its own.
+
+Progress: the SDK writes its latest report atomically to ``PARSEQ_PROGRESS_FILE`` (in the run's
+working folder, outside its output); the run's watchdog reads it on every heartbeat. A file
+rather than marker lines on stdout: no parse of (possibly huge or hostile) output lines, nothing
+in the run log, and the worker reads one small file per beat however often the parser reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from parseq.errors import ConfigError
+
+SDK_PACKAGE = "parseq_sdk"
+PROGRESS_FILE = "progress.json"
+#: Prefix of the SDK's temporary files (``parseq_sdk._atomic``): never stored as results.
+TMP_PREFIX = ".parseq-tmp-"
+MAX_MESSAGE_CHARS = 500
+
+
+def sdk_sources() -> list[Path]:
+    """The SDK's source files, in a stable order."""
+    spec = importlib.util.find_spec(SDK_PACKAGE)  # located, not imported into the worker
+    if spec is None or spec.origin is None:
+        raise ConfigError("the parseq_sdk package is not installed next to parseq")
+    root = Path(spec.origin).resolve().parent
+    return sorted(p for p in root.glob("*.py"))
+
+
+def install_sdk(sdk_dir: Path) -> Path:
+    """Make sure a copy of the SDK exists under ``sdk_dir``; return the folder to put on
+    ``PYTHONPATH`` (it contains only ``parseq_sdk/``). Cheap when it already exists."""
+    sources = sdk_sources()
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    target = sdk_dir / digest.hexdigest()[:16]
+    if (target / SDK_PACKAGE / "__init__.py").is_file():
+        return target
+    sdk_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=sdk_dir, prefix=".staging-"))
+    try:
+        (staging / SDK_PACKAGE).mkdir()
+        for path in sources:
+            shutil.copyfile(path, staging / SDK_PACKAGE / path.name)
+        try:
+            staging.rename(target)  # atomic; another worker may have won the race
+        except OSError:
+            if not (target / SDK_PACKAGE / "__init__.py").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A parser's latest progress report."""
+
+    done: float | None
+    total: float | None
+    message: str | None
+
+
+def read_progress(path: Path) -> Progress | None:
+    """The report in ``path``; None when there is none yet or it is not a valid report (a
+    parser may write anything there: it is checked, never trusted)."""
+    try:
+        with path.open("rb") as fh:
+            data = json.loads(fh.read(64 * 1024))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    done, total = _number(data.get("done")), _number(data.get("total"))
+    message = data.get("message")
+    message = str(message)[:MAX_MESSAGE_CHARS] if message not in (None, "") else None
+    if done is None and total is None and message is None:
+        return None
+    return Progress(done, total, message)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    with contextlib.suppress(OverflowError):
+        if math.isfinite(value):
+            return float(value)
+    return None
