@@ -42,6 +42,17 @@ def _files_links(_view: Any, _ctx: Any, run: Run, _name: str) -> Markup:
     return Markup(", ".join(links))
 
 
+def _progress(_view: Any, _ctx: Any, run: Run, _name: str) -> str:
+    """``3/10 (30%) page 3``: what the parser last reported with ``parseq_sdk.progress``."""
+    if run.progress_done is None and run.progress_message is None:
+        return ""
+    done = f"{run.progress_done:g}" if run.progress_done is not None else "?"
+    if run.progress_total:
+        pct = 100 * (run.progress_done or 0) / run.progress_total
+        done = f"{done}/{run.progress_total:g} ({pct:.0f}%)"
+    return f"{done} {run.progress_message or ''}".strip()
+
+
 class ParserView(ModelView):
     """Register and edit parsers; run them from the list."""
 
@@ -101,6 +112,7 @@ class RunView(ModelView):
         "started_at",
         "finished_at",
         "exit_code",
+        "progress",
         "error",
         "env_key",
     )
@@ -112,8 +124,8 @@ class RunView(ModelView):
         # UTCDateTime is a TypeDecorator, which Flask-Admin cannot guess a filter for.
         sqla_filters.DateTimeBetweenFilter(Run.queued_at, "Queued"),
     )
-    column_formatters = {"status": _status_badge, "files": _files_links}
-    column_formatters_detail = {"status": _status_badge, "files": _files_links}
+    column_formatters = {"status": _status_badge, "files": _files_links, "progress": _progress}
+    column_formatters_detail = column_formatters
     page_size = 50
 
 

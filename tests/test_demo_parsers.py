@@ -20,7 +20,7 @@ from parseq.config import Config
 from parseq.models import db
 from parseq.registry import sync_shipped
 from parseq.tasks import start_worker
-from tests.conftest import api_client, wait_for_run
+from tests.conftest import admin_client, api_client, wait_for_run
 from tests.fixture_site import QUOTES_PER_PAGE, quote_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -233,3 +233,14 @@ def test_the_sdk_reaches_a_bare_virtualenv(
     run = run_parser(demo_app, "pi", digits=20)
     assert run["status"] == "completed", run["error"]
     assert file_text(demo_app, run, "output.txt") == "3.14159265358979323846\n"
+
+
+def test_admin_run_pages_show_the_progress(demo_app: Flask) -> None:
+    run = run_parser(demo_app, "pi", digits=40, steps=4)
+    assert run["status"] == "completed", run["error"]
+    client = admin_client(demo_app)
+    listing = client.get("/admin/runs/")
+    assert listing.status_code == 200
+    assert "4/4 (100%) pi to 40 digits" in listing.data.decode()
+    details = client.get(f"/admin/runs/details/?id={run['id']}")
+    assert "4/4 (100%) pi to 40 digits" in details.data.decode()
