@@ -272,7 +272,7 @@ class Watchdog(threading.Thread):
         if mtime == self._progress_mtime:
             return {}
         self._progress_mtime = mtime
-        return _progress_values(sdk.read_progress(self.progress_file))
+        return sdk.progress_columns(self.progress_file)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -300,19 +300,9 @@ def cancel_run(run: Run) -> Run:
     return run
 
 
-def _progress_values(progress: sdk.Progress | None) -> dict[str, Any]:
-    if progress is None:
-        return {}
-    return {
-        "progress_done": progress.done,
-        "progress_total": progress.total,
-        "progress_message": progress.message,
-    }
-
-
 def _record_progress(run: Run, progress_file: Path) -> None:
     """The parser's last report, which it may have made after the last heartbeat."""
-    for name, value in _progress_values(sdk.read_progress(progress_file)).items():
+    for name, value in sdk.progress_columns(progress_file).items():
         setattr(run, name, value)
     db.session.commit()
 

@@ -96,6 +96,18 @@ def read_progress(path: Path) -> Progress | None:
     return Progress(done, total, message)
 
 
+def progress_columns(path: Path) -> dict[str, float | str | None]:
+    """The ``Run`` columns to update from the report in ``path`` (none when there is none)."""
+    progress = read_progress(path)
+    if progress is None:
+        return {}
+    return {
+        "progress_done": progress.done,
+        "progress_total": progress.total,
+        "progress_message": progress.message,
+    }
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

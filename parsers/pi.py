@@ -1,7 +1,7 @@
 """Compute pi to N digits, with live progress and intermediate results: no network needed.
 
-Arguments: ``--digits N`` (default 100, at most 10000), ``--steps K`` (default 10: pi is
-computed to 1/K, 2/K, ... of the digits, each step reported as progress and kept in
+Arguments: ``--digits N`` (default 100, at most 10000), ``--steps K`` (default 10, at most
+100: pi is computed to 1/K, 2/K, ... of the digits, each step reported as progress and kept in
 ``steps.jsonl``), ``--delay S`` (seconds to pause after each step, default 0: makes the
 progress watchable). Writes pi to ``output.txt`` and ``pi.json``.
 """
@@ -12,6 +12,8 @@ import sys
 import time
 
 from parseq_sdk import context, output, output_json, progress, save_file
+
+MAX_STEPS = 100
 
 
 def pi_digits(digits: int) -> str:
@@ -39,7 +41,7 @@ def main() -> int:
     if not 1 <= digits <= 10000:
         print(f"--digits must be between 1 and 10000, got {digits}", file=sys.stderr)
         return 2
-    steps = max(1, min(steps, digits))
+    steps = max(1, min(steps, digits, MAX_STEPS))
     started = time.perf_counter()
     print(f"computing pi to {digits} digits in {steps} steps", file=sys.stderr)
     pi = ""
