@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from parseq_sdk import (
 )
 from parseq_sdk import reporting as sdk_reporting
 from parseq_sdk.run_context import parse_argv
+from tests.conftest import add_parser, api_client, wait_for_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -394,3 +396,33 @@ def test_local_mode_uses_a_parseq_folder_and_argv(tmp_path: Path, site: Any) -> 
     restarted = run("--max-pages", "1", "--restart")
     assert (out / "output.txt").read_text().startswith("page 1:"), restarted.stderr
     assert site.hits_for("/search?page=1") == 1  # the page cache in .parseq/my_parser/state
+
+
+@pytest.mark.services
+def test_a_parseq_worker_process_ships_the_sdk_to_its_parsers(
+    services_app: Any, worker_process: Any, services_env: dict[str, str]
+) -> None:
+    client = api_client(services_app)
+    with services_app.app_context():
+        name = f"probe-{uuid.uuid4().hex[:8]}"
+        add_parser(name, "sdk_probe.py", secrets={"API_TOKEN": "s3cret-token"})
+    resp = client.post(f"/api/v1/parsers/{name}/runs", json={"args": {"who": "sdk"}})
+    with services_app.app_context():
+        wait_for_run(resp.json["id"])
+    run = client.get(f"/api/v1/runs/{resp.json['id']}").json
+    assert run["status"] == "completed", run["error"]
+    assert run["progress"] == {"done": 3.0, "total": 3.0, "message": "probing"}
+    probe = json.loads(client.get(f"/api/v1/runs/{run['id']}/files/probe.json").data)
+    sdk_dir = Path(services_env["PARSEQ_VAR_DIR"]) / "sdk"
+    assert probe == {
+        "app_modules": [],
+        "sdk_file": probe["sdk_file"],
+        "secrets": "Secrets(API_TOKEN='***')",
+        "token_ok": True,
+        "run_id": run["id"],
+        "parser": name,
+        "under_parseq": True,
+    }
+    assert Path(probe["sdk_file"]).parent.parent.parent == sdk_dir
+    assert client.get(f"/api/v1/runs/{run['id']}/files/output.txt").data == b"hello sdk\n"
+    assert b"s3cret" not in client.get(f"/api/v1/runs/{run['id']}/files/run.log").data
