@@ -17,6 +17,7 @@ RUN pip install uv==0.13.9 && uv pip install --system -r requirements.txt
 
 COPY pyproject.toml requirements.in README.md ./
 COPY parseq ./parseq
+COPY parseq_sdk ./parseq_sdk
 COPY parsers ./parsers
 COPY notebooks ./notebooks
 RUN uv pip install --system --no-deps . \
