@@ -107,6 +107,7 @@ class Tracker(Iterator[T]):
         try:
             return next(self._it)
         except StopIteration:
+            self._started = False  # asking again after the end counts nothing more
             _reporter.flush()
             raise
 

@@ -229,8 +229,10 @@ def test_the_sdk_reaches_a_bare_virtualenv(
     python = venv / "bin" / "python"
     probe = subprocess.run([str(python), "-c", "import flask"], capture_output=True, timeout=30)
     assert probe.returncode != 0  # really bare
-    monkeypatch.setattr(runs, "interpreter_for", lambda parser: python)
+    used: list[str] = []
+    monkeypatch.setattr(runs, "interpreter_for", lambda parser: used.append(parser.name) or python)
     run = run_parser(demo_app, "pi", digits=20)
+    assert used == ["pi"]  # the run really went through the venv's interpreter
     assert run["status"] == "completed", run["error"]
     assert file_text(demo_app, run, "output.txt") == "3.14159265358979323846\n"
 
