@@ -1,80 +1,47 @@
+# /// script
+# dependencies = ["beautifulsoup4==4.15.0"]
+# ///
 """Paginated search results from quotes.toscrape.com, resumable: each run fetches the next pages.
 
 Arguments: ``--query TAG`` (default ``love``), ``--max_pages N`` (pages per run, default 0 = all
 that are left), ``--restart true`` (start over from page 1), ``--base_url TEMPLATE`` (default
 ``https://quotes.toscrape.com/tag/{query}/page/{page}/``; ``{query}`` and ``{page}`` are filled
 in), ``--delay S`` / ``--backoff S`` (politeness and retry waits, default 1). Pages come through
-the SDK's page cache, so a page is never fetched twice; results are grouped by query hash:
-``results/<hash>.jsonl``.
+the SDK's page cache, so a page is never fetched twice; they are parsed with BeautifulSoup (the
+stdlib ``html.parser`` backend, so no lxml); results are grouped by query hash:
+``results/<hash>.jsonl``. Its requirements are the PEP 723 block above: Parseq runs it in a
+virtualenv of its own (see README "Parser environments").
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
-from html.parser import HTMLParser
 from urllib.parse import quote
+
+from bs4 import BeautifulSoup, Tag
 
 from parseq_sdk import checkpoint, context, fetch, output, output_json, progress
 
 BASE_URL = "https://quotes.toscrape.com/tag/{query}/page/{page}/"
 
 
-class QuotesPage(HTMLParser):
-    """``div.quote`` items (text, author, tags) and whether there is an ``li.next`` link."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.quotes: list[dict] = []
-        self.has_next = False
-        self._depth = 0  # nesting inside the current div.quote; 0 = outside
-        self._field: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        classes = (dict(attrs).get("class") or "").split()
-        if tag == "li" and "next" in classes:
-            self.has_next = True
-        if self._depth:
-            if tag == "div":
-                self._depth += 1
-            if tag == "span" and "text" in classes:
-                self._field = "text"
-            elif tag == "small" and "author" in classes:
-                self._field = "author"
-            elif tag == "a" and "tag" in classes:
-                self._field = "tag"
-                self.quotes[-1]["tags"].append("")
-        elif tag == "div" and "quote" in classes:
-            self._depth = 1
-            self.quotes.append({"text": "", "author": "", "tags": []})
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("span", "small", "a"):
-            self._field = None
-        elif tag == "div" and self._depth:
-            self._depth -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._depth or self._field is None:
-            return
-        quote_ = self.quotes[-1]
-        if self._field == "tag":
-            quote_["tags"][-1] += data.strip()
-        else:
-            quote_[self._field] += data
-
-    def result(self) -> list[dict]:
-        return [
-            {**q, "text": q["text"].strip().strip("\u201c\u201d"), "author": q["author"].strip()}
-            for q in self.quotes
-        ]
-
-
 def parse_page(html: str) -> tuple[list[dict], bool]:
-    page = QuotesPage()
-    page.feed(html)
-    page.close()
-    return page.result(), page.has_next
+    """``div.quote`` items (text, author, tags) and whether there is an ``li.next`` link."""
+    soup = BeautifulSoup(html, "html.parser")  # stdlib backend: no lxml needed
+    quotes = [
+        {
+            "text": _text(item.select_one("span.text")).strip("\u201c\u201d"),
+            "author": _text(item.select_one("small.author")),
+            "tags": [_text(tag) for tag in item.select("a.tag")],
+        }
+        for item in soup.select("div.quote")
+    ]
+    return quotes, soup.select_one("li.next") is not None
+
+
+def _text(node: Tag | None) -> str:
+    return node.get_text().strip() if node is not None else ""
 
 
 def query_hash(query: str) -> str:

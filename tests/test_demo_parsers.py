@@ -135,6 +135,16 @@ def test_quotes_paginate_resume_from_the_cache_and_restart(demo_app: Flask, site
     }
     assert first["progress"] == {"done": 2.0, "total": 2.0, "message": "query 'love'"}
 
+    # It ran in a venv built from its PEP 723 block, not in the bare base env pi runs in.
+    base = run_parser(demo_app, "pi", digits=5)
+    assert first["env_key"] and first["env_key"] != base["env_key"]
+    env = demo_app.extensions["parseq"].config.envs_dir / first["env_key"]
+    assert json.loads((env / "parseq-env.json").read_text())["requirements"] == [
+        "beautifulsoup4==4.15.0"
+    ]
+    assert list(env.glob("lib/python*/site-packages/bs4/__init__.py"))
+    assert not list(env.glob("lib/python*/site-packages/lxml"))  # html.parser backend only
+
     second = run_parser(demo_app, "quotes", **args, **NO_DELAY)
     assert _pages(file_text(demo_app, second, "output.txt")) == [3, 4]
     third = run_parser(demo_app, "quotes", **args, **NO_DELAY)  # page 5 is the last
@@ -206,8 +216,8 @@ def test_pi_progress_shows_on_the_run_while_it_runs(demo_app: Flask) -> None:
 
 
 def test_the_sdk_reaches_the_parsers_bare_virtualenv(demo_app: Flask) -> None:
-    """Demo parsers have no requirements: they run in the shared bare env, which has neither
-    Flask nor Parseq; the SDK comes on PYTHONPATH."""
+    """Demo parsers without requirements (all but quotes) run in the shared bare env, which has
+    neither Flask nor Parseq; the SDK comes on PYTHONPATH."""
     run = run_parser(demo_app, "pi", digits=20)
     assert run["status"] == "completed", run["error"]
     assert file_text(demo_app, run, "output.txt") == "3.14159265358979323846\n"
