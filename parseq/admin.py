@@ -13,8 +13,8 @@ from flask_admin.contrib.sqla import filters as sqla_filters
 from markupsafe import Markup, escape
 from wtforms import ValidationError as FormValidationError
 
+from parseq import notebooks, runs
 from parseq import requirements as reqs
-from parseq import runs
 from parseq.errors import ParseqError
 from parseq.models import Parser, ParserKind, Run, RunStatus, RunTrigger, db
 from parseq.registry import validate_name, validate_path
@@ -81,6 +81,8 @@ class ParserView(ModelView):
             model.kind = ParserKind(model.kind)
             model.path = validate_path(config, model.kind, model.path)
             reqs.parse(model.requirements or "", reqs.Policy.from_config(config))
+            if model.kind is ParserKind.NOTEBOOK:
+                notebooks.check_parser_notebook(config, model.path)
             if isinstance(model.default_args, str):
                 model.default_args = json.loads(model.default_args or "{}")
             runs.check_args(model.default_args)

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from parseq import notebooks
 from parseq.config import Config
 from parseq.errors import ScriptNotFound, ValidationError
 from parseq.models import NAME_RE, Parser, ParserKind, db
@@ -65,27 +66,43 @@ class Discovered:
     name: str
     path: str
     description: str
+    kind: ParserKind = ParserKind.SCRIPT
 
 
 def discover(config: Config) -> list[Discovered]:
-    """Scripts shipped in ``parsers/``: ``<name>.py`` or ``<name>/main.py``; ``_`` files skipped."""
-    root = config.parsers_dir
+    """Parsers shipped on disk: scripts in ``parsers/`` (``<name>.py`` or ``<name>/main.py``),
+    then notebooks in ``notebooks/`` (``<name>.ipynb`` or ``<name>/main.ipynb``); ``_`` and
+    ``.`` entries are skipped, and so is a notebook whose name a script already has."""
     found: list[Discovered] = []
-    if not root.is_dir():
-        return found
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith(("_", ".")):
+    for kind in (ParserKind.SCRIPT, ParserKind.NOTEBOOK):
+        root, suffix = root_for(config, kind), SUFFIX[kind]
+        if not root.is_dir():
             continue
-        if entry.is_file() and entry.suffix == ".py":
-            script, name = entry, entry.stem
-        elif entry.is_dir() and (entry / "main.py").is_file():
-            script, name = entry / "main.py", entry.name
-        else:
-            continue
-        name = name.lower().replace(" ", "-")
-        if NAME_RE.match(name):
-            rel = script.relative_to(root).as_posix()
-            found.append(Discovered(name, rel, _docstring_summary(script)))
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith(("_", ".")):
+                continue
+            if entry.is_file() and entry.suffix == suffix:
+                file, name = entry, entry.stem
+            elif entry.is_dir() and (entry / f"main{suffix}").is_file():
+                file, name = entry / f"main{suffix}", entry.name
+            else:
+                continue
+            name = name.lower().replace(" ", "-")
+            if not NAME_RE.match(name):
+                continue
+            if any(d.name == name for d in found):
+                log.warning("%s not registered: a parser named %s exists", file, name)
+                continue
+            rel = file.relative_to(root).as_posix()
+            if kind is ParserKind.SCRIPT:
+                found.append(Discovered(name, rel, _docstring_summary(file)))
+                continue
+            try:
+                nb = notebooks.validate_notebook(file, shown_as=f"{root.name}/{rel}")
+            except ValidationError as exc:
+                log.warning("%s not registered: %s", file, exc.message)
+                continue
+            found.append(Discovered(name, rel, notebooks.describe(nb), kind))
     return found
 
 
@@ -98,13 +115,16 @@ def _docstring_summary(script: Path) -> str:
 
 
 def sync_shipped(config: Config) -> list[Parser]:
-    """Register shipped scripts that have no parser yet; never overwrite a user's edits."""
+    """Register shipped scripts and notebooks that have no parser yet; never overwrite a
+    user's edits."""
     existing = {name for (name,) in db.session.execute(db.select(Parser.name))}
     added = []
     for item in discover(config):
         if item.name in existing:
             continue
-        parser = Parser(name=item.name, path=item.path, description=item.description)
+        parser = Parser(
+            name=item.name, kind=item.kind, path=item.path, description=item.description
+        )
         db.session.add(parser)
         added.append(parser)
     db.session.commit()

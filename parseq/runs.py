@@ -18,11 +18,11 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from parseq import envs, runner, sdk
+from parseq import envs, notebooks, runner, sdk
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, NotFound, ParseqError
-from parseq.models import Parser, Run, RunFile, RunStatus, RunTrigger, db, utcnow
+from parseq.models import Parser, ParserKind, Run, RunFile, RunStatus, RunTrigger, db, utcnow
 from parseq.registry import resolve_script
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,11 @@ def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
         path.mkdir(parents=True, exist_ok=True)
     progress_file = workdir / sdk.PROGRESS_FILE
     interpreter = interpreter_for(parser, run)
-    argv = runner.build_command(interpreter, script, run.args or {})
+    if parser.kind is ParserKind.NOTEBOOK:
+        output_nb = dirs["output"] / notebooks.OUTPUT_NOTEBOOK
+        argv = notebooks.build_command(interpreter, script, output_nb, run.args or {})
+    else:
+        argv = runner.build_command(interpreter, script, run.args or {})
     env = runner.build_env(
         base_env=config.child_env,
         run_id=run.id,

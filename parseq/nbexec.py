@@ -1,0 +1,487 @@
+"""Execute a notebook's code cells in one namespace, in this process, without a Jupyter kernel.
+
+Parseq runs this file with the parser's own interpreter (its virtualenv), so it uses the
+standard library only and reads and writes the ``.ipynb`` JSON itself::
+
+    python nbexec.py NOTEBOOK OUTPUT_IPYNB [--key value ...]
+
+Run arguments come from ``PARSEQ_ARGS`` (JSON; the ``--key value`` argv when it is unset) and
+are injected as a new cell after the cell tagged ``parameters`` (papermill's convention), or
+at the top. Each executed cell records its stdout/stderr, the value of its last expression and
+its execution count; a failing cell records its traceback, later cells stay unexecuted, and the
+process exits 1 with a last stderr line naming the cell. Starting a kernel costs seconds
+(papermill: ~3 s for a trivial notebook); running the cells in place costs a few milliseconds.
+Exit status: 0 every cell ran, 1 a cell failed, 2 the notebook could not be read.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import builtins
+import inspect
+import json
+import keyword
+import linecache
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import types
+import uuid
+from typing import Any
+
+INJECTED_TAG = "injected-parameters"
+#: Cells compile under the file name ``<cell 3>``; tracebacks start at the first such frame.
+CELL_FILENAME = "<cell "
+PARAMETERS_TAG = "parameters"
+#: Text kept per cell and stream in ``output.ipynb``; the run log keeps everything (capped).
+MAX_CELL_OUTPUT_CHARS = 1_000_000
+PIP_INSTALL_RE = re.compile(
+    r"^\s*(?:!|%{1,2})\s*(?:\S*python\S*\s+-m\s+)?(?:pip3?|conda|mamba|micromamba|uv\s+pip)"
+    r"\s+install\b"
+)
+#: Magics with no effect outside a kernel's display machinery: skipped.
+NOOP_MAGICS = frozenset({"matplotlib", "autoreload", "load_ext", "config", "precision"})
+
+
+class NotebookError(Exception):
+    """The notebook cannot be read or contains IPython syntax that is not supported."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (timeout or cancel): stop the current cell and save what ran."""
+
+
+# --- reading and preparing the notebook (pure) ----------------------------------------------
+
+
+def load(path: str) -> dict[str, Any]:
+    """The notebook's JSON, checked to be nbformat 4 with a list of cells."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            nb = json.load(fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NotebookError(f"cannot read notebook {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise NotebookError(f"notebook {path} is not valid JSON: {exc}") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise NotebookError(f"notebook {path} has no list of cells")
+    if nb.get("nbformat") != 4:
+        raise NotebookError(f"notebook {path} is nbformat {nb.get('nbformat')}, not 4")
+    return nb
+
+
+def source_of(cell: dict[str, Any]) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+def tags_of(cell: dict[str, Any]) -> list[str]:
+    tags = (cell.get("metadata") or {}).get("tags") or []
+    return [t for t in tags if isinstance(t, str)]
+
+
+def python_literal(value: Any) -> str:
+    """A Python expression for a JSON value (``repr`` except non-finite floats)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
+    if isinstance(value, list):
+        return "[" + ", ".join(python_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{python_literal(k)}: {python_literal(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    return repr(value)
+
+
+def parameters_source(args: dict[str, Any]) -> str:
+    """The injected cell: one assignment per argument whose name is a Python identifier.
+
+    Other names (``max-pages``) are still in ``PARSEQ_ARGS`` and argv, so the SDK sees them.
+    """
+    lines = ["# Parameters injected by Parseq"]
+    for name, value in args.items():
+        if name.isidentifier() and not keyword.iskeyword(name):
+            lines.append(f"{name} = {python_literal(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def inject_parameters(nb: dict[str, Any], args: dict[str, Any]) -> int:
+    """Insert the parameters cell after the one tagged ``parameters`` (or at the top); return
+    its index. A cell injected by an earlier run (a re-used output notebook) is replaced."""
+    cells = [c for c in nb["cells"] if INJECTED_TAG not in tags_of(c)]
+    at = next((i + 1 for i, c in enumerate(cells) if PARAMETERS_TAG in tags_of(c)), 0)
+    cell: dict[str, Any] = {
+        "cell_type": "code",
+        "execution_count": None,
+        "metadata": {"tags": [INJECTED_TAG]},
+        "outputs": [],
+        "source": parameters_source(args),
+    }
+    if nb.get("nbformat_minor", 0) >= 5:  # cell ids exist from 4.5 on, and are required there
+        cell["id"] = f"parseq-{uuid.uuid4().hex[:12]}"
+    cells.insert(at, cell)
+    nb["cells"] = cells
+    return at
+
+
+def args_from(environ: dict[str, str], argv: list[str]) -> dict[str, Any]:
+    """Run arguments: ``PARSEQ_ARGS`` when set, else ``--key value`` pairs (values as JSON
+    when they parse, else strings)."""
+    if environ.get("PARSEQ_ARGS"):
+        args = json.loads(environ["PARSEQ_ARGS"])
+        return args if isinstance(args, dict) else {}
+    args: dict[str, Any] = {}
+    it = iter(argv)
+    for flag in it:
+        if flag.startswith("--"):
+            raw = next(it, "true")
+            try:
+                args[flag[2:]] = json.loads(raw)
+            except ValueError:
+                args[flag[2:]] = raw
+    return args
+
+
+def translate(source: str, label: str) -> str:
+    """Rewrite IPython-only lines (``!cmd``, ``%magic``) into Python, or refuse them.
+
+    Called only when the cell does not compile as Python, so strings that happen to start a
+    line with ``!`` or ``%`` are left alone.
+    """
+    if source.lstrip().startswith("%%"):
+        magic = source.lstrip()[2:].split(None, 1)[0] if source.strip() != "%%" else ""
+        raise NotebookError(f"{label}: cell magic %%{magic} is not supported by Parseq")
+    out = []
+    for line in source.split("\n"):
+        stripped = line.lstrip()
+        indent = line[: len(line) - len(stripped)]
+        if PIP_INSTALL_RE.match(line):
+            raise NotebookError(
+                f"{label}: {stripped!r} is not run by Parseq: list the packages in the "
+                "parser's requirements instead (they are installed into its virtualenv before "
+                "the run) and remove this line"
+            )
+        if stripped.startswith("!"):
+            command = stripped[1:].strip()
+            if command.startswith("!") or "{" in command:
+                raise NotebookError(
+                    f"{label}: {stripped!r}: only plain !commands are supported "
+                    "(no !!, no {variable} expansion); use subprocess instead"
+                )
+            out.append(f"{indent}__parseq_shell__({command!r})")
+        elif stripped.startswith("%"):
+            name, _, rest = stripped[1:].partition(" ")
+            if name in NOOP_MAGICS:
+                out.append(f"{indent}pass  # {stripped}")
+            elif name == "env" and "=" in rest:
+                key, _, value = rest.strip().partition("=")
+                out.append(f"{indent}__import__('os').environ[{key.strip()!r}] = {value.strip()!r}")
+            else:
+                raise NotebookError(
+                    f"{label}: magic %{name} is not supported by Parseq (no IPython "
+                    "kernel runs the notebook); write it as Python"
+                )
+        elif re.match(r"^\w+\s*=\s*!", stripped):
+            raise NotebookError(
+                f"{label}: {stripped!r}: capturing !command output is not supported; "
+                "use subprocess.run(..., capture_output=True)"
+            )
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+# --- running cells --------------------------------------------------------------------------
+
+
+class CellOutputs:
+    """Outputs of one cell in the order they were produced; stream text capped."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.chars = {"stdout": 0, "stderr": 0}
+
+    def stream(self, name: str, text: str) -> None:
+        room = MAX_CELL_OUTPUT_CHARS - self.chars[name]
+        if room <= 0 or not text:
+            return
+        if len(text) > room:
+            text = text[:room] + f"\n[parseq: {name} of this cell cut at {room} characters]\n"
+        self.chars[name] += len(text)
+        last = self.items[-1] if self.items else None
+        if last and last["output_type"] == "stream" and last["name"] == name:
+            last["text"] += text
+        else:
+            self.items.append({"output_type": "stream", "name": name, "text": text})
+
+    def data(self, obj: Any, execution_count: int | None = None) -> None:
+        bundle = mime_bundle(obj)
+        if execution_count is None:
+            self.items.append({"output_type": "display_data", "data": bundle, "metadata": {}})
+        else:
+            self.items.append(
+                {
+                    "output_type": "execute_result",
+                    "execution_count": execution_count,
+                    "data": bundle,
+                    "metadata": {},
+                }
+            )
+
+
+def mime_bundle(obj: Any) -> dict[str, str]:
+    """``text/plain`` (and ``text/html`` when the object offers it, as pandas does)."""
+    try:
+        bundle = {"text/plain": repr(obj)}
+    except Exception as exc:  # a broken __repr__ must not fail the run
+        bundle = {"text/plain": f"<repr failed: {exc!r}>"}
+    html = getattr(obj, "_repr_html_", None)
+    if callable(html) and not isinstance(obj, type):
+        try:
+            value = html()
+            if isinstance(value, str):
+                bundle["text/html"] = value
+        except Exception:
+            pass
+    return bundle
+
+
+class Tee:
+    """A text stream that writes through to the real one (the run log) and into the cell."""
+
+    def __init__(self, name: str, real: Any, outputs: CellOutputs) -> None:
+        self.name, self.real, self.outputs = name, real, outputs
+
+    def write(self, text: str) -> int:
+        self.real.write(text)
+        self.outputs.stream(self.name, text)
+        return len(text)
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno, isatty, ...
+        return getattr(self.real, name)
+
+
+class Executor:
+    """Runs cells one after another in one ``__main__`` namespace, as a kernel would."""
+
+    def __init__(self) -> None:
+        main = types.ModuleType("__main__")
+        main.__dict__["__builtins__"] = builtins
+        # Pickling classes defined in cells resolves them through sys.modules["__main__"].
+        sys.modules["__main__"] = main
+        self.ns = main.__dict__
+        self.ns["__parseq_shell__"] = self.shell
+        if not hasattr(builtins, "display"):
+            builtins.display = self.display  # type: ignore[attr-defined]
+        self.count = 0
+        self.outputs = CellOutputs()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def shell(self, command: str) -> None:
+        """``!command``: run it through the shell, its output into the cell (as IPython does,
+        a non-zero exit does not raise; it is kept in ``_exit_code``)."""
+        for name in re.findall(r"\$\{?([A-Za-z_]\w*)", command):
+            if name in self.ns:  # IPython would put the Python value there; the shell would not
+                raise NotebookError(
+                    f"!{command}: ${name} names a Python variable; IPython variable expansion "
+                    "is not supported, use subprocess instead"
+                )
+        sys.stdout.flush()
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        self.ns["_exit_code"] = proc.returncode
+
+    def display(self, *objs: Any, **_kwargs: Any) -> None:
+        for obj in objs:
+            print(repr(obj), file=sys.__stdout__)
+            self.outputs.data(obj)
+
+    def run_cell(self, cell: dict[str, Any], label: str) -> BaseException | None:
+        """Execute one code cell, recording its outputs; return the exception it raised.
+
+        ``label`` ("cell 3") names the cell in messages and tracebacks."""
+        source = source_of(cell)
+        cell["outputs"], cell["execution_count"] = [], None
+        if not source.strip():
+            return None
+        self.count += 1
+        cell["execution_count"] = self.count
+        self.outputs = outputs = CellOutputs()
+        filename = f"<{label}>"
+        real = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = Tee("stdout", real[0], outputs), Tee("stderr", real[1], outputs)
+        error: BaseException | None = None
+        try:
+            body, last = self.compile(source, label, filename)
+            self.execute(body)
+            if last is not None:
+                value = self.execute(last)
+                if value is not None and not source.rstrip().endswith(";"):
+                    self.ns["_"] = value
+                    outputs.data(value, self.count)
+        except BaseException as exc:  # SystemExit(0) too: the caller stops there, no failure
+            error = exc
+        finally:
+            sys.stdout.flush()
+            sys.stdout, sys.stderr = real
+        cell["outputs"] = outputs.items
+        if error is not None and not _clean_exit(error):
+            cell["outputs"].append(error_output(error))
+        return error
+
+    def compile(
+        self, source: str, label: str, filename: str
+    ) -> tuple[types.CodeType, types.CodeType | None]:
+        """The cell as a body and, when it ends with an expression, that expression apart."""
+        try:
+            tree = ast.parse(source, filename)
+        except SyntaxError:
+            source = translate(source, label)  # IPython lines; raises when unsupported
+            tree = ast.parse(source, filename)
+        # Tracebacks show the cell's lines; an mtime of None keeps the entry from expiring.
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT  # top-level await works as in Jupyter
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            expr = ast.Expression(tree.body.pop().value)
+            last = compile(expr, filename, "eval", flags=flags, dont_inherit=True)
+        body = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+        return body, last
+
+    def execute(self, code: types.CodeType) -> Any:
+        result = eval(code, self.ns)
+        if code.co_flags & inspect.CO_COROUTINE:
+            if self.loop is None:
+                self.loop = asyncio.new_event_loop()
+            result = self.loop.run_until_complete(result)
+        return result
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+
+
+def _clean_exit(exc: BaseException) -> bool:
+    return isinstance(exc, SystemExit) and exc.code in (None, 0)
+
+
+def error_output(exc: BaseException) -> dict[str, Any]:
+    """An nbformat ``error`` output: the traceback from the cell's own frames on."""
+    tb = exc.__traceback__
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(CELL_FILENAME):
+        tb = tb.tb_next
+    if tb is None or isinstance(exc, (SyntaxError, NotebookError)):
+        lines = traceback.format_exception_only(type(exc), exc)
+    else:
+        lines = traceback.format_exception(type(exc), exc, tb)
+    return {
+        "output_type": "error",
+        "ename": type(exc).__name__,
+        "evalue": str(exc),
+        "traceback": "".join(lines).rstrip("\n").split("\n"),
+    }
+
+
+def save(nb: dict[str, Any], path: str) -> None:
+    """Write the notebook atomically (a reader never sees half a file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(nb, fh, indent=1, ensure_ascii=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise Terminated("stopped by Parseq (timeout or cancel)")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print("usage: nbexec.py NOTEBOOK OUTPUT_IPYNB [--key value ...]", file=sys.stderr)
+        return 2
+    notebook_path, output_path, run_argv = os.path.abspath(argv[0]), argv[1], argv[2:]
+    try:
+        nb = load(notebook_path)
+        args = args_from(dict(os.environ), run_argv)
+    except (NotebookError, ValueError) as exc:
+        print(f"parseq: {exc}", file=sys.stderr)
+        return 2
+    # The notebook sees what a script would: its own folder first on sys.path (helper modules
+    # beside it import; this file's folder, Parseq's package, must not), and the run's argv.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    sys.path.insert(0, os.path.dirname(notebook_path))
+    sys.argv = [notebook_path, *run_argv]
+    injected = inject_parameters(nb, args)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    started = time.monotonic()
+    failed = None
+    try:
+        failed = run_all(nb, injected, Executor())
+    finally:
+        nb.setdefault("metadata", {})["parseq"] = {
+            "run_id": os.environ.get("PARSEQ_RUN_ID"),
+            "parser": os.environ.get("PARSEQ_PARSER"),
+            "args": args,
+            "status": "error" if failed else "completed",
+            "failed_cell": failed[0] if failed else None,
+            "duration_s": round(time.monotonic() - started, 3),
+        }
+        save(nb, output_path)
+    if failed and isinstance(failed[1], Terminated):
+        return 128 + signal.SIGTERM
+    return 1 if failed else 0
+
+
+def run_all(
+    nb: dict[str, Any], injected: int, executor: Executor
+) -> tuple[int | None, BaseException] | None:
+    """Run the code cells in order until one fails (returned with its position in the source
+    notebook, None for the injected cell) or ``sys.exit(0)`` stops the notebook."""
+    position, stop = 0, False
+    failed: tuple[int | None, BaseException] | None = None
+    try:
+        for index, cell in enumerate(nb["cells"]):
+            if index != injected:
+                position += 1  # 1-based, counting every cell of the notebook as authored
+            if cell.get("cell_type") != "code":
+                continue
+            if stop:
+                cell["outputs"], cell["execution_count"] = [], None
+                continue
+            label = "cell injected-parameters" if index == injected else f"cell {position}"
+            error = executor.run_cell(cell, label)
+            if error is None:
+                continue
+            stop = True
+            if _clean_exit(error):
+                continue
+            sys.stderr.write("\n".join(cell["outputs"][-1]["traceback"]) + "\n")
+            summary = (
+                f"{error}"
+                if isinstance(error, NotebookError)
+                else f"{label} failed (In [{cell['execution_count']}]): "
+                f"{type(error).__name__}: {error}"
+            )
+            print(f"parseq: {summary}", file=sys.stderr)
+            failed = (None if index == injected else position, error)
+        return failed
+    finally:
+        executor.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""Notebook parsers: validating ``.ipynb`` files and the command that executes one.
+
+The execution itself is :mod:`parseq.nbexec`, run by the parser's interpreter like a script
+(same sandbox, same virtualenv, no Jupyter kernel). This side uses ``nbformat`` to check a
+notebook when a parser is saved, so a broken file is a form/API error, not a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from parseq import nbexec, runner
+from parseq.config import Config
+from parseq.errors import ValidationError
+
+#: The executor script, run as ``<interpreter> nbexec.py <notebook> <output> --key value ...``.
+EXECUTOR = Path(nbexec.__file__).resolve()
+#: Name of the executed notebook among a run's files.
+OUTPUT_NOTEBOOK = "output.ipynb"
+
+
+def build_command(
+    interpreter: Path | str,
+    notebook: Path | str,
+    output_path: Path | str,
+    args: Mapping[str, Any],
+) -> list[str]:
+    """The argv of a notebook run: the executor, the notebook, where to write the executed
+    copy, then the run args as ``--key value`` exactly as a script gets them."""
+    argv = runner.build_command(interpreter, EXECUTOR, args)
+    argv[2:2] = [str(notebook), str(output_path)]
+    return argv
+
+
+def validate_notebook(path: Path, shown_as: str | None = None) -> nbformat.NotebookNode:
+    """Read and validate a notebook file; raise :class:`ValidationError` (field ``path``)
+    saying what is wrong: missing, not JSON, not nbformat 4, or not matching the schema."""
+    name = shown_as or path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValidationError(f"notebook {name} does not exist", field="path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"notebook {name} cannot be read: {exc}", field="path") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"notebook {name} is not valid JSON: {exc}", field="path") from None
+    if not isinstance(raw, dict):
+        raise ValidationError(f"notebook {name} is not a notebook (no JSON object)", field="path")
+    if raw.get("nbformat") != 4:
+        raise ValidationError(
+            f"notebook {name} is nbformat {raw.get('nbformat')!r}; Parseq runs nbformat 4 "
+            "(open and save it in a current Jupyter to convert it)",
+            field="path",
+        )
+    nb = nbformat.from_dict(raw)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nbformat warns about missing cell ids; not fatal
+            nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        where = "/".join(str(p) for p in getattr(exc, "absolute_path", ()))
+        message = getattr(exc, "message", str(exc)).split("\n", 1)[0][:300]
+        raise ValidationError(
+            f"notebook {name} does not match the nbformat 4 schema"
+            + (f" at {where}" if where else "")
+            + f": {message}",
+            field="path",
+        ) from None
+    return nb
+
+
+def check_parser_notebook(config: Config, rel: str) -> nbformat.NotebookNode:
+    """Validate the notebook a parser's path (already checked by
+    :func:`parseq.registry.validate_path`) points at, under ``notebooks_dir``."""
+    root = config.notebooks_dir
+    return validate_notebook(root / rel, shown_as=f"{root.name}/{rel}")
+
+
+def describe(nb: Mapping[str, Any]) -> str:
+    """A description from the first markdown cell: its first paragraph that is not a heading
+    (the heading when there is nothing else), as the docstring is for scripts."""
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "markdown":
+            continue
+        paragraphs = [p.strip() for p in nbexec.source_of(cell).split("\n\n") if p.strip()]
+        prose = [p for p in paragraphs if not p.startswith("#")]
+        chosen = prose[0] if prose else paragraphs[0].lstrip("#").strip() if paragraphs else ""
+        return " ".join(chosen.split())[:500]
+    return ""
