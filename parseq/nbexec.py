@@ -1,9 +1,10 @@
 """Execute a notebook's code cells in one namespace, in this process, without a Jupyter kernel.
 
-Parseq runs this file with the parser's own interpreter (its virtualenv), so it uses the
-standard library only and reads and writes the ``.ipynb`` JSON itself::
+Parseq runs it with the parser's own interpreter (its virtualenv), through
+``nbexec_launcher.py``, so it uses the standard library only and reads and writes the
+``.ipynb`` JSON itself::
 
-    python nbexec.py NOTEBOOK OUTPUT_IPYNB [--key value ...]
+    python nbexec_launcher.py NOTEBOOK OUTPUT_IPYNB [--key value ...]
 
 Run arguments come from ``PARSEQ_ARGS`` (JSON; the ``--key value`` argv when it is unset) and
 are injected as a new cell after the cell tagged ``parameters`` (papermill's convention), or
@@ -16,24 +17,31 @@ Exit status: 0 every cell ran, 1 a cell failed, 2 the notebook could not be read
 
 from __future__ import annotations
 
-import ast
-import asyncio
+import _ast  # ast's node classes and flags without importing ast (see the note below)
 import builtins
-import inspect
-import json
 import keyword
-import linecache
 import math
 import os
-import re
-import signal
-import subprocess
 import sys
 import time
-import traceback
 import types
-import uuid
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs an import at every run
+    import asyncio
+    from typing import Any
+
+# Every import here is paid by every run, in a virtualenv where nothing else is loaded yet. The
+# Python halves of json, signal, ast and linecache pull in re, enum and tokenize: ~10 ms, as
+# much as the interpreter's own start (bench/notebooks.py). So the C halves do the common work,
+# and the full modules (and asyncio, subprocess, traceback) are imported where needed.
+try:
+    import _json
+    import _signal as signals
+except ImportError:  # not CPython
+    _json = None  # type: ignore[assignment]
+    import signal as signals  # type: ignore[no-redef]
+CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
 INJECTED_TAG = "injected-parameters"
 #: Cells compile under the file name ``<cell 3>``; tracebacks start at the first such frame.
@@ -41,7 +49,7 @@ CELL_FILENAME = "<cell "
 PARAMETERS_TAG = "parameters"
 #: Text kept per cell and stream in ``output.ipynb``; the run log keeps everything (capped).
 MAX_CELL_OUTPUT_CHARS = 1_000_000
-PIP_INSTALL_RE = re.compile(
+PIP_INSTALL_RE = (
     r"^\s*(?:!|%{1,2})\s*(?:\S*python\S*\s+-m\s+)?(?:pip3?|conda|mamba|micromamba|uv\s+pip)"
     r"\s+install\b"
 )
@@ -57,6 +65,55 @@ class Terminated(BaseException):
     """SIGTERM arrived (timeout or cancel): stop the current cell and save what ran."""
 
 
+# --- JSON through the C accelerator ---------------------------------------------------------
+
+
+class _DecoderSettings:
+    """What ``_json.make_scanner`` reads from a ``json.JSONDecoder``."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.__getitem__
+
+
+def json_loads(text: str) -> Any:
+    """``json.loads``; anything the fast path does not take goes to the json module, which
+    also gives the precise error message."""
+    if _json is not None:
+        body = text.strip(" \t\n\r")
+        try:
+            value, end = _json.make_scanner(_DecoderSettings())(body, 0)
+            if end == len(body):
+                return value
+        except (StopIteration, ValueError):
+            pass
+    import json
+
+    return json.loads(text)
+
+
+def _unserializable(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_dumps(value: Any) -> str:
+    """Compact ``json.dumps(value, ensure_ascii=False)``."""
+    if _json is not None:
+        try:
+            encode = _json.make_encoder(
+                None, _unserializable, _json.encode_basestring, None, ": ", ", ", False, False, True
+            )
+            return "".join(encode(value, 0))
+        except (TypeError, ValueError):
+            pass
+    import json
+
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
 # --- reading and preparing the notebook (pure) ----------------------------------------------
 
 
@@ -64,10 +121,12 @@ def load(path: str) -> dict[str, Any]:
     """The notebook's JSON, checked to be nbformat 4 with a list of cells."""
     try:
         with open(path, encoding="utf-8") as fh:
-            nb = json.load(fh)
+            text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise NotebookError(f"cannot read notebook {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
+    try:
+        nb = json_loads(text)
+    except ValueError as exc:
         raise NotebookError(f"notebook {path} is not valid JSON: {exc}") from None
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise NotebookError(f"notebook {path} has no list of cells")
@@ -123,7 +182,7 @@ def inject_parameters(nb: dict[str, Any], args: dict[str, Any]) -> int:
         "source": parameters_source(args),
     }
     if nb.get("nbformat_minor", 0) >= 5:  # cell ids exist from 4.5 on, and are required there
-        cell["id"] = f"parseq-{uuid.uuid4().hex[:12]}"
+        cell["id"] = f"parseq-{os.urandom(6).hex()}"
     cells.insert(at, cell)
     nb["cells"] = cells
     return at
@@ -133,7 +192,7 @@ def args_from(environ: dict[str, str], argv: list[str]) -> dict[str, Any]:
     """Run arguments: ``PARSEQ_ARGS`` when set, else ``--key value`` pairs (values as JSON
     when they parse, else strings)."""
     if environ.get("PARSEQ_ARGS"):
-        args = json.loads(environ["PARSEQ_ARGS"])
+        args = json_loads(environ["PARSEQ_ARGS"])
         return args if isinstance(args, dict) else {}
     args: dict[str, Any] = {}
     it = iter(argv)
@@ -141,7 +200,7 @@ def args_from(environ: dict[str, str], argv: list[str]) -> dict[str, Any]:
         if flag.startswith("--"):
             raw = next(it, "true")
             try:
-                args[flag[2:]] = json.loads(raw)
+                args[flag[2:]] = json_loads(raw)
             except ValueError:
                 args[flag[2:]] = raw
     return args
@@ -153,6 +212,8 @@ def translate(source: str, label: str) -> str:
     Called only when the cell does not compile as Python, so strings that happen to start a
     line with ``!`` or ``%`` are left alone.
     """
+    import re
+
     if source.lstrip().startswith("%%"):
         magic = source.lstrip()[2:].split(None, 1)[0] if source.strip() != "%%" else ""
         raise NotebookError(f"{label}: cell magic %%{magic} is not supported by Parseq")
@@ -160,7 +221,7 @@ def translate(source: str, label: str) -> str:
     for line in source.split("\n"):
         stripped = line.lstrip()
         indent = line[: len(line) - len(stripped)]
-        if PIP_INSTALL_RE.match(line):
+        if re.match(PIP_INSTALL_RE, line):
             raise NotebookError(
                 f"{label}: {stripped!r} is not run by Parseq: list the packages in the "
                 "parser's requirements instead (they are installed into its virtualenv before "
@@ -288,10 +349,14 @@ class Executor:
         self.count = 0
         self.outputs = CellOutputs()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.sources: dict[str, str] = {}
 
     def shell(self, command: str) -> None:
         """``!command``: run it through the shell, its output into the cell (as IPython does,
         a non-zero exit does not raise; it is kept in ``_exit_code``)."""
+        import re
+        import subprocess
+
         for name in re.findall(r"\$\{?([A-Za-z_]\w*)", command):
             if name in self.ns:  # IPython would put the Python value there; the shell would not
                 raise NotebookError(
@@ -339,7 +404,7 @@ class Executor:
             sys.stdout, sys.stderr = real
         cell["outputs"] = outputs.items
         if error is not None and not _clean_exit(error):
-            cell["outputs"].append(error_output(error))
+            cell["outputs"].append(error_output(error, self.sources))
         return error
 
     def compile(
@@ -347,24 +412,32 @@ class Executor:
     ) -> tuple[types.CodeType, types.CodeType | None]:
         """The cell as a body and, when it ends with an expression, that expression apart."""
         try:
-            tree = ast.parse(source, filename)
+            tree = self.parse(source, filename)
         except SyntaxError:
             source = translate(source, label)  # IPython lines; raises when unsupported
-            tree = ast.parse(source, filename)
-        # Tracebacks show the cell's lines; an mtime of None keeps the entry from expiring.
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT  # top-level await works as in Jupyter
+            tree = self.parse(source, filename)
+        self.sources[filename] = source
+        share_sources(self.sources)
+        flags = _ast.PyCF_ALLOW_TOP_LEVEL_AWAIT  # top-level await works as in Jupyter
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            expr = ast.Expression(tree.body.pop().value)
+        if tree.body and isinstance(tree.body[-1], _ast.Expr):
+            expr = _ast.Expression(tree.body.pop().value)
             last = compile(expr, filename, "eval", flags=flags, dont_inherit=True)
         body = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
         return body, last
 
+    @staticmethod
+    def parse(source: str, filename: str) -> _ast.Module:
+        # dont_inherit: this file's __future__ imports must not change how cells compile.
+        flags = _ast.PyCF_ONLY_AST | _ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        return compile(source, filename, "exec", flags=flags, dont_inherit=True)
+
     def execute(self, code: types.CodeType) -> Any:
         result = eval(code, self.ns)
-        if code.co_flags & inspect.CO_COROUTINE:
+        if code.co_flags & CO_COROUTINE:
             if self.loop is None:
+                import asyncio
+
                 self.loop = asyncio.new_event_loop()
             result = self.loop.run_until_complete(result)
         return result
@@ -378,8 +451,21 @@ def _clean_exit(exc: BaseException) -> bool:
     return isinstance(exc, SystemExit) and exc.code in (None, 0)
 
 
-def error_output(exc: BaseException) -> dict[str, Any]:
+def share_sources(sources: dict[str, str]) -> None:
+    """Let tracebacks show the cells' lines: put them in linecache once something loaded it
+    (traceback, logging). An mtime of None keeps the entries from expiring."""
+    linecache = sys.modules.get("linecache")
+    if linecache is not None:
+        for name, text in sources.items():
+            linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+
+
+def error_output(exc: BaseException, sources: dict[str, str]) -> dict[str, Any]:
     """An nbformat ``error`` output: the traceback from the cell's own frames on."""
+    import traceback
+
+    share_sources(sources)
+
     tb = exc.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(CELL_FILENAME):
         tb = tb.tb_next
@@ -398,9 +484,9 @@ def error_output(exc: BaseException) -> dict[str, Any]:
 def save(nb: dict[str, Any], path: str) -> None:
     """Write the notebook atomically (a reader never sees half a file)."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(nb, fh, indent=1, ensure_ascii=False)
-        fh.write("\n")
+    # backslashreplace: a lone surrogate in captured output becomes a JSON \\u escape.
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as fh:
+        fh.write(json_dumps(nb) + "\n")
     os.replace(tmp, path)
 
 
@@ -410,7 +496,7 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print("usage: nbexec.py NOTEBOOK OUTPUT_IPYNB [--key value ...]", file=sys.stderr)
+        print("usage: nbexec_launcher.py NOTEBOOK OUTPUT_IPYNB [--key value ...]", file=sys.stderr)
         return 2
     notebook_path, output_path, run_argv = os.path.abspath(argv[0]), argv[1], argv[2:]
     try:
@@ -426,7 +512,7 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, os.path.dirname(notebook_path))
     sys.argv = [notebook_path, *run_argv]
     injected = inject_parameters(nb, args)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signals.signal(signals.SIGTERM, _on_sigterm)
     started = time.monotonic()
     failed = None
     try:
@@ -442,7 +528,7 @@ def main(argv: list[str]) -> int:
         }
         save(nb, output_path)
     if failed and isinstance(failed[1], Terminated):
-        return 128 + signal.SIGTERM
+        return 128 + signals.SIGTERM
     return 1 if failed else 0
 
 

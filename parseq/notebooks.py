@@ -19,8 +19,8 @@ from parseq import nbexec, runner
 from parseq.config import Config
 from parseq.errors import ValidationError
 
-#: The executor script, run as ``<interpreter> nbexec.py <notebook> <output> --key value ...``.
-EXECUTOR = Path(nbexec.__file__).resolve()
+#: Run as ``<interpreter> nbexec_launcher.py <notebook> <output> --key value ...``.
+EXECUTOR = Path(nbexec.__file__).resolve().with_name("nbexec_launcher.py")
 #: Name of the executed notebook among a run's files.
 OUTPUT_NOTEBOOK = "output.ipynb"
 

@@ -90,7 +90,7 @@ def test_build_command_runs_the_executor_on_the_notebook_then_the_args(
         "/out/output.ipynb",
     ]
     assert argv[4:] == tail
-    assert Path(argv[1]).is_file() and argv[1].endswith("nbexec.py")
+    assert Path(argv[1]).is_file() and argv[1].endswith("nbexec_launcher.py")
 
 
 def _cells(*tagged: bool) -> dict[str, Any]:
