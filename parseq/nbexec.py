@@ -556,12 +556,11 @@ def run_all(
             if _clean_exit(error):
                 continue
             sys.stderr.write("\n".join(cell["outputs"][-1]["traceback"]) + "\n")
-            summary = (
-                f"{error}"
-                if isinstance(error, NotebookError)
-                else f"{label} failed (In [{cell['execution_count']}]): "
-                f"{type(error).__name__}: {error}"
-            )
+            if isinstance(error, NotebookError):  # says what to do; name the cell once
+                summary = str(error) if str(error).startswith(label) else f"{label}: {error}"
+            else:
+                count = cell["execution_count"]
+                summary = f"{label} failed (In [{count}]): {type(error).__name__}: {error}"
             print(f"parseq: {summary}", file=sys.stderr)
             failed = (None if index == injected else position, error)
         return failed

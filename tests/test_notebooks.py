@@ -279,7 +279,8 @@ def test_run_args_are_injected_and_every_output_is_recorded(embedded_app: Flask)
                 "x = 5;"
             ),
             new_code_cell(
-                "!echo from the shell\nimport asyncio\nawait asyncio.sleep(0)\n{'a': [1, 2]}"
+                "!echo from the shell\n%env MODE=fast\ndisplay(os.environ['MODE'])\n"
+                "import asyncio\nawait asyncio.sleep(0)\n{'a': [1, 2]}"
             ),
             new_code_cell(""),
         ],
@@ -300,6 +301,8 @@ def test_run_args_are_injected_and_every_output_is_recorded(embedded_app: Flask)
     assert [o["output_type"] for o in hello.outputs] == ["stream", "stream", "execute_result"]
     assert files.outputs == []  # a trailing ; hides the value, as in Jupyter
     assert stream(shell) == "from the shell\n"
+    assert shell.outputs[1]["output_type"] == "display_data"
+    assert shell.outputs[1]["data"] == {"text/plain": "'fast'"}
     assert result(shell) == "{'a': [1, 2]}"
     assert nb.metadata.parseq["status"] == "completed"
     assert nb.metadata.parseq["run_id"] == str(run.id)
@@ -345,20 +348,25 @@ def test_a_failing_cell_fails_the_run_and_later_cells_stay_unexecuted(
     assert nb.metadata.parseq == {**nb.metadata.parseq, "status": "error", "failed_cell": 3}
 
 
-def test_pip_install_is_refused_and_points_to_requirements(embedded_app: Flask) -> None:
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("!pip install requests", "cell 2: '!pip install requests' is not run by Parseq"),
+        ("!echo $x", "cell 2: !echo $x: $x names a Python variable"),
+        ("%timeit x", "cell 2: magic %timeit is not supported by Parseq"),
+    ],
+)
+def test_unsupported_ipython_lines_fail_the_run_naming_the_cell(
+    embedded_app: Flask, line: str, says: str
+) -> None:
     parser = add_notebook(
-        embedded_app,
-        "pip",
-        [
-            new_code_cell("x = 1"),
-            new_code_cell("!pip install requests\nimport requests"),
-            new_code_cell("2"),
-        ],
+        embedded_app, "ipy", [new_code_cell("x = 1"), new_code_cell(line), new_code_cell("2")]
     )
     run, nb = run_notebook(parser)
     assert run.status is RunStatus.ERROR
-    assert "cell 2: '!pip install requests' is not run by Parseq" in run.error
-    assert "parser's requirements" in run.error
+    assert run.error.splitlines()[-1].startswith(f"parseq: {says}")
+    if "pip" in line:
+        assert "parser's requirements" in run.error
     assert nb.cells[2].outputs[-1]["ename"] == "NotebookError"
     assert nb.cells[3].execution_count is None
 
