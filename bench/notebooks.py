@@ -1,9 +1,8 @@
 """Benchmark: a trivial 3-cell notebook through Parseq's runner, the same code as a script,
 and the same notebook through papermill (a Jupyter kernel per run).
 
-Run on demand (not part of the tests)::
-
-    .venv/bin/python bench/notebooks.py [--repeat 20] [--papermill-repeat 5]
+Run on demand (not part of the tests): ``make bench BENCH=notebooks``, or
+``python -m bench notebooks -- --repeat 20 --papermill-repeat 5``.
 
 Papermill and ipykernel are installed with uv into a bench-only virtualenv under
 ``var/bench-venvs/papermill`` (built once, from PyPI); the script and the notebook run in a
@@ -105,11 +104,11 @@ def measure(
     return wall, cpu
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--papermill-repeat", type=int, default=5)
-    opts = ap.parse_args()
+    opts = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="parseq-bench-nb-") as tmp:
         root = Path(tmp)
         nb = new_notebook(cells=[new_code_cell(c) for c in CELLS])

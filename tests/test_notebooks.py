@@ -405,6 +405,23 @@ def test_timeout_keeps_the_cells_that_ran_and_marks_the_stopped_one(
     assert nb.cells[3].execution_count is None
 
 
+def test_notebook_runs_in_its_own_virtualenv_with_its_requirements(embedded_app: Flask) -> None:
+    # Parseq's own venv has six 1.17.0: 1.16.0 proves the notebook ran in its env.
+    parser = add_notebook(
+        embedded_app,
+        "six",
+        [
+            new_code_cell('# /// script\n# dependencies = ["six==1.16.0"]\n# ///\nimport sys'),
+            new_code_cell("import six\nsix.__version__, sys.prefix"),
+        ],
+    )
+    run, nb = run_notebook(parser)
+    assert run.status is RunStatus.COMPLETED, run.error
+    version, prefix = eval(result(nb.cells[2]))  # a tuple of two strings
+    assert version == "1.16.0"
+    assert run.env_key and Path(prefix).name == run.env_key
+
+
 def test_demo_notebook_is_registered_and_runs(make_config: Callable[..., Config]) -> None:
     from parseq.app import create_app, init_db
     from parseq.tasks import start_worker
