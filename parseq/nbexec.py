@@ -508,7 +508,8 @@ def main(argv: list[str]) -> int:
     # The notebook sees what a script would: its own folder first on sys.path (helper modules
     # beside it import; this file's folder, Parseq's package, must not), and the run's argv.
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:  # the launcher's folder
+        del sys.path[0]
     sys.path.insert(0, os.path.dirname(notebook_path))
     sys.argv = [notebook_path, *run_argv]
     injected = inject_parameters(nb, args)

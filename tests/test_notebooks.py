@@ -276,6 +276,7 @@ def test_run_args_are_injected_and_every_output_is_recorded(embedded_app: Flask)
                 "out = pathlib.Path(os.environ['PARSEQ_OUTPUT_DIR'])\n"
                 "line = f\"{who} {args['max-pages']} {sys.argv[1:]}\\n\"\n"
                 "(out / 'output.txt').write_text(line)\n"
+                "(out / 'path.json').write_text(json.dumps(sys.path))\n"
                 "x = 5;"
             ),
             new_code_cell(
@@ -288,7 +289,7 @@ def test_run_args_are_injected_and_every_output_is_recorded(embedded_app: Flask)
     )
     run, nb = run_notebook(parser, {"n": 21, "max-pages": 2})
     assert run.status is RunStatus.COMPLETED, run.error
-    assert [f.name for f in run.files] == ["output.ipynb", "output.txt", "run.log"]
+    assert [f.name for f in run.files] == ["output.ipynb", "output.txt", "path.json", "run.log"]
 
     md, params, injected, hello, files, shell, empty = nb.cells
     assert injected.metadata.tags == ["injected-parameters"]
@@ -312,6 +313,9 @@ def test_run_args_are_injected_and_every_output_is_recorded(embedded_app: Flask)
     assert out == "parser-default 2 ['--who', 'parser-default', '--n', '21', '--max-pages', '2']\n"
     log = client.get(f"/api/v1/runs/{run.id}/files/run.log").data.decode()
     assert "hello parser-default" in log and "to stderr" in log
+    sys_path = json.loads(client.get(f"/api/v1/runs/{run.id}/files/path.json").data)
+    assert sys_path[0] == str(embedded_app.extensions["parseq"].config.notebooks_dir)
+    assert str(Path(notebooks.__file__).parent) not in sys_path  # Parseq's own modules
 
 
 def test_a_failing_cell_fails_the_run_and_later_cells_stay_unexecuted(
