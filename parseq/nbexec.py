@@ -518,6 +518,8 @@ def main(argv: list[str]) -> int:
     failed = None
     try:
         failed = run_all(nb, injected, Executor())
+    except Terminated as exc:  # between two cells
+        failed = (None, exc)
     finally:
         nb.setdefault("metadata", {})["parseq"] = {
             "run_id": os.environ.get("PARSEQ_RUN_ID"),

@@ -10,7 +10,7 @@ from typing import Any
 import nbformat
 import pytest
 from flask import Flask, current_app
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from parseq import nbexec, notebooks, runs
 from parseq.config import PROJECT_ROOT, Config
@@ -20,6 +20,7 @@ from parseq.registry import sync_shipped
 from tests.conftest import add_parser, admin_client, api_client, wait_for_run
 
 PARAMS = {"tags": ["parameters"]}
+STALE = new_output("stream", name="stdout", text="from an earlier Jupyter session\n")
 
 
 def write_nb(root: Path, name: str, cells: list[Any], minor: int = 5) -> str:
@@ -328,7 +329,8 @@ def test_a_failing_cell_fails_the_run_and_later_cells_stay_unexecuted(
             new_code_cell("print('first')"),
             new_markdown_cell("the next cell fails"),
             new_code_cell("def parse(rows):\n    return rows / 0\n\nparse(3)"),
-            new_code_cell("print('never')"),
+            # saved from Jupyter with outputs: they must not survive into output.ipynb
+            new_code_cell("print('never')", execution_count=7, outputs=[STALE]),
         ],
     )
     run, nb = run_notebook(parser)
