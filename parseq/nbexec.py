@@ -43,22 +43,17 @@ except ImportError:  # not CPython
     import signal as signals  # type: ignore[no-redef]
 CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
+try:  # imported as parseq.nbexec (Parseq itself, tests)
+    from parseq.nbsyntax import NotebookError, check_shell_command, translate
+except ImportError:  # run through nbexec_launcher.py, which has this folder on sys.path
+    from nbsyntax import NotebookError, check_shell_command, translate  # type: ignore[no-redef]
+
 INJECTED_TAG = "injected-parameters"
 #: Cells compile under the file name ``<cell 3>``; tracebacks start at the first such frame.
 CELL_FILENAME = "<cell "
 PARAMETERS_TAG = "parameters"
 #: Text kept per cell and stream in ``output.ipynb``; the run log keeps everything (capped).
 MAX_CELL_OUTPUT_CHARS = 1_000_000
-PIP_INSTALL_RE = (
-    r"^\s*(?:!|%{1,2})\s*(?:\S*python\S*\s+-m\s+)?(?:pip3?|conda|mamba|micromamba|uv\s+pip)"
-    r"\s+install\b"
-)
-#: Magics with no effect outside a kernel's display machinery: skipped.
-NOOP_MAGICS = frozenset({"matplotlib", "autoreload", "load_ext", "config", "precision"})
-
-
-class NotebookError(Exception):
-    """The notebook cannot be read or contains IPython syntax that is not supported."""
 
 
 class Terminated(BaseException):
@@ -206,57 +201,6 @@ def args_from(environ: dict[str, str], argv: list[str]) -> dict[str, Any]:
     return args
 
 
-def translate(source: str, label: str) -> str:
-    """Rewrite IPython-only lines (``!cmd``, ``%magic``) into Python, or refuse them.
-
-    Called only when the cell does not compile as Python, so strings that happen to start a
-    line with ``!`` or ``%`` are left alone.
-    """
-    import re
-
-    if source.lstrip().startswith("%%"):
-        magic = source.lstrip()[2:].split(None, 1)[0] if source.strip() != "%%" else ""
-        raise NotebookError(f"{label}: cell magic %%{magic} is not supported by Parseq")
-    out = []
-    for line in source.split("\n"):
-        stripped = line.lstrip()
-        indent = line[: len(line) - len(stripped)]
-        if re.match(PIP_INSTALL_RE, line):
-            raise NotebookError(
-                f"{label}: {stripped!r} is not run by Parseq: list the packages in the "
-                "parser's requirements instead (they are installed into its virtualenv before "
-                "the run) and remove this line"
-            )
-        if stripped.startswith("!"):
-            command = stripped[1:].strip()
-            if command.startswith("!") or "{" in command:
-                raise NotebookError(
-                    f"{label}: {stripped!r}: only plain !commands are supported "
-                    "(no !!, no {variable} expansion); use subprocess instead"
-                )
-            out.append(f"{indent}__parseq_shell__({command!r})")
-        elif stripped.startswith("%"):
-            name, _, rest = stripped[1:].partition(" ")
-            if name in NOOP_MAGICS:
-                out.append(f"{indent}pass  # {stripped}")
-            elif name == "env" and "=" in rest:
-                key, _, value = rest.strip().partition("=")
-                out.append(f"{indent}__import__('os').environ[{key.strip()!r}] = {value.strip()!r}")
-            else:
-                raise NotebookError(
-                    f"{label}: magic %{name} is not supported by Parseq (no IPython "
-                    "kernel runs the notebook); write it as Python"
-                )
-        elif re.match(r"^\w+\s*=\s*!", stripped):
-            raise NotebookError(
-                f"{label}: {stripped!r}: capturing !command output is not supported; "
-                "use subprocess.run(..., capture_output=True)"
-            )
-        else:
-            out.append(line)
-    return "\n".join(out)
-
-
 # --- running cells --------------------------------------------------------------------------
 
 
@@ -354,15 +298,9 @@ class Executor:
     def shell(self, command: str) -> None:
         """``!command``: run it through the shell, its output into the cell (as IPython does,
         a non-zero exit does not raise; it is kept in ``_exit_code``)."""
-        import re
         import subprocess
 
-        for name in re.findall(r"\$\{?([A-Za-z_]\w*)", command):
-            if name in self.ns:  # IPython would put the Python value there; the shell would not
-                raise NotebookError(
-                    f"!{command}: ${name} names a Python variable; IPython variable expansion "
-                    "is not supported, use subprocess instead"
-                )
+        check_shell_command(command, self.ns)
         sys.stdout.flush()
         proc = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
         sys.stdout.write(proc.stdout)

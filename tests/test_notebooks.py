@@ -12,7 +12,7 @@ import pytest
 from flask import Flask, current_app
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from parseq import nbexec, notebooks, runs
+from parseq import nbexec, nbsyntax, notebooks, runs
 from parseq.config import PROJECT_ROOT, Config
 from parseq.errors import ValidationError
 from parseq.models import Parser, ParserKind, Run, RunStatus, db
@@ -147,7 +147,7 @@ def test_parameters_source_is_python_for_any_json_and_skips_non_identifiers() ->
     ],
 )
 def test_simple_ipython_lines_become_python(source: str, expected: str) -> None:
-    assert nbexec.translate(source, "cell 2") == expected
+    assert nbsyntax.translate(source, "cell 2") == expected
 
 
 @pytest.mark.parametrize(
@@ -164,8 +164,8 @@ def test_simple_ipython_lines_become_python(source: str, expected: str) -> None:
     ],
 )
 def test_unsupported_ipython_lines_are_refused_naming_the_cell(source: str, says: str) -> None:
-    with pytest.raises(nbexec.NotebookError) as err:
-        nbexec.translate(source, "cell 4")
+    with pytest.raises(nbsyntax.NotebookError) as err:
+        nbsyntax.translate(source, "cell 4")
     assert str(err.value).startswith("cell 4: ")
     assert says in str(err.value)
 
