@@ -411,6 +411,30 @@ def test_timeout_keeps_the_cells_that_ran_and_marks_the_stopped_one(
     assert nb.cells[3].execution_count is None
 
 
+def test_the_sdk_works_in_a_notebook_as_in_a_script(embedded_app: Flask) -> None:
+    parser = add_notebook(
+        embedded_app,
+        "sdk",
+        [
+            new_code_cell("pages = 1", metadata=PARAMS),
+            new_code_cell(
+                "from parseq_sdk import context, output, output_json, progress\n"
+                "for page in range(1, pages + 1):\n"
+                "    output(f'page {page}')\n"
+                "    progress(page, pages, f'page {page}')\n"
+                "output_json({'max': context.args['max-pages'], 'run': context.run_id})"
+            ),
+        ],
+    )
+    run, _nb = run_notebook(parser, {"pages": 2, "max-pages": 5})
+    assert run.status is RunStatus.COMPLETED, run.error
+    out = api_client(embedded_app).get(f"/api/v1/runs/{run.id}/files/output.txt").data.decode()
+    lines = out.splitlines()
+    assert lines[:2] == ["page 1", "page 2"]
+    assert json.loads(lines[2]) == {"max": 5, "run": run.id}
+    assert (run.progress_done, run.progress_total) == (2, 2)
+
+
 def test_notebook_runs_in_its_own_virtualenv_with_its_requirements(embedded_app: Flask) -> None:
     # Parseq's own venv has six 1.17.0: 1.16.0 proves the notebook ran in its env.
     parser = add_notebook(
