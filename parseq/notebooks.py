@@ -74,6 +74,15 @@ def validate_notebook(path: Path, shown_as: str | None = None) -> nbformat.Noteb
             + f": {message}",
             field="path",
         ) from None
+    meta = nb.get("metadata", {})
+    language = meta.get("kernelspec", {}).get("language") or meta.get("language_info", {}).get(
+        "name"
+    )
+    if isinstance(language, str) and language.lower() != "python":
+        raise ValidationError(
+            f"notebook {name} is written in {language}; Parseq runs Python notebooks",
+            field="path",
+        )
     return nb
 
 

@@ -198,6 +198,10 @@ def test_a_valid_notebook_passes_and_gives_a_description(tmp_path: Path) -> None
             ),
             "does not match the nbformat 4 schema at cells/0",
         ),
+        (
+            nbformat.writes(new_notebook(metadata={"language_info": {"name": "R"}})),
+            "is written in R; Parseq runs Python notebooks",
+        ),
     ],
 )
 def test_invalid_notebooks_are_refused_with_a_clear_message(
