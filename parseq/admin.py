@@ -10,13 +10,26 @@ from flask_admin import Admin
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.contrib.sqla import filters as sqla_filters
+from flask_admin.form import DateTimeField
 from markupsafe import Markup, escape
+from wtforms import SelectField, StringField
 from wtforms import ValidationError as FormValidationError
+from wtforms.validators import Optional
 
 from parseq import notebooks, runs
 from parseq import requirements as reqs
 from parseq.errors import ParseqError
-from parseq.models import Parser, ParserKind, Run, RunStatus, RunTrigger, db
+from parseq.models import (
+    OverlapPolicy,
+    Parser,
+    ParserKind,
+    Run,
+    RunStatus,
+    RunTrigger,
+    ScheduleSkip,
+    ScheduleType,
+    db,
+)
 from parseq.registry import validate_name, validate_path
 
 STATUS_COLORS = {
@@ -53,10 +66,49 @@ def _progress(_view: Any, _ctx: Any, run: Run, _name: str) -> str:
     return f"{done} {run.progress_message or ''}".strip()
 
 
+def _schedule_summary(_view: Any, _ctx: Any, parser: Parser, _name: str) -> str:
+    schedule = parser.schedule_dict()
+    if schedule is None:
+        return ""
+    detail = {"cron": schedule["cron"], "interval": f"every {schedule['interval_s']} s"}
+    return f"{schedule['type']}: {detail.get(schedule['type'], schedule['run_at'])}"
+
+
+#: Schedule form fields: datetimes are entered in the parser's timezone (see on_form_prefill).
+_SCHEDULE_DATETIMES = ("run_at", "schedule_start_at", "schedule_end_at")
+_SCHEDULE_HELP = {
+    "schedule_type": "cron, interval or date (one-off); empty = runs by hand or API only",
+    "cron": "5 fields: minute hour day-of-month month day-of-week (0 or 7 = Sunday)",
+    "interval_s": "seconds, or 90s, 15m, 2h, 1h30m",
+    "run_at": "one-off run time, in the timezone below",
+    "schedule_start_at": "optional: no runs before (timezone below)",
+    "schedule_end_at": "optional: no runs after (timezone below)",
+    "timezone": "IANA name, e.g. UTC, Europe/Moscow",
+    "overlap": "skip = no new run while one is pending or running",
+    "enabled": "scheduled runs on (runs by hand work either way)",
+}
+
+
+def _option_value(value: Any) -> str:
+    """Select options are enum values; the model holds members (or None)."""
+    return "" if value is None else str(getattr(value, "value", value))
+
+
 class ParserView(ModelView):
     """Register and edit parsers; run them from the list."""
 
-    column_list = ("name", "kind", "path", "enabled", "description", "updated_at")
+    column_list = (
+        "name",
+        "kind",
+        "path",
+        "enabled",
+        "schedule_type",
+        "next_run_at",
+        "description",
+        "updated_at",
+    )
+    column_labels = {"schedule_type": "Schedule", "interval_s": "Interval"}
+    column_formatters = {"schedule_type": _schedule_summary}
     column_searchable_list = ("name", "description")
     column_filters = ("kind", "enabled")
     form_columns = (
@@ -69,8 +121,55 @@ class ParserView(ModelView):
         "timeout_s",
         "max_retries",
         "enabled",
+        "schedule_type",
+        "cron",
+        "interval_s",
+        "run_at",
+        "schedule_start_at",
+        "schedule_end_at",
+        "timezone",
+        "overlap",
     )
     form_excluded_columns = ("runs", "secrets", "created_at", "updated_at")
+    form_overrides = {
+        "interval_s": StringField,
+        "schedule_type": SelectField,
+        "overlap": SelectField,
+        **{name: DateTimeField for name in _SCHEDULE_DATETIMES},
+    }
+    form_args = {
+        **{
+            name: {"description": text, "validators": [Optional()]}
+            for name, text in _SCHEDULE_HELP.items()
+            if name != "enabled"  # empty timezone/overlap mean the defaults: validate_schedule
+        },
+        "schedule_type": {
+            "description": _SCHEDULE_HELP["schedule_type"],
+            "choices": [("", "(none)"), *((t.value, t.value) for t in ScheduleType)],
+            "coerce": _option_value,
+            "validators": [Optional()],
+        },
+        "overlap": {
+            "description": _SCHEDULE_HELP["overlap"],
+            "choices": [(p.value, p.value) for p in OverlapPolicy],
+            "coerce": _option_value,
+            "validators": [Optional()],
+        },
+    }
+
+    def on_form_prefill(self, form: Any, id: Any) -> None:
+        """Show stored (UTC) schedule datetimes in the parser's timezone, as they are entered."""
+        from zoneinfo import ZoneInfo
+
+        model = self.get_one(id)
+        try:
+            tz = ZoneInfo(model.timezone or "UTC")
+        except (KeyError, ValueError):
+            return
+        for name in _SCHEDULE_DATETIMES:
+            value = getattr(model, name)
+            if value is not None:
+                form[name].data = value.astimezone(tz).replace(tzinfo=None)
 
     def on_model_change(self, form: Any, model: Parser, is_created: bool) -> None:
         from flask import current_app
@@ -86,8 +185,13 @@ class ParserView(ModelView):
             if isinstance(model.default_args, str):
                 model.default_args = json.loads(model.default_args or "{}")
             runs.check_args(model.default_args)
+            _apply_schedule(form, model, is_created)
         except (ParseqError, ValueError) as exc:
-            raise FormValidationError(getattr(exc, "message", str(exc))) from exc
+            field = getattr(exc, "field", None)
+            message = getattr(exc, "message", str(exc))
+            if field and field in form:
+                form[field].errors = [*form[field].errors, message]
+            raise FormValidationError(message) from exc
 
     @action("run", "Run now", "Queue a run of each selected parser?")
     def action_run(self, ids: list[str]) -> None:
@@ -96,6 +200,28 @@ class ParserView(ModelView):
         ).scalars():
             run = runs.create_run(parser, trigger=RunTrigger.MANUAL)
             flash(f"Queued run {run.id} of {parser.name}.", "success")
+
+
+def _apply_schedule(form: Any, model: Parser, is_created: bool) -> None:
+    """Validate the schedule fields (``scheduler.validate_schedule``) and store them normalized.
+    A one-off date in the past is refused unless it is the one already saved."""
+    from parseq.scheduler import validate_schedule
+
+    fields = {
+        "cron": model.cron,
+        "interval_s": model.interval_s,
+        "run_at": model.run_at,
+        "schedule_start_at": model.schedule_start_at,
+        "schedule_end_at": model.schedule_end_at,
+        "timezone": model.timezone,
+        # An empty select comes back as "None" (wtforms coerces with str).
+        "overlap": None if model.overlap in ("", "None", "__None") else model.overlap,
+    }
+    schedule = validate_schedule(model.schedule_type, **fields, allow_past=True)
+    saved = None if is_created else form.run_at.object_data
+    if schedule.run_at is not None and schedule.run_at != saved:
+        schedule = validate_schedule(model.schedule_type, **fields)
+    schedule.apply(model)
 
 
 class RunView(ModelView):
@@ -118,7 +244,7 @@ class RunView(ModelView):
         "error",
         "env_key",
     )
-    column_details_list = (*column_list, "args", "worker_id", "files")
+    column_details_list = (*column_list, "scheduled_for", "args", "worker_id", "files")
     column_filters = (
         "status",
         "trigger",
@@ -131,8 +257,21 @@ class RunView(ModelView):
     page_size = 50
 
 
+class ScheduleSkipView(ModelView):
+    """Scheduled occurrences that made no run, and why; read-only."""
+
+    can_create = False
+    can_edit = False
+    can_delete = False
+    column_default_sort = ("id", True)
+    column_list = ("parser", "scheduled_for", "reason", "created_at")
+    column_filters = ("parser.name",)
+    page_size = 50
+
+
 def init_app(app: Flask) -> Admin:
     admin = Admin(app, name="Parseq", url="/admin")
     admin.add_view(ParserView(Parser, db, name="Parsers", endpoint="parsers"))
     admin.add_view(RunView(Run, db, name="Runs", endpoint="runs"))
+    admin.add_view(ScheduleSkipView(ScheduleSkip, db, name="Skipped occurrences", endpoint="skips"))
     return admin

@@ -63,7 +63,24 @@ def list_parsers() -> Response:
 
 @bp.get("/parsers/<name>")
 def get_parser(name: str) -> Response:
-    return jsonify(runs.get_parser(name).to_dict())
+    """One parser with its schedule, its next 5 fire times, and its last skipped occurrences."""
+    from parseq.models import ScheduleSkip
+    from parseq.scheduler import next_fire_times
+
+    parser = runs.get_parser(name)
+    skips = db.session.execute(
+        db.select(ScheduleSkip)
+        .where(ScheduleSkip.parser_id == parser.id)
+        .order_by(ScheduleSkip.scheduled_for.desc())
+        .limit(5)
+    ).scalars()
+    return jsonify(
+        {
+            **parser.to_dict(),
+            "next_fire_times": [t.isoformat() for t in next_fire_times(parser, count=5)],
+            "skipped": [s.to_dict() for s in skips],
+        }
+    )
 
 
 @bp.post("/parsers/<name>/runs")

@@ -80,11 +80,14 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     from parseq.models import Run, db
     from parseq.registry import sync_shipped
     from parseq.runs import create_run, get_parser
+    from parseq.scheduler import SchedulerService, sweep_pending
     from parseq.tasks import start_worker
 
     app = _build_app(host=host, port=port, worker_threads=threads)
     config = app.extensions["parseq"].config
     init_db(app)
+    # The in-memory queue starts empty: every run still pending from before must be re-sent.
+    sweep_pending(app, older_than_s=0, resend_all=True)
     with app.app_context():
         sync_shipped(config)
         if db.session.execute(db.select(Run.id).limit(1)).first() is None:
@@ -92,6 +95,8 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
             with contextlib.suppress(ParseqError):
                 create_run(get_parser("pi"), {"digits": 50})
     worker = start_worker(app)
+    scheduler = SchedulerService(app)
+    scheduler.start()
     server = _make_server(config.host, config.port, app)
     url = f"http://{config.host}:{server.server_port}"
     click.echo(f"Parseq is up: admin {url}/admin/  API {url}/api/v1/parsers  (Ctrl+C stops)")
@@ -102,6 +107,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     finally:
         click.echo("stopping...")
         server.shutdown()
+        scheduler.stop()
         worker.stop()
 
 
@@ -129,6 +135,23 @@ def web(host: str | None, port: int | None) -> None:
         _wait_for_signal()
     finally:
         server.shutdown()
+
+
+@main.command()
+@_one_line_errors
+def scheduler() -> None:
+    """The scheduler: creates and enqueues runs when schedules are due. Start a second one on
+    PostgreSQL as a standby; it takes over within PARSEQ_SCHEDULER_SYNC_INTERVAL_S."""
+    from parseq.scheduler import SchedulerService
+
+    app = _build_app()
+    service = SchedulerService(app)
+    service.start()
+    click.echo(f"Parseq scheduler on {app.extensions['parseq'].config.database_url.split('@')[-1]}")
+    try:
+        _wait_for_signal()
+    finally:
+        service.stop()
 
 
 @main.command()

@@ -68,6 +68,16 @@ class Config:
     keep_workdirs: bool = False
     #: Worker threads per worker process (and in ``parseq up``).
     worker_threads: int = 2
+    #: How often the scheduler re-reads schedules from the database (the most an edit, disable or
+    #: delete waits to take effect) and a standby scheduler tries to become the active one, in s.
+    scheduler_sync_interval_s: float = 2.0
+    #: A due occurrence missed by more than this (scheduler down or stalled) is not run but
+    #: recorded as missed; within it, the missed occurrences coalesce into one catch-up run, in s.
+    schedule_grace_s: float = 300.0
+    #: How often the scheduler sweeps pending runs the broker never accepted, in seconds.
+    sweep_interval_s: float = 10.0
+    #: A pending run whose message never reached the broker is re-sent after this, in seconds.
+    sweep_pending_after_s: float = 30.0
     #: Web server bind address.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -144,6 +154,11 @@ class Config:
             raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
         if self.env_installer not in ("auto", "uv", "pip"):
             raise ConfigError("PARSEQ_ENV_INSTALLER must be auto, uv or pip")
+        for name in ("scheduler_sync_interval_s", "sweep_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
+        if self.schedule_grace_s < 0:
+            raise ConfigError("PARSEQ_SCHEDULE_GRACE_S must be >= 0")
         return replace(self, **changes)
 
 

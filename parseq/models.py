@@ -79,6 +79,21 @@ class ParserKind(str, enum.Enum):
     NOTEBOOK = "notebook"
 
 
+class ScheduleType(str, enum.Enum):
+    """APScheduler's three trigger types."""
+
+    CRON = "cron"
+    INTERVAL = "interval"
+    DATE = "date"
+
+
+class OverlapPolicy(str, enum.Enum):
+    """What a due occurrence does while a run of the parser is pending or running."""
+
+    SKIP = "skip"
+    ALLOW = "allow"
+
+
 def _str_enum(cls: type[enum.Enum]) -> sa.Enum:
     # Stored as plain strings (no native PG enum) so adding a value needs no migration.
     return sa.Enum(
@@ -108,7 +123,24 @@ class Parser(db.Model):
     #: Wall-clock limit; None = the configured default.
     timeout_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     max_retries: Mapped[int] = mapped_column(default=0)
+    #: Automatic (scheduled) runs on. Runs by hand and over the API work either way.
     enabled: Mapped[bool] = mapped_column(default=True)
+    #: The schedule (see ``parseq.scheduler``); no type = runs only by hand or over the API.
+    schedule_type: Mapped[ScheduleType | None] = mapped_column(
+        _str_enum(ScheduleType), nullable=True
+    )
+    #: 5-field crontab (``cron``), seconds between runs (``interval``), the one-off time (``date``).
+    cron: Mapped[str | None] = mapped_column(sa.String(120))
+    interval_s: Mapped[int | None]
+    run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Optional window outside which the schedule does not fire.
+    schedule_start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    schedule_end_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: IANA name the cron fields (and naive form datetimes) are read in.
+    timezone: Mapped[str] = mapped_column(sa.String(64), default="UTC")
+    overlap: Mapped[OverlapPolicy] = mapped_column(
+        _str_enum(OverlapPolicy), default=OverlapPolicy.SKIP
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -132,9 +164,34 @@ class Parser(db.Model):
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
             "enabled": self.enabled,
+            "schedule": self.schedule_dict(),
+            "next_run_at": _iso(self.next_run_at),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
+
+    def schedule_dict(self) -> dict[str, Any] | None:
+        """The schedule as the API shows it; None when the parser has none."""
+        if self.schedule_type is None:
+            return None
+        return {
+            "type": self.schedule_type.value,
+            "cron": self.cron,
+            "interval_s": self.interval_s,
+            "run_at": _iso(self.run_at),
+            "start_at": _iso(self.schedule_start_at),
+            "end_at": _iso(self.schedule_end_at),
+            "timezone": self.timezone or "UTC",
+            "overlap": (self.overlap or OverlapPolicy.SKIP).value,
+        }
+
+    @property
+    def next_run_at(self) -> datetime | None:
+        """When the scheduler will next create a run; None if unscheduled or disabled."""
+        from parseq.scheduler import next_fire_times
+
+        times = next_fire_times(self, count=1)
+        return times[0] if times else None
 
 
 class Run(db.Model):
@@ -144,6 +201,8 @@ class Run(db.Model):
     __table_args__ = (
         sa.Index("ix_runs_parser_id_id", "parser_id", "id"),
         sa.Index("ix_runs_status_id", "status", "id"),
+        # One run per scheduled occurrence, however many schedulers race for it (NULLs differ).
+        sa.UniqueConstraint("parser_id", "scheduled_for", name="uq_runs_parser_id_scheduled_for"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -153,6 +212,10 @@ class Run(db.Model):
     args: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     attempt: Mapped[int] = mapped_column(default=1)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The due time of the schedule occurrence that created it (trigger ``schedule`` only).
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the broker last accepted its message; None = never (the sweeper re-sends it).
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     exit_code: Mapped[int | None]
@@ -195,6 +258,7 @@ class Run(db.Model):
             "args": self.args or {},
             "attempt": self.attempt,
             "queued_at": _iso(self.queued_at),
+            "scheduled_for": _iso(self.scheduled_for),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "duration_s": self.duration_s,
@@ -230,6 +294,27 @@ class RunFile(db.Model):
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+class ScheduleSkip(db.Model):
+    """A scheduled occurrence that created no run, and why (overlap, missed while down)."""
+
+    __tablename__ = "schedule_skips"
+    __table_args__ = (sa.UniqueConstraint("parser_id", "scheduled_for"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parser_id: Mapped[int] = mapped_column(sa.ForeignKey("parsers.id", ondelete="CASCADE"))
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    parser: Mapped[Parser] = relationship()
+
+    def __str__(self) -> str:
+        return f"{self.parser.name} @ {_iso(self.scheduled_for)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheduled_for": _iso(self.scheduled_for), "reason": self.reason}
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -12,11 +12,14 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from parseq import envs, notebooks, runner, sdk
 from parseq import requirements as reqs
@@ -58,26 +61,71 @@ def check_args(args: object) -> dict[str, Any]:
     return args
 
 
+def new_run(
+    parser: Parser,
+    args: Mapping[str, Any] | None = None,
+    trigger: RunTrigger = RunTrigger.MANUAL,
+    scheduled_for: datetime | None = None,
+) -> Run:
+    """A ``pending`` run (not yet added to the session) with the parser's default args
+    overlaid by ``args``."""
+    merged = {**(parser.default_args or {}), **check_args(dict(args) if args else {})}
+    return Run(
+        parser=parser,
+        args=merged,
+        trigger=trigger,
+        status=RunStatus.PENDING,
+        scheduled_for=scheduled_for,
+    )
+
+
 def create_run(
     parser: Parser,
     args: Mapping[str, Any] | None = None,
     trigger: RunTrigger = RunTrigger.MANUAL,
     enqueue: bool = True,
+    scheduled_for: datetime | None = None,
 ) -> Run:
-    """Insert a ``pending`` run with the parser's default args overlaid by ``args``, and send it
-    to the broker. If the broker is down the run stays pending rather than being lost."""
-    merged = {**(parser.default_args or {}), **check_args(dict(args) if args else {})}
-    run = Run(parser=parser, args=merged, trigger=trigger, status=RunStatus.PENDING)
-    db.session.add(run)
-    db.session.commit()
-    if enqueue:
-        from parseq.tasks import send_run
+    """Insert a ``pending`` run and send it to the broker. If the broker is down the run stays
+    pending rather than being lost: the sweeper (``parseq.sweeper``) sends it again later.
 
+    ``scheduled_for`` is the due time of a schedule occurrence; a second run for the same
+    parser and due time raises ``sqlalchemy.exc.IntegrityError`` (the session is rolled back).
+    """
+    run = new_run(parser, args, trigger, scheduled_for)
+    db.session.add(run)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise
+    if enqueue:
+        enqueue_runs([run])
+    return run
+
+
+def enqueue_runs(batch: Sequence[Run]) -> int:
+    """Send committed runs' messages, then record in one update when the broker took them.
+    Stops at the first failure (the broker is down; logged) and returns how many were sent."""
+    from parseq.tasks import send_run
+
+    sent: list[int] = []
+    for run in batch:
         try:
             send_run(run.id)
         except Exception:
             log.exception("run %s could not be enqueued; it stays pending", run.id)
-    return run
+            break
+        sent.append(run.id)
+    if sent:
+        # Outside the session, so its runs are not expired and reloaded (a worker may have
+        # claimed them by now; callers show the run as it was queued).
+        now = utcnow()
+        with db.engine.begin() as conn:
+            conn.execute(db.update(Run).where(Run.id.in_(sent)).values(enqueued_at=now))
+        for run in batch[: len(sent)]:
+            set_committed_value(run, "enqueued_at", now)
+    return len(sent)
 
 
 def claim(run_id: int) -> bool:

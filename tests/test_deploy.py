@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
+from parseq.cli import main as cli
 from parseq.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,3 +56,12 @@ def test_compose_runs_the_three_processes_and_their_dependencies(compose: dict) 
     for name in ("postgres", "rabbitmq", "minio"):
         assert "test" in services[name]["healthcheck"]
     assert "ports" not in services["worker"]  # scalable: --scale worker=N
+
+
+def test_compose_commands_are_real_parseq_commands(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if isinstance(command, str):
+            command = shlex.split(command)
+        if command and command[0] == "parseq":
+            assert command[1] in cli.commands, f"{name}: unknown command parseq {command[1]}"
