@@ -144,6 +144,7 @@ class Run(db.Model):
     __table_args__ = (
         sa.Index("ix_runs_parser_id_id", "parser_id", "id"),
         sa.Index("ix_runs_status_id", "status", "id"),
+        sa.Index("ix_runs_queued_at", "queued_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -230,6 +231,33 @@ class RunFile(db.Model):
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+class User(db.Model):
+    """An admin panel login. Only a password hash is stored (werkzeug's scrypt/pbkdf2)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(256))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Flask-Login's user interface (UserMixin without the import, to keep models Flask-free).
+    is_authenticated = True
+    is_anonymous = False
+
+    @property
+    def is_active(self) -> bool:
+        return self.active
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+    def __str__(self) -> str:
+        return self.username
 
 
 def _iso(value: datetime | None) -> str | None:
