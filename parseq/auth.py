@@ -123,7 +123,14 @@ class LoginForm(FlaskForm):
 def _safe_next(target: str | None) -> str:
     """Only same-site paths, so the login page cannot redirect to another site."""
     parts = urlsplit(target or "")
-    if target and not parts.scheme and not parts.netloc and target.startswith("/"):
+    # Browsers read "/\\host" as "//host", another site.
+    if (
+        target
+        and not parts.scheme
+        and not parts.netloc
+        and target.startswith("/")
+        and ("\\" not in target)
+    ):
         return target
     return url_for("admin.index")
 

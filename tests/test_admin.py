@@ -131,7 +131,9 @@ def test_login_with_a_wrong_password_fails_and_the_right_one_redirects_to_next(
     )
 
 
-@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/x", "javascript:x"])
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:x"]
+)
 def test_login_never_redirects_off_site(app: Flask, target: str) -> None:
     admin_client(app)
     anon = web_client(app)
