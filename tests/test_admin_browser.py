@@ -109,15 +109,18 @@ def test_login_create_parser_run_it_and_download_output(
     server: str, browser, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     d = browser
+    wait = WebDriverWait(d, 20)
     try:
         d.get(f"{server}/admin/")
         assert "/admin/login/" in d.current_url  # every page needs a login
         d.find_element(By.NAME, "username").send_keys("admin")
         d.find_element(By.NAME, "password").send_keys(PASSWORD)
         d.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+        wait.until(ec.url_to_be(f"{server}/admin/"))
         assert d.find_element(By.ID, "status-counts")  # the dashboard
         d.save_screenshot(str(tmp_path / "dashboard.png"))
 
@@ -131,13 +134,14 @@ def test_login_create_parser_run_it_and_download_output(
         d.find_element(By.NAME, "secrets_set").send_keys(f"API_TOKEN={SECRET}")
         d.save_screenshot(str(tmp_path / "create-form.png"))
         d.find_element(By.CSS_SELECTOR, "input[type=submit][value=Save]").click()
+        wait.until(ec.url_matches(r"/admin/parsers/(\?.*)?$"))  # back on the list
         assert "Record was successfully created." in d.page_source
         assert SECRET not in d.page_source
 
         row = d.find_element(By.XPATH, "//tr[td[contains(., 'browser-echo')]]")
         row.find_element(By.CSS_SELECTOR, "a[title='Run now']").click()
         d.find_element(By.CSS_SELECTOR, "#run-now-form button[type=submit]").click()
-        assert "/admin/runs/details/" in d.current_url
+        wait.until(ec.url_contains("/admin/runs/details/"))
 
         def completed() -> bool:
             d.refresh()
