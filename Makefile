@@ -21,9 +21,11 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt pyproject.toml | $
 run: $(VENV)/.installed-run
 	$(BIN)/parseq up
 
-## Install everything, start the services the tests use, lint, and run the whole test suite.
+## Install everything, start the services the tests use (and headless Chromium for the
+## browser test), lint, and run the whole test suite.
 test: $(VENV)/.installed-dev
 	./scripts/services.sh
+	./scripts/browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

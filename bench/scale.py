@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import re
 import statistics
 import time
 
@@ -68,7 +69,16 @@ def admin_headers(stack: Stack) -> dict[str, str] | None:
     with stack.app.app_context():
         create_user("bench", "bench-password-123")
     client = stack.app.test_client()
-    client.post("/admin/login", data={"username": "bench", "password": "bench-password-123"})
+    page = client.get("/admin/login/").get_data(as_text=True)
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    client.post(
+        "/admin/login/",
+        data={
+            "username": "bench",
+            "password": "bench-password-123",
+            "csrf_token": token.group(1) if token else "",
+        },
+    )
     cookie = client.get_cookie("session")
     return {"Cookie": f"session={cookie.value}"} if cookie else None
 

@@ -1,123 +1,218 @@
-"""The Flask-Admin panel at ``/admin``: parsers (with Run now) and runs."""
+"""The Flask-Admin panel at ``/admin``: dashboard, parsers (Run now, Enable/Disable) and runs.
+
+Every page needs a login (:mod:`parseq.auth`). Views only parse forms and render: what they do
+goes through :mod:`parseq.runs` and :mod:`parseq.registry`, as the REST API does.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from flask import Flask, flash
-from flask_admin import Admin
+from flask import Flask, current_app, flash, g, redirect, request, url_for
+from flask_admin import Admin, expose
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
-from flask_admin.contrib.sqla import filters as sqla_filters
-from flask_admin.form import DateTimeField
+from flask_admin.theme import Bootstrap4Theme
+from flask_wtf import FlaskForm
 from markupsafe import Markup, escape
-from wtforms import SelectField, StringField
+from werkzeug.datastructures import FileStorage
+from werkzeug.wrappers import Response
 from wtforms import ValidationError as FormValidationError
-from wtforms.validators import Optional
+from wtforms import fields, widgets
+from wtforms.validators import NumberRange, Optional
 
-from parseq import notebooks, runs
+from parseq import auth, notebooks, registry, runner, runs
 from parseq import requirements as reqs
+from parseq.admin_runs import RunView, fmt_duration, fmt_time, status_badge
+from parseq.admin_schedule import (
+    SCHEDULE_DATETIMES,
+    SCHEDULE_FORM_ARGS,
+    SCHEDULE_FORM_OVERRIDES,
+    ScheduleSkipView,
+    apply_schedule,
+    schedule_summary,
+)
+from parseq.dashboard import DashboardView
 from parseq.errors import ParseqError
 from parseq.models import (
-    OverlapPolicy,
     Parser,
     ParserKind,
     Run,
     RunStatus,
     RunTrigger,
     ScheduleSkip,
-    ScheduleType,
     db,
 )
-from parseq.registry import validate_name, validate_path
 
-STATUS_COLORS = {
-    RunStatus.PENDING: "secondary",
-    RunStatus.RUNNING: "primary",
-    RunStatus.COMPLETED: "success",
-    RunStatus.ERROR: "danger",
-    RunStatus.TIMEOUT: "warning",
-    RunStatus.CANCELLED: "dark",
-}
+MASK = "••••••••"
 
 
-def _status_badge(_view: Any, _ctx: Any, run: Run, _name: str) -> Markup:
-    color = STATUS_COLORS.get(run.status, "secondary")
-    return Markup(f'<span class="badge badge-{color}">{escape(run.status.value)}</span>')
+class Unbound:
+    """A form field that is not a model column: ``populate_obj`` leaves the model alone."""
+
+    def populate_obj(self, obj: Any, name: str) -> None:
+        pass
 
 
-def _files_links(_view: Any, _ctx: Any, run: Run, _name: str) -> Markup:
-    links = [
-        f'<a href="/api/v1/runs/{run.id}/files/{escape(f.name)}">{escape(f.name)}</a>'
-        for f in run.files
-    ]
-    return Markup(", ".join(links))
+class ScriptField(Unbound, fields.SelectField):
+    pass
 
 
-def _progress(_view: Any, _ctx: Any, run: Run, _name: str) -> str:
-    """``3/10 (30%) page 3``: what the parser last reported with ``parseq_sdk.progress``."""
-    if run.progress_done is None and run.progress_message is None:
+class UploadField(Unbound, fields.FileField):
+    pass
+
+
+class SecretsField(Unbound, fields.TextAreaField):
+    """``NAME=value`` lines. Always rendered empty: secret values never go back to a browser."""
+
+    def _value(self) -> str:
         return ""
-    done = f"{run.progress_done:g}" if run.progress_done is not None else "?"
-    if run.progress_total:
-        pct = 100 * (run.progress_done or 0) / run.progress_total
-        done = f"{done}/{run.progress_total:g} ({pct:.0f}%)"
-    return f"{done} {run.progress_message or ''}".strip()
 
 
-def _schedule_summary(_view: Any, _ctx: Any, parser: Parser, _name: str) -> str:
-    schedule = parser.schedule_dict()
-    if schedule is None:
-        return ""
-    detail = {"cron": schedule["cron"], "interval": f"every {schedule['interval_s']} s"}
-    return f"{schedule['type']}: {detail.get(schedule['type'], schedule['run_at'])}"
+class RemoveSecretsField(Unbound, fields.SelectMultipleField):
+    widget = widgets.ListWidget(prefix_label=False)
+    option_widget = widgets.CheckboxInput()
 
 
-#: Schedule form fields: datetimes are entered in the parser's timezone (see on_form_prefill).
-_SCHEDULE_DATETIMES = ("run_at", "schedule_start_at", "schedule_end_at")
-_SCHEDULE_HELP = {
-    "schedule_type": "cron, interval or date (one-off); empty = runs by hand or API only",
-    "cron": "5 fields: minute hour day-of-month month day-of-week (0 or 7 = Sunday)",
-    "interval_s": "seconds, or 90s, 15m, 2h, 1h30m",
-    "run_at": "one-off run time, in the timezone below",
-    "schedule_start_at": "optional: no runs before (timezone below)",
-    "schedule_end_at": "optional: no runs after (timezone below)",
-    "timezone": "IANA name, e.g. UTC, Europe/Moscow",
-    "overlap": "skip = no new run while one is pending or running",
-    "enabled": "scheduled runs on (runs by hand work either way)",
-}
+class JSONObjectField(fields.TextAreaField):
+    """A JSON object of run arguments, checked with the same rules as the API's."""
+
+    def _value(self) -> str:
+        if self.raw_data:
+            return self.raw_data[0]
+        return json.dumps(self.data or {}, indent=2)
+
+    def process_formdata(self, valuelist: list[Any]) -> None:
+        raw = (valuelist[0] if valuelist else "").strip() or "{}"
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            self.data = None
+            raise ValueError(f"not valid JSON: {exc}") from None
+        try:
+            self.data = runs.check_args(value)
+        except ParseqError as exc:
+            self.data = None
+            raise ValueError(exc.message) from None
 
 
-def _option_value(value: Any) -> str:
-    """Select options are enum values; the model holds members (or None)."""
-    return "" if value is None else str(getattr(value, "value", value))
+def parse_secrets(text: str) -> dict[str, str]:
+    """``NAME=value`` lines (blank lines ignored) -> dict; names checked like the runner does."""
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise FormValidationError(f"line {number}: expected NAME=value")
+        try:
+            found[runner.validate_secret_name(name.strip())] = value
+        except ParseqError as exc:
+            raise FormValidationError(f"line {number}: {exc.message}") from None
+    return found
 
 
-class ParserView(ModelView):
-    """Register and edit parsers; run them from the list."""
+def _script_choices() -> list[tuple[str, str]]:
+    config = current_app.extensions["parseq"].config
+    choices = [("", "(upload a file below)")]
+    for kind, rel in registry.list_files(config):
+        root = registry.root_for(config, kind).name
+        choices.append((f"{kind.value}:{rel}", f"{root}/{rel}"))
+    return choices
 
+
+def _last_run(parser: Parser) -> Run | None:
+    """The parser's newest run, fetched once per page for all listed parsers."""
+    cache = g.setdefault("parseq_last_runs", {})
+    if parser.id not in cache:
+        cache[parser.id] = db.session.execute(
+            db.select(Run).where(Run.parser_id == parser.id).order_by(Run.id.desc()).limit(1)
+        ).scalar_one_or_none()
+    return cache[parser.id]
+
+
+def _secret_names(_v: Any, _c: Any, parser: Parser, _n: str) -> Markup:
+    names = sorted(parser.secrets or {})
+    return Markup(", ".join(f"<code>{escape(n)}</code> = {MASK}" for n in names) or "none")
+
+
+class RunNowForm(FlaskForm):
+    args = JSONObjectField("Arguments (JSON object, overlaid on the default args)")
+
+
+class ParserView(auth.LoginRequired, ModelView):
+    """Register and edit parsers; run, enable and disable them from the list."""
+
+    list_template = "parseq/parser_list.html"
+    details_template = "parseq/parser_details.html"
+    can_view_details = True
     column_list = (
         "name",
         "kind",
-        "path",
         "enabled",
         "schedule_type",
         "next_run_at",
+        "last_status",
+        "last_run_at",
         "description",
+    )
+    column_labels = {
+        "schedule_type": "Schedule",
+        "interval_s": "Interval",
+        "next_run_at": "Next run",
+        "last_status": "Last run",
+        "last_run_at": "Last run at",
+        "timeout_s": "Timeout (s)",
+    }
+    column_searchable_list = ("name", "description", "path")
+    column_filters = ("kind", "enabled", "name", "path")
+    column_sortable_list = ("name", "kind", "enabled")
+    column_default_sort = "name"
+    column_details_list = (
+        "name",
+        "kind",
+        "path",
+        "description",
+        "requirements",
+        "default_args",
+        "secrets",
+        "timeout_s",
+        "max_retries",
+        "enabled",
+        "schedule_type",
+        "next_run_at",
+        "created_at",
         "updated_at",
     )
-    column_labels = {"schedule_type": "Schedule", "interval_s": "Interval"}
-    column_formatters = {"schedule_type": _schedule_summary}
-    column_searchable_list = ("name", "description")
-    column_filters = ("kind", "enabled")
+    column_formatters = {
+        "schedule_type": schedule_summary,
+        "next_run_at": lambda _v, _c, m, _n: fmt_time(m.next_run_at) if m.next_run_at else "",
+        "name": lambda _v, _c, m, _n: Markup(
+            f'<a href="{url_for(".details_view", id=m.id)}">{escape(m.name)}</a>'
+        ),
+        "kind": lambda _v, _c, m, _n: m.kind.value,
+        "last_status": lambda _v, _c, m, _n: status_badge(
+            r.status if (r := _last_run(m)) else None
+        ),
+        "last_run_at": lambda _v, _c, m, _n: fmt_time(r.queued_at) if (r := _last_run(m)) else "",
+        "secrets": _secret_names,
+        "default_args": lambda _v, _c, m, _n: Markup(
+            f"<code>{escape(json.dumps(m.default_args or {}))}</code>"
+        ),
+        "created_at": lambda _v, _c, m, _n: fmt_time(m.created_at),
+        "updated_at": lambda _v, _c, m, _n: fmt_time(m.updated_at),
+    }
+    column_formatters_detail = {**column_formatters, "name": lambda _v, _c, m, _n: m.name}
     form_columns = (
         "name",
         "description",
-        "kind",
-        "path",
+        "script",
+        "upload",
         "requirements",
         "default_args",
+        "secrets_set",
+        "secrets_remove",
         "timeout_s",
         "max_retries",
         "enabled",
@@ -130,32 +225,82 @@ class ParserView(ModelView):
         "timezone",
         "overlap",
     )
-    form_excluded_columns = ("runs", "secrets", "created_at", "updated_at")
+    form_extra_fields = {
+        "script": ScriptField("Script or notebook", choices=[], validate_choice=True),
+        "upload": UploadField("…or upload a .py / .ipynb"),
+        "secrets_set": SecretsField(
+            "Set secrets",
+            description="One NAME=value per line; adds or replaces. Values are never shown.",
+        ),
+        "secrets_remove": RemoveSecretsField("Remove secrets", choices=[]),
+    }
     form_overrides = {
-        "interval_s": StringField,
-        "schedule_type": SelectField,
-        "overlap": SelectField,
-        **{name: DateTimeField for name in _SCHEDULE_DATETIMES},
+        "default_args": JSONObjectField,
+        "timeout_s": fields.FloatField,
+        **SCHEDULE_FORM_OVERRIDES,
     }
     form_args = {
-        **{
-            name: {"description": text, "validators": [Optional()]}
-            for name, text in _SCHEDULE_HELP.items()
-            if name != "enabled"  # empty timezone/overlap mean the defaults: validate_schedule
-        },
-        "schedule_type": {
-            "description": _SCHEDULE_HELP["schedule_type"],
-            "choices": [("", "(none)"), *((t.value, t.value) for t in ScheduleType)],
-            "coerce": _option_value,
-            "validators": [Optional()],
-        },
-        "overlap": {
-            "description": _SCHEDULE_HELP["overlap"],
-            "choices": [(p.value, p.value) for p in OverlapPolicy],
-            "coerce": _option_value,
-            "validators": [Optional()],
-        },
+        "timeout_s": {"label": "Timeout (s)", "validators": [Optional(), NumberRange(min=0.1)]},
+        "max_retries": {"validators": [NumberRange(min=0, max=100)]},
+        **SCHEDULE_FORM_ARGS,
     }
+    form_widget_args = {
+        "description": {"rows": 2},
+        "requirements": {"rows": 3},
+        "secrets_remove": {"class": "list-unstyled mb-0"},
+    }
+
+    def scaffold_form(self) -> type:
+        base = super().scaffold_form()
+
+        class ParserForm(base):  # type: ignore[misc, valid-type]
+            def validate_name(self, field: fields.Field) -> None:
+                try:
+                    registry.validate_name(field.data)
+                except ParseqError as exc:
+                    raise FormValidationError(exc.message) from None
+                query = db.select(Parser.id).filter_by(name=field.data)
+                if self._obj is not None:
+                    query = query.where(Parser.id != self._obj.id)
+                if db.session.execute(query).first():
+                    raise FormValidationError(f"a parser named {field.data!r} exists")
+
+            def validate_script(self, field: fields.Field) -> None:
+                upload = self.upload.data
+                if not field.data and not (isinstance(upload, FileStorage) and upload.filename):
+                    raise FormValidationError("choose a script or notebook, or upload one")
+
+            def validate_requirements(self, field: fields.Field) -> None:
+                config = current_app.extensions["parseq"].config
+                try:
+                    reqs.parse(field.data or "", reqs.Policy.from_config(config))
+                except ParseqError as exc:
+                    raise FormValidationError(exc.message) from None
+
+            def validate_secrets_set(self, field: fields.Field) -> None:
+                parse_secrets(field.data or "")
+
+        return ParserForm
+
+    def _prepare(self, form: Any, parser: Parser | None) -> Any:
+        form.script.choices = _script_choices()
+        current = parser and f"{parser.kind.value}:{parser.path}"
+        if current and current not in dict(form.script.choices):
+            form.script.choices.append((current, f"{parser.path} (current)"))
+        names = sorted((parser and parser.secrets) or {})
+        if names:
+            form.secrets_remove.choices = [(n, n) for n in names]
+        else:
+            del form["secrets_remove"]  # nothing to remove: no empty box on the page
+        if parser is not None and request.method == "GET":
+            form.script.data = f"{parser.kind.value}:{parser.path}"
+        return form
+
+    def create_form(self, obj: Any = None) -> Any:
+        return self._prepare(super().create_form(obj), None)
+
+    def edit_form(self, obj: Any = None) -> Any:
+        return self._prepare(super().edit_form(obj), obj)
 
     def on_form_prefill(self, form: Any, id: Any) -> None:
         """Show stored (UTC) schedule datetimes in the parser's timezone, as they are entered."""
@@ -166,112 +311,112 @@ class ParserView(ModelView):
             tz = ZoneInfo(model.timezone or "UTC")
         except (KeyError, ValueError):
             return
-        for name in _SCHEDULE_DATETIMES:
+        for name in SCHEDULE_DATETIMES:
             value = getattr(model, name)
             if value is not None:
                 form[name].data = value.astimezone(tz).replace(tzinfo=None)
 
     def on_model_change(self, form: Any, model: Parser, is_created: bool) -> None:
-        from flask import current_app
-
         config = current_app.extensions["parseq"].config
         try:
-            validate_name(model.name)
-            model.kind = ParserKind(model.kind)
-            model.path = validate_path(config, model.kind, model.path)
-            reqs.parse(model.requirements or "", reqs.Policy.from_config(config))
+            upload = form.upload.data
+            if isinstance(upload, FileStorage) and upload.filename:
+                model.kind, model.path = registry.save_upload(
+                    config, model.name, upload.filename, upload.read()
+                )
+            elif form.script.data:
+                kind, _, rel = form.script.data.partition(":")
+                model.kind = ParserKind(kind)
+                model.path = registry.validate_path(config, model.kind, rel)
             if model.kind is ParserKind.NOTEBOOK:
                 notebooks.check_parser_notebook(config, model.path)
-            if isinstance(model.default_args, str):
-                model.default_args = json.loads(model.default_args or "{}")
-            runs.check_args(model.default_args)
-            _apply_schedule(form, model, is_created)
+            apply_schedule(form, model, is_created)
         except (ParseqError, ValueError) as exc:
             field = getattr(exc, "field", None)
             message = getattr(exc, "message", str(exc))
             if field and field in form:
                 form[field].errors = [*form[field].errors, message]
             raise FormValidationError(message) from exc
+        new = parse_secrets(form.secrets_set.data or "")
+        remove = set((form.secrets_remove and form.secrets_remove.data) or ())
+        if new or remove:
+            kept = {k: v for k, v in (model.secrets or {}).items() if k not in remove}
+            model.secrets = {**kept, **new}  # a new dict: encryption may sit behind the attribute
+
+    def history(self, parser: Parser, limit: int = 25) -> list[Run]:
+        return list(
+            db.session.execute(
+                db.select(Run)
+                .where(Run.parser_id == parser.id)
+                .order_by(Run.id.desc())
+                .limit(limit)
+            ).scalars()
+        )
+
+    def latest_output(self, parser: Parser) -> Run | None:
+        """The newest completed run, whose ``output.txt`` the detail page links to."""
+        return db.session.execute(
+            db.select(Run)
+            .where(Run.parser_id == parser.id, Run.status == RunStatus.COMPLETED)
+            .order_by(Run.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+
+    @expose("/run/<int:parser_id>", methods=("GET", "POST"))
+    def run_view(self, parser_id: int) -> Any:
+        """Run now, with optional arguments overlaid on the parser's defaults."""
+        parser = db.get_or_404(Parser, parser_id)
+        form = RunNowForm(data={"args": parser.default_args or {}})
+        if form.validate_on_submit():
+            run = runs.create_run(parser, form.args.data, RunTrigger.MANUAL)
+            flash(f"Queued run {run.id} of {parser.name}.", "success")
+            return redirect(url_for("runs.details_view", id=run.id))
+        return self.render("parseq/run_now.html", form=form, parser=parser)
+
+    @expose("/toggle/<int:parser_id>", methods=("POST",))
+    def toggle(self, parser_id: int) -> Response:
+        parser = db.get_or_404(Parser, parser_id)
+        registry.set_enabled(parser, not parser.enabled)
+        flash(f"{parser.name} {'enabled' if parser.enabled else 'disabled'}.", "success")
+        return redirect(request.form.get("url") or url_for(".index_view"))
+
+    def _selected(self, ids: list[str]) -> list[Parser]:
+        query = db.select(Parser).where(Parser.id.in_([int(i) for i in ids]))
+        return list(db.session.execute(query.order_by(Parser.name)).scalars())
 
     @action("run", "Run now", "Queue a run of each selected parser?")
     def action_run(self, ids: list[str]) -> None:
-        for parser in db.session.execute(
-            db.select(Parser).where(Parser.id.in_([int(i) for i in ids]))
-        ).scalars():
+        for parser in self._selected(ids):
             run = runs.create_run(parser, trigger=RunTrigger.MANUAL)
             flash(f"Queued run {run.id} of {parser.name}.", "success")
 
+    @action("enable", "Enable")
+    def action_enable(self, ids: list[str]) -> None:
+        for parser in self._selected(ids):
+            registry.set_enabled(parser, True)
+        flash(f"{len(ids)} parser(s) enabled.", "success")
 
-def _apply_schedule(form: Any, model: Parser, is_created: bool) -> None:
-    """Validate the schedule fields (``scheduler.validate_schedule``) and store them normalized.
-    A one-off date in the past is refused unless it is the one already saved."""
-    from parseq.scheduler import validate_schedule
-
-    fields = {
-        "cron": model.cron,
-        "interval_s": model.interval_s,
-        "run_at": model.run_at,
-        "schedule_start_at": model.schedule_start_at,
-        "schedule_end_at": model.schedule_end_at,
-        "timezone": model.timezone,
-        # An empty select comes back as "None" (wtforms coerces with str).
-        "overlap": None if model.overlap in ("", "None", "__None") else model.overlap,
-    }
-    schedule = validate_schedule(model.schedule_type, **fields, allow_past=True)
-    saved = None if is_created else form.run_at.object_data
-    if schedule.run_at is not None and schedule.run_at != saved:
-        schedule = validate_schedule(model.schedule_type, **fields)
-    schedule.apply(model)
-
-
-class RunView(ModelView):
-    """Every run, newest first; read-only."""
-
-    can_create = False
-    can_edit = False
-    can_view_details = True
-    column_default_sort = ("id", True)
-    column_list = (
-        "id",
-        "parser",
-        "status",
-        "trigger",
-        "queued_at",
-        "started_at",
-        "finished_at",
-        "exit_code",
-        "progress",
-        "error",
-        "env_key",
-    )
-    column_details_list = (*column_list, "scheduled_for", "args", "worker_id", "files")
-    column_filters = (
-        "status",
-        "trigger",
-        "parser.name",
-        # UTCDateTime is a TypeDecorator, which Flask-Admin cannot guess a filter for.
-        sqla_filters.DateTimeBetweenFilter(Run.queued_at, "Queued"),
-    )
-    column_formatters = {"status": _status_badge, "files": _files_links, "progress": _progress}
-    column_formatters_detail = column_formatters
-    page_size = 50
-
-
-class ScheduleSkipView(ModelView):
-    """Scheduled occurrences that made no run, and why; read-only."""
-
-    can_create = False
-    can_edit = False
-    can_delete = False
-    column_default_sort = ("id", True)
-    column_list = ("parser", "scheduled_for", "reason", "created_at")
-    column_filters = ("parser.name",)
-    page_size = 50
+    @action("disable", "Disable")
+    def action_disable(self, ids: list[str]) -> None:
+        for parser in self._selected(ids):
+            registry.set_enabled(parser, False)
+        flash(f"{len(ids)} parser(s) disabled.", "success")
 
 
 def init_app(app: Flask) -> Admin:
-    admin = Admin(app, name="Parseq", url="/admin")
+    auth.init_app(app)
+    app.jinja_env.globals.update(
+        status_badge=status_badge, fmt_time=fmt_time, fmt_duration=fmt_duration
+    )
+    admin = Admin(
+        app,
+        name="Parseq",
+        url="/admin",
+        index_view=DashboardView(name="Dashboard", url="/admin"),
+        theme=Bootstrap4Theme(base_template="parseq/master.html", fluid=True),
+    )
     admin.add_view(ParserView(Parser, db, name="Parsers", endpoint="parsers"))
     admin.add_view(RunView(Run, db, name="Runs", endpoint="runs"))
     admin.add_view(ScheduleSkipView(ScheduleSkip, db, name="Skipped occurrences", endpoint="skips"))
+    admin.add_view(auth.LoginView(name="Log in", endpoint="login", url="/admin/login"))
     return admin

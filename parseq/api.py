@@ -161,10 +161,14 @@ def list_files(run_id: int) -> Response:
 def download_file(run_id: int, name: str) -> Response:
     """Stream a stored file. Names are looked up on the run's records only, so no path trick
     can reach the filesystem or another run's objects."""
-    run = runs.get_run(run_id)
+    return file_response(runs.get_run(run_id), name)
+
+
+def file_response(run: Run, name: str) -> Response:
+    """Stream one of the run's stored files (the API's and the admin's downloads)."""
     stored = run.file(name)
     if stored is None:
-        raise NotFound(f"run {run_id} has no file {name!r}", run_id=run_id)
+        raise NotFound(f"run {run.id} has no file {name!r}", run_id=run.id)
     storage = current_app.extensions["parseq"].storage
     chunks = storage.iter_bytes(stored.storage_key)
     filename = stored.name.rsplit("/", 1)[-1]

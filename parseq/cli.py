@@ -58,15 +58,29 @@ def main() -> None:
 @main.command("init-db")
 @_one_line_errors
 def init_db_cmd() -> None:
-    """Create the database tables and register the parsers shipped in parsers/."""
+    """Create the database tables, register the parsers shipped in parsers/ and, when there
+    are no users yet, the admin user (PARSEQ_ADMIN_PASSWORD, or a random password printed once)."""
     from parseq.app import init_db
+    from parseq.auth import ensure_admin
     from parseq.registry import sync_shipped
 
     app = _build_app()
     init_db(app)
     with app.app_context():
-        added = sync_shipped(app.extensions["parseq"].config)
+        config = app.extensions["parseq"].config
+        added = sync_shipped(config)
+        password = ensure_admin(config.admin_password)
     click.echo(f"database ready; {len(added)} parser(s) registered")
+    _echo_admin_password(password)
+
+
+def _echo_admin_password(password: str | None) -> None:
+    """Print the generated password of the first ``admin`` user: this once, never again."""
+    if password:
+        click.echo(
+            f"  admin login: user 'admin', password {password}\n"
+            "  (shown only this once; change it with: parseq create-user admin --reset)"
+        )
 
 
 @main.command()
@@ -77,6 +91,7 @@ def init_db_cmd() -> None:
 def up(host: str | None, port: int | None, threads: int | None) -> None:
     """All in one process: database, worker threads and the web admin (embedded default)."""
     from parseq.app import init_db
+    from parseq.auth import ensure_admin
     from parseq.models import Run, db
     from parseq.registry import sync_shipped
     from parseq.runs import create_run, get_parser
@@ -94,6 +109,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
             # A first run, so a new install shows a completed run out of the box.
             with contextlib.suppress(ParseqError):
                 create_run(get_parser("pi"), {"digits": 50})
+        admin_password = ensure_admin(config.admin_password)
     worker = start_worker(app)
     scheduler = SchedulerService(app)
     scheduler.start()
@@ -101,6 +117,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     url = f"http://{config.host}:{server.server_port}"
     click.echo(f"Parseq is up: admin {url}/admin/  API {url}/api/v1/parsers  (Ctrl+C stops)")
     click.echo(f"  database {config.database_url}\n  storage  {config.storage_url}")
+    _echo_admin_password(admin_password)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         _wait_for_signal()
@@ -109,6 +126,33 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
         server.shutdown()
         scheduler.stop()
         worker.stop()
+
+
+@main.command("create-user")
+@click.argument("username")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="The password (asked for when not given).",
+)
+@click.option("--reset", is_flag=True, help="Set a new password for an existing user.")
+@_one_line_errors
+def create_user_cmd(username: str, password: str, reset: bool) -> None:
+    """Create an admin panel user USERNAME (or reset its password with --reset)."""
+    from parseq.app import init_db
+    from parseq.auth import create_user, set_password
+
+    app = _build_app()
+    init_db(app)
+    with app.app_context():
+        if reset:
+            set_password(username, password)
+            click.echo(f"password of user {username!r} changed")
+        else:
+            create_user(username, password)
+            click.echo(f"user {username!r} created")
 
 
 def _make_server(host: str, port: int, app: Any) -> Any:

@@ -83,6 +83,9 @@ class Config:
     port: int = 8000
     #: Flask secret key (sessions, CSRF). Generated into ``var/`` when empty.
     secret_key: str = ""
+    #: Password of the ``admin`` user that ``parseq up`` creates on first start; empty = a random
+    #: one, printed once.
+    admin_password: str = ""
     #: Runs per page in list endpoints, and the largest page a client may ask for.
     page_size: int = 50
     max_page_size: int = 500

@@ -203,6 +203,7 @@ class Run(db.Model):
         sa.Index("ix_runs_status_id", "status", "id"),
         # One run per scheduled occurrence, however many schedulers race for it (NULLs differ).
         sa.UniqueConstraint("parser_id", "scheduled_for", name="uq_runs_parser_id_scheduled_for"),
+        sa.Index("ix_runs_queued_at", "queued_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -315,6 +316,33 @@ class ScheduleSkip(db.Model):
 
     def to_dict(self) -> dict[str, Any]:
         return {"scheduled_for": _iso(self.scheduled_for), "reason": self.reason}
+
+
+class User(db.Model):
+    """An admin panel login. Only a password hash is stored (werkzeug's scrypt/pbkdf2)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(256))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Flask-Login's user interface (UserMixin without the import, to keep models Flask-free).
+    is_authenticated = True
+    is_anonymous = False
+
+    @property
+    def is_active(self) -> bool:
+        return self.active
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+    def __str__(self) -> str:
+        return self.username
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -225,9 +226,57 @@ def api_client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+ADMIN_USER = "test-admin"
+ADMIN_PASSWORD = "test-admin-password"
+CSRF_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def csrf_from(html: str | bytes) -> str:
+    """The CSRF token of the first form on a page."""
+    text = html.decode() if isinstance(html, bytes) else html
+    match = CSRF_RE.search(text)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+class WebClient(FlaskClient):
+    """A test client that runs each request in an app context of its own, as a server does.
+
+    The app fixtures keep an app context pushed, and Flask reuses it for test requests, so
+    ``g`` (where Flask-Login and Flask-WTF cache the user and the CSRF token) would leak from
+    one request, and one client, to the next.
+    """
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
+
+
+def web_client(app: Flask) -> FlaskClient:
+    """A browser-like client for HTML pages, not logged in."""
+    return WebClient(app, app.response_class, use_cookies=True)
+
+
 def admin_client(app: Flask) -> FlaskClient:
-    """A test client logged in to the admin (the one place admin login is set up)."""
-    return app.test_client()
+    """A test client logged in to the admin (the one place admin login is set up).
+
+    ``client.csrf_token`` holds a CSRF token valid for its session: admin POSTs send it as the
+    ``csrf_token`` form field.
+    """
+    from parseq.auth import create_user
+    from parseq.errors import Conflict
+
+    with app.app_context(), contextlib.suppress(Conflict):
+        create_user(ADMIN_USER, ADMIN_PASSWORD)
+    client = web_client(app)
+    token = csrf_from(client.get("/admin/login/").data)
+    resp = client.post(
+        "/admin/login/",
+        data={"username": ADMIN_USER, "password": ADMIN_PASSWORD, "csrf_token": token},
+    )
+    assert resp.status_code == 302, resp.data
+    client.csrf_token = token  # type: ignore[attr-defined]
+    return client
 
 
 def wait_for_run(run_id: int, timeout_s: float = 30.0) -> Run:

@@ -12,8 +12,7 @@ from parseq.models import Parser, ScheduleType, db, utcnow
 from tests.conftest import add_parser, admin_client
 
 BASE = {
-    "kind": "script",
-    "path": "echo_env.py",
+    "script": "script:echo_env.py",
     "default_args": "{}",
     "max_retries": "0",
     "enabled": "y",
@@ -23,7 +22,8 @@ BASE = {
 
 
 def _post(app: Flask, url: str, **fields: str) -> tuple[int, str]:
-    resp = admin_client(app).post(url, data={**BASE, **fields})
+    client = admin_client(app)
+    resp = client.post(url, data={**BASE, **fields, "csrf_token": client.csrf_token})
     return resp.status_code, html.unescape(resp.data.decode())
 
 

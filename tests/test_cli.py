@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import FIXTURE_PARSERS, free_port
+from tests.conftest import FIXTURE_PARSERS, csrf_from, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,6 +87,9 @@ def test_up_serves_admin_and_api_and_completes_the_demo_run(tmp_path: Path) -> N
     try:
         first_line = proc.stdout.readline()
         assert f"admin http://127.0.0.1:{port}/admin/" in first_line
+        lines = [proc.stdout.readline() for _ in range(3)]
+        # First start: the admin user gets a random password, printed this once.
+        password = re.search(r"admin login: user 'admin', password (\S+)", lines[2]).group(1)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -95,10 +101,80 @@ def test_up_serves_admin_and_api_and_completes_the_demo_run(tmp_path: Path) -> N
         assert runs[0]["status"] == "completed"
         with urllib.request.urlopen(f"{base}/api/v1/runs/{runs[0]['id']}/files/output.txt") as r:
             assert r.read().startswith(b"3.14159265358979")
-        with urllib.request.urlopen(f"{base}/admin/runs/") as r:
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+        with opener.open(f"{base}/admin/runs/") as r:
+            assert r.url.startswith(f"{base}/admin/login/")  # the admin needs a login
+            token = csrf_from(r.read())
+        login = urllib.parse.urlencode(
+            {"username": "admin", "password": password, "csrf_token": token}
+        ).encode()
+        with opener.open(f"{base}/admin/login/?next=/admin/runs/", data=login) as r:
             page = r.read().decode()
-        assert r.status == 200 and "completed" in page
+        assert r.status == 200 and r.url == f"{base}/admin/runs/"
+        assert "status-completed" in page
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)
     assert proc.returncode == 0
+
+
+def test_up_takes_the_admin_password_from_the_environment_and_prints_none(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parseq.cli", "up", "--port", str(port)],
+        env=_env(tmp_path, PARSEQ_ADMIN_PASSWORD="from-the-env-123"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert "Parseq is up" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    assert "admin login" not in out and "from-the-env-123" not in out
+    check = _parseq(
+        "create-user", "admin", "--password", "another-pass", env=_env(tmp_path), timeout=30
+    )
+    assert check.returncode == 1
+    assert check.stderr.strip() == "parseq: error: user 'admin' already exists"
+
+
+def test_init_db_creates_the_admin_once(tmp_path: Path) -> None:
+    first = _parseq("init-db", env=_env(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert re.search(r"admin login: user 'admin', password \S{12,}", first.stdout)
+    again = _parseq("init-db", env=_env(tmp_path))
+    assert again.returncode == 0 and "admin login" not in again.stdout
+
+
+def test_create_user_command(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    made = _parseq("create-user", "alice", "--password", "long-enough-pw", env=env)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == "user 'alice' created"
+
+    short = _parseq("create-user", "bob", "--password", "short", env=env)
+    assert short.returncode == 1
+    assert short.stderr.strip() == "parseq: error: password must be at least 8 characters"
+
+    prompted = subprocess.run(
+        [sys.executable, "-m", "parseq.cli", "create-user", "carol"],
+        env=env,
+        input="typed-password\ntyped-password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert prompted.returncode == 0, prompted.stderr
+    assert "typed-password" not in prompted.stdout
+
+    reset = _parseq("create-user", "alice", "--reset", "--password", "new-password!", env=env)
+    assert reset.returncode == 0 and "password of user 'alice' changed" in reset.stdout
+    missing = _parseq("create-user", "zed", "--reset", "--password", "whatever-pw", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "parseq: error: no user named 'zed'"

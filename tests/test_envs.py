@@ -141,8 +141,14 @@ def test_pep723_in_a_notebook_code_cell(tmp_path: Path) -> None:
 
 
 def test_admin_refuses_garbage_requirements(sqlite_app: Flask) -> None:
-    form = {"name": "bad", "kind": "script", "path": "echo_env.py", "default_args": "{}"}
     client = admin_client(sqlite_app)
+    form = {
+        "name": "bad",
+        "script": "script:echo_env.py",
+        "default_args": "{}",
+        "max_retries": "0",
+        "csrf_token": client.csrf_token,
+    }
     resp = client.post("/admin/parsers/new/", data={**form, "requirements": "six>=>1"})
     assert resp.status_code == 200
     assert "is not a valid requirement" in resp.get_data(as_text=True)

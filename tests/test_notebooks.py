@@ -221,18 +221,28 @@ def test_admin_refuses_to_save_an_invalid_notebook_parser(sqlite_app: Flask) -> 
     (root / "broken.ipynb").write_text('{"cells": [}')
     good = write_nb(root, "good", [new_code_cell("print(1)")])
     client = admin_client(sqlite_app)
-    form = {"kind": "notebook", "default_args": "{}", "max_retries": "0", "enabled": "y"}
+    form = {
+        "default_args": "{}",
+        "max_retries": "0",
+        "enabled": "y",
+        "csrf_token": client.csrf_token,
+    }
 
     resp = client.post(
-        "/admin/parsers/new/", data={**form, "name": "broken", "path": "broken.ipynb"}
+        "/admin/parsers/new/",
+        data={**form, "name": "broken", "script": "notebook:broken.ipynb"},
     )
     assert resp.status_code == 200
     assert "notebook notebooks/broken.ipynb is not valid JSON" in resp.get_data(as_text=True)
-    resp = client.post("/admin/parsers/new/", data={**form, "name": "ghost", "path": "ghost.ipynb"})
-    assert "notebook notebooks/ghost.ipynb does not exist" in resp.get_data(as_text=True)
+    resp = client.post(
+        "/admin/parsers/new/", data={**form, "name": "ghost", "script": "notebook:ghost.ipynb"}
+    )
+    assert resp.status_code == 200  # not among the files under notebooks/
     assert db.session.execute(db.select(Parser)).scalars().all() == []
 
-    resp = client.post("/admin/parsers/new/", data={**form, "name": "good", "path": good})
+    resp = client.post(
+        "/admin/parsers/new/", data={**form, "name": "good", "script": f"notebook:{good}"}
+    )
     assert resp.status_code == 302
     saved = db.session.execute(db.select(Parser)).scalar_one()
     assert (saved.name, saved.kind, saved.path) == ("good", ParserKind.NOTEBOOK, "good.ipynb")
@@ -484,7 +494,7 @@ def test_demo_notebook_is_registered_and_runs(make_config: Callable[..., Config]
 
             page = admin_client(app).get(f"/admin/runs/details/?id={run.id}")
             assert page.status_code == 200
-            assert f'href="/api/v1/runs/{run.id}/files/output.ipynb"' in page.get_data(as_text=True)
+            assert f'href="/admin/runs/{run.id}/files/output.ipynb"' in page.get_data(as_text=True)
             db.engine.dispose()
     finally:
         worker.stop()

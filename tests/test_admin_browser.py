@@ -1,0 +1,169 @@
+"""The admin in a real browser: headless Chromium (Debian's ``chromium`` and
+``chromium-driver``, installed by ``scripts/browser.sh``) driven by Selenium against
+``parseq up``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURE_PARSERS, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+PASSWORD = "browser-admin-pw"
+SECRET = "browser-secret-value"
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs /usr/bin/chromium and /usr/bin/chromedriver: run scripts/browser.sh",
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """``parseq up`` (the embedded default) on a free port, with the fixture parsers."""
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "PARSEQ_VAR_DIR": str(tmp_path / "var"),
+        "PARSEQ_PARSERS_DIR": str(FIXTURE_PARSERS),
+        "PARSEQ_NOTEBOOKS_DIR": str(tmp_path / "notebooks"),
+        "PARSEQ_ADMIN_PASSWORD": PASSWORD,
+        "PARSEQ_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parseq.cli", "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert "Parseq is up" in (proc.stdout.readline() if proc.stdout else "")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
+    )
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    driver.implicitly_wait(5)
+    driver.downloads = downloads  # type: ignore[attr-defined]
+    yield driver
+    driver.quit()
+    shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+def _wait_until(check, timeout_s: float = 30.0, every_s: float = 0.5):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(every_s)
+
+
+def test_login_create_parser_run_it_and_download_output(
+    server: str, browser, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    d = browser
+    wait = WebDriverWait(d, 20)
+    try:
+        d.get(f"{server}/admin/")
+        assert "/admin/login/" in d.current_url  # every page needs a login
+        d.find_element(By.NAME, "username").send_keys("admin")
+        d.find_element(By.NAME, "password").send_keys(PASSWORD)
+        d.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+        wait.until(ec.url_to_be(f"{server}/admin/"))
+        assert d.find_element(By.ID, "status-counts")  # the dashboard
+        d.save_screenshot(str(tmp_path / "dashboard.png"))
+
+        d.find_element(By.LINK_TEXT, "Parsers").click()
+        d.find_element(By.LINK_TEXT, "Create").click()
+        d.find_element(By.NAME, "name").send_keys("browser-echo")
+        Select(d.find_element(By.NAME, "script")).select_by_visible_text("parsers/echo_env.py")
+        args = d.find_element(By.NAME, "default_args")
+        args.clear()
+        args.send_keys('{"who": "browser"}')
+        d.find_element(By.NAME, "secrets_set").send_keys(f"API_TOKEN={SECRET}")
+        d.save_screenshot(str(tmp_path / "create-form.png"))
+        d.find_element(By.CSS_SELECTOR, "input[type=submit][value=Save]").click()
+        wait.until(ec.url_matches(r"/admin/parsers/(\?.*)?$"))  # back on the list
+        assert "Record was successfully created." in d.page_source
+        assert SECRET not in d.page_source
+
+        row = d.find_element(By.XPATH, "//tr[td[contains(., 'browser-echo')]]")
+        row.find_element(By.CSS_SELECTOR, "a[title='Run now']").click()
+        d.find_element(By.CSS_SELECTOR, "#run-now-form button[type=submit]").click()
+        wait.until(ec.url_contains("/admin/runs/details/"))
+
+        def completed() -> bool:
+            d.refresh()
+            return bool(d.find_elements(By.CSS_SELECTOR, ".status-completed"))
+
+        assert _wait_until(completed), "run did not reach completed"
+        assert "hello browser" in d.find_element(By.ID, "output-preview").text
+        assert SECRET not in d.page_source
+        d.save_screenshot(str(tmp_path / "run-details.png"))
+
+        d.find_element(By.CSS_SELECTOR, "#run-files").find_element(
+            By.LINK_TEXT, "output.txt"
+        ).click()
+        target = d.downloads / "output.txt"
+        assert _wait_until(target.exists, timeout_s=15, every_s=0.2), "no download"
+        assert target.read_text() == "hello browser\n"
+
+        d.get(f"{server}/admin/runs/")
+        assert d.find_elements(By.CSS_SELECTOR, ".status-completed")
+        d.save_screenshot(str(tmp_path / "runs-page.png"))
+    except BaseException:
+        d.get(f"{server}/admin/runs/")
+        d.save_screenshot(str(tmp_path / "runs-page-failure.png"))
+        print(f"screenshot of the runs page: {tmp_path / 'runs-page-failure.png'}")
+        raise
