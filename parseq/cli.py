@@ -78,6 +78,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     """All in one process: database, worker threads and the web admin (embedded default)."""
     from parseq.app import init_db
     from parseq.models import Run, db
+    from parseq.reaper import resend_pending, start_reaper
     from parseq.registry import sync_shipped
     from parseq.runs import create_run, get_parser
     from parseq.tasks import start_worker
@@ -91,7 +92,10 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
             # A first run, so a new install shows a completed run out of the box.
             with contextlib.suppress(ParseqError):
                 create_run(get_parser("pi"), {"digits": 50})
+    if config.broker_url.startswith("memory:"):
+        resend_pending(app)  # the in-process queue did not survive the last stop
     worker = start_worker(app)
+    reaper = start_reaper(app)
     server = _make_server(config.host, config.port, app)
     url = f"http://{config.host}:{server.server_port}"
     click.echo(f"Parseq is up: admin {url}/admin/  API {url}/api/v1/parsers  (Ctrl+C stops)")
@@ -102,6 +106,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     finally:
         click.echo("stopping...")
         server.shutdown()
+        reaper.set()
         worker.stop()
 
 

@@ -108,6 +108,14 @@ class Parser(db.Model):
     #: Wall-clock limit; None = the configured default.
     timeout_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     max_retries: Mapped[int] = mapped_column(default=0)
+    #: Retry runs that timed out too (errors always retry while attempts are left).
+    retry_on_timeout: Mapped[bool] = mapped_column(default=False)
+    #: Sandbox limits; None = the configured default, 0 = no limit.
+    max_memory_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    max_cpu_s: Mapped[float | None] = mapped_column(sa.Float)
+    max_processes: Mapped[int | None]
+    max_file_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    max_open_files: Mapped[int | None]
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -131,6 +139,14 @@ class Parser(db.Model):
             "secrets": sorted(self.secrets or {}),
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
+            "retry_on_timeout": self.retry_on_timeout,
+            "limits": {
+                "memory_bytes": self.max_memory_bytes,
+                "cpu_s": self.max_cpu_s,
+                "processes": self.max_processes,
+                "file_bytes": self.max_file_bytes,
+                "open_files": self.max_open_files,
+            },
             "enabled": self.enabled,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
@@ -152,6 +168,12 @@ class Run(db.Model):
     trigger: Mapped[RunTrigger] = mapped_column(_str_enum(RunTrigger), default=RunTrigger.MANUAL)
     args: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     attempt: Mapped[int] = mapped_column(default=1)
+    #: The failed run this one retries (attempt - 1), if any.
+    retry_of_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("runs.id", ondelete="SET NULL"), index=True
+    )
+    #: A retry waits for its backoff: workers do not start it before this time.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -165,6 +187,7 @@ class Run(db.Model):
     env_key: Mapped[str | None] = mapped_column(sa.String(64))
 
     parser: Mapped[Parser] = relationship(back_populates="runs")
+    retry_of: Mapped[Run | None] = relationship(remote_side=[id])
     files: Mapped[list[RunFile]] = relationship(
         back_populates="run",
         cascade="all, delete-orphan",
@@ -194,6 +217,9 @@ class Run(db.Model):
             "trigger": self.trigger.value,
             "args": self.args or {},
             "attempt": self.attempt,
+            "retry_of": self.retry_of_id,
+            "previous_error": self.retry_of.error if self.retry_of else None,
+            "not_before": _iso(self.not_before),
             "queued_at": _iso(self.queued_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
