@@ -25,7 +25,7 @@ from parseq.models import Parser
 log = logging.getLogger(__name__)
 
 #: ``run_as_user`` values that turn the user switch off.
-NO_USER = frozenset({"", "none", "off", "false", "0"})
+NO_USER = frozenset({"", "none", "off"})
 #: Extra CPU seconds between the soft limit (SIGXCPU) and the hard one (SIGKILL).
 CPU_HARD_MARGIN_S = 5
 
