@@ -68,6 +68,12 @@ class ParserView(ModelView):
         "default_args",
         "timeout_s",
         "max_retries",
+        "retry_on_timeout",
+        "max_memory_bytes",
+        "max_cpu_s",
+        "max_processes",
+        "max_file_bytes",
+        "max_open_files",
         "enabled",
     )
     form_excluded_columns = ("runs", "secrets", "created_at", "updated_at")
@@ -116,7 +122,16 @@ class RunView(ModelView):
         "error",
         "env_key",
     )
-    column_details_list = (*column_list, "args", "worker_id", "files")
+    column_details_list = (
+        *column_list,
+        "attempt",
+        "retry_of",
+        "not_before",
+        "args",
+        "worker_id",
+        "heartbeat_at",
+        "files",
+    )
     column_filters = (
         "status",
         "trigger",

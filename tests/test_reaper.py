@@ -181,10 +181,14 @@ def test_kill_9_of_the_worker_mid_run_is_reaped_and_a_fresh_worker_drains_the_qu
         with app.app_context():
             tag = uuid.uuid4().hex[:6]
             doomed = runs.create_run(add_parser(f"doomed-{tag}", "pid_sleeper.py", timeout_s=60))
-            retried = add_parser(f"retried-{tag}", "sleeper.py", timeout_s=1, max_retries=0)
+            timing_out = add_parser(f"timing-out-{tag}", "sleeper.py", timeout_s=1)
             echo = add_parser(f"echo-{tag}", "echo_env.py")
             assert _wait_status(doomed.id, RunStatus.RUNNING).status is RunStatus.RUNNING
-            rest = [runs.create_run(echo).id for _ in range(3)] + [runs.create_run(retried).id]
+            rest = [runs.create_run(echo).id for _ in range(3)] + [runs.create_run(timing_out).id]
+            pid_file = app.extensions["parseq"].config.state_dir / doomed.parser.name / "pid"
+            deadline = time.monotonic() + 15
+            while not pid_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the parser is really executing
 
             os.kill(first.pid, signal.SIGKILL)
             first.wait(timeout=10)
@@ -204,8 +208,7 @@ def test_kill_9_of_the_worker_mid_run_is_reaped_and_a_fresh_worker_drains_the_qu
             assert all(r.worker_id.endswith(f":{second.pid}") for r in finished)
             assert wait_for_run(doomed.id).error.startswith(WORKER_LOST)  # not run again
             # The parser process died with its worker (parent-death signal), not orphaned.
-            state = app.extensions["parseq"].config.state_dir / doomed.parser.name
-            assert not _alive(int((state / "pid").read_text()))
+            assert not _alive(int(pid_file.read_text()))
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

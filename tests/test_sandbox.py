@@ -350,3 +350,15 @@ def test_unknown_fields_and_wrong_types_are_a_400(app: Flask, body: dict) -> Non
     assert resp.status_code == 400
     assert resp.json["error"]["code"] == "bad_request"
     _next_run_completes()
+
+
+@pytest.mark.services
+def test_binary_stderr_is_recorded_on_postgresql(services_app: Flask, worker_process) -> None:  # type: ignore[no-untyped-def]
+    import uuid
+
+    with services_app.app_context():
+        parser = add_parser(f"binary-{uuid.uuid4().hex[:8]}", "binary_output.py")
+        run = wait_for_run(runs.create_run(parser).id)
+        assert (run.status, run.exit_code) == (RunStatus.ERROR, 1)  # PostgreSQL refuses NUL
+        assert run.error == "bad \ufffd\ufffd\ufffd( bytes"
+        assert worker_process.poll() is None
