@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from parseq import requirements as reqs
+from parseq import sandbox
 from parseq.config import Config
 from parseq.errors import RunFailed
 
@@ -122,7 +123,7 @@ def acquire(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> 
 
     A cache hit is a directory check and a shared flock: no installer runs.
     """
-    key = env_key(lines, extra, config.python)
+    key = env_key(lines, extra, sandbox.parser_python(config))
     lease = _open_lock(config, f"{key}.use")
     try:
         fcntl.flock(lease, fcntl.LOCK_SH)
@@ -140,7 +141,7 @@ def acquire(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> 
 def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> bool:
     """Build the env for ``lines`` (+ trusted ``extra`` lines, e.g. Parseq's SDK) unless it
     exists; True if this call built it. Concurrent callers for one key build it once."""
-    key = env_key(lines, extra, config.python)
+    key = env_key(lines, extra, sandbox.parser_python(config))
     final = config.envs_dir / key
     with _exclusive(config, f"{key}.build"):
         if final.is_dir():
@@ -156,7 +157,7 @@ def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -
             _relocate(tmp, final)
             meta = {
                 "key": key,
-                "python": python_tag(config.python),
+                "python": python_tag(sandbox.parser_python(config)),
                 "requirements": list(lines),
                 "extra": list(extra),
                 "installer": builder.installer,
@@ -211,7 +212,7 @@ class _Builder:
                 self._fail(lines, "PARSEQ_ENV_INSTALLER=uv but uv is not installed")
         seed = [] if self.installer == "pip" else ["--no-seed"]
         venv = [sys.executable, "-m", "virtualenv", "--no-download", "--no-periodic-update"]
-        base = self.config.python or sys.executable
+        base = sandbox.parser_python(self.config)
         self.run([*venv, *seed, "--prompt", self.key[:12], "-p", base, str(self.tmp)], lines)
         if not wanted:
             return

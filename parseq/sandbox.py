@@ -14,6 +14,7 @@ import os
 import pwd
 import resource
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,13 +134,33 @@ def check_reachable(user: SandboxUser, path: Path, need: int = 0o1) -> None:
             )
 
 
+def parser_python(config: Config) -> str:
+    """The base Python of parser virtualenvs: ``PARSEQ_PYTHON``, else the one running Parseq,
+    unless the sandbox user cannot run it (pyenv under a 0700 /root): then a system Python of
+    the same version that it can, when there is one."""
+    if config.python:
+        return config.python
+    user = sandbox_user(config)
+    if user is None:
+        return sys.executable
+    version = "python{}.{}".format(*sys.version_info[:2])
+    for candidate in (sys.executable, f"/usr/local/bin/{version}", f"/usr/bin/{version}"):
+        try:
+            check_reachable(user, Path(candidate))
+        except (OSError, ConfigError):
+            continue
+        return candidate
+    return sys.executable  # runs then fail with check_reachable's explanation
+
+
 def harden_var(config: Config, db_url: str) -> None:
     """Let the sandbox user traverse ``var/`` to its own folders but list or open nothing else:
     the SQLite files and local storage become the worker's alone."""
     for path in (config.var_dir, config.runs_dir, config.state_dir):
         path.chmod(0o711)
     storage = config.var_dir / "storage"
-    if storage.is_dir():
+    if config.storage_url == storage.as_uri():
+        storage.mkdir(exist_ok=True)
         storage.chmod(0o700)
     if db_url.startswith("sqlite:///"):
         db_file = Path(db_url.split(":///", 1)[1])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import envs, runs
+from parseq import envs, runs, sandbox
 from parseq import requirements as reqs
 from parseq.app import create_app, init_db
 from parseq.config import Config
@@ -237,7 +237,8 @@ def test_processes_asking_for_one_new_env_build_it_once(env_config: Config) -> N
         for _ in range(2)
     ]
     outputs = sorted(p.communicate(timeout=60)[0].split() for p in procs)
-    key = envs.env_key(["idna==3.6"])
+    python = sandbox.parser_python(Config.from_env(environ=INSTALLER_ENV))
+    key = envs.env_key(["idna==3.6"], python=python)
     assert outputs == [[key, "False"], [key, "True"]]
     assert len(envs.builds(env_config, key)) == 1
 
@@ -436,7 +437,8 @@ def test_envs_cli_build_list_prune(tmp_path: Path) -> None:
     }
     built = _parseq("envs", "build", "p", env=env)
     assert built.returncode == 0, built.stderr
-    key = envs.env_key(["idna==3.7", "six==1.16.0"])
+    python = sandbox.parser_python(Config.from_env(environ=env))
+    key = envs.env_key(["idna==3.7", "six==1.16.0"], python=python)
     assert built.stdout.startswith(f"{key} built (pep723: idna==3.7 six==1.16.0)")
     assert _parseq("envs", "build", "p", env=env).stdout.startswith(f"{key} cached")
     listed = _parseq("envs", "list", env=env)
