@@ -6,6 +6,7 @@ worker executes them through :func:`execute_run`, so status transitions live in 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -243,9 +244,14 @@ def _execute(run: Run, config: Config, workdir: Path) -> bool:
     )
     timeout_s = parser.timeout_s or config.default_timeout_s
     log_path = workdir / LOG_FILE
-    limits = sandbox.rlimits(sandbox.build_limits(parser, config))
+    limits = sandbox.build_limits(parser, config)
+    if user is None:
+        # RLIMIT_NPROC counts every process of the user: without a sandbox user it would count
+        # the worker's own user's (a desktop session, say), not the parser's.
+        limits = dataclasses.replace(limits, processes=0)
     try:
-        proc = runner.spawn(argv, env, cwd=dirs["work"], limits=limits, user=user)
+        rlimits = sandbox.rlimits(limits)
+        proc = runner.spawn(argv, env, cwd=dirs["work"], limits=rlimits, user=user)
         log.info("run %s of %s started pid=%d", run.id, parser.name, proc.pid)
         watchdog = Watchdog(
             current_app._get_current_object(), run.id, config.heartbeat_interval_s, progress_file
