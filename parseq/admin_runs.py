@@ -205,6 +205,8 @@ class RunView(LoginRequired, ModelView):
         "status",
         "trigger",
         "attempt",
+        "retry_of",
+        "not_before",
         "scheduled_for",
         "queued_at",
         "started_at",

@@ -93,6 +93,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     from parseq.app import init_db
     from parseq.auth import ensure_admin
     from parseq.models import Run, db
+    from parseq.reaper import reap_once
     from parseq.registry import sync_shipped
     from parseq.runs import create_run, get_parser
     from parseq.scheduler import SchedulerService, sweep_pending
@@ -112,6 +113,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
         admin_password = ensure_admin(config.admin_password)
     worker = start_worker(app)
     scheduler = SchedulerService(app)
+    scheduler.add_maintenance("reaper", reap_once, config.reaper_interval_s)
     scheduler.start()
     server = _make_server(config.host, config.port, app)
     url = f"http://{config.host}:{server.server_port}"
@@ -186,10 +188,13 @@ def web(host: str | None, port: int | None) -> None:
 def scheduler() -> None:
     """The scheduler: creates and enqueues runs when schedules are due. Start a second one on
     PostgreSQL as a standby; it takes over within PARSEQ_SCHEDULER_SYNC_INTERVAL_S."""
+    from parseq.reaper import reap_once
     from parseq.scheduler import SchedulerService
 
     app = _build_app()
     service = SchedulerService(app)
+    # Maintenance runs on the active scheduler only: one reaper however many standbys.
+    service.add_maintenance("reaper", reap_once, app.extensions["parseq"].config.reaper_interval_s)
     service.start()
     click.echo(f"Parseq scheduler on {app.extensions['parseq'].config.database_url.split('@')[-1]}")
     try:

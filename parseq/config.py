@@ -60,6 +60,33 @@ class Config:
     #: How often a worker records a heartbeat for each run it executes and checks for a cancel
     #: request, in seconds.
     heartbeat_interval_s: float = 1.0
+    #: A ``running`` run whose heartbeat is older than this is taken as lost with its worker
+    #: (killed, machine gone) and marked ``error`` or retried, in seconds.
+    heartbeat_timeout_s: float = 60.0
+    #: How often the reaper looks for lost runs, in seconds.
+    reaper_interval_s: float = 10.0
+    #: Delay before retry ``n`` is ``base * 2**(n-1)`` capped at ``max``, then jittered, seconds.
+    retry_backoff_base_s: float = 5.0
+    retry_backoff_max_s: float = 600.0
+    #: Sandbox limits of a parser process when its parser sets none; 0 = no limit.
+    #: Address space (RLIMIT_AS), bytes.
+    max_memory_bytes: int = 4 * 1024**3
+    #: CPU time (RLIMIT_CPU) of each process, seconds.
+    max_cpu_s: float = 3600.0
+    #: Processes of the sandbox user (RLIMIT_NPROC; not enforced for root).
+    max_processes: int = 256
+    #: Largest file a parser may write (RLIMIT_FSIZE), bytes.
+    max_file_bytes: int = 1024**3
+    #: Open file descriptors (RLIMIT_NOFILE).
+    max_open_files: int = 1024
+    #: Largest run args JSON accepted (it travels in an environment variable and argv), bytes.
+    max_args_bytes: int = 64 * 1024
+    #: When the worker runs as root, parsers run as this user (no write access to Parseq's code,
+    #: database or other parsers' state). ``none`` runs them as the worker's own user.
+    run_as_user: str = "nobody"
+    #: Python that runs parsers without a virtualenv of their own; empty = the one running
+    #: Parseq. With ``run_as_user`` it must be readable by that user (not under a 0700 /root).
+    python: str = ""
     #: Bytes of stderr kept as a failed run's error message.
     error_tail_bytes: int = 2000
     #: Largest run log stored, in bytes; the rest is cut with a marker.
@@ -153,6 +180,8 @@ class Config:
             changes["storage_url"] = (var_dir / "storage").as_uri()
         if self.default_timeout_s <= 0:
             raise ConfigError("PARSEQ_DEFAULT_TIMEOUT_S must be > 0")
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ConfigError("PARSEQ_HEARTBEAT_TIMEOUT_S must be > PARSEQ_HEARTBEAT_INTERVAL_S")
         if self.worker_threads < 1:
             raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
         if self.env_installer not in ("auto", "uv", "pip"):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from parseq import requirements as reqs
+from parseq import sandbox
 from parseq.config import Config
 from parseq.errors import RunFailed
 
@@ -57,16 +58,17 @@ class EnvBuildFailed(RunFailed):
         self.build_log = build_log
 
 
-def python_tag() -> str:
-    """What an env is bound to besides its requirements: this Python and where it lives."""
-    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+def python_tag(python: str = "") -> str:
+    """What an env is bound to besides its requirements: its base Python (``PARSEQ_PYTHON``,
+    else this one) and where it lives."""
+    base = os.path.realpath(python or getattr(sys, "_base_executable", sys.executable))
     version = ".".join(map(str, sys.version_info[:3]))
     return f"{sys.implementation.name}-{version}-{platform.machine()}-{base}"
 
 
-def env_key(lines: Sequence[str], extra: Sequence[str] = ()) -> str:
+def env_key(lines: Sequence[str], extra: Sequence[str] = (), python: str = "") -> str:
     """Hash of the Python and the normalized requirement set (plus trusted ``extra`` lines)."""
-    payload = "\n".join([python_tag(), *sorted(set(lines)), "--extra--", *sorted(set(extra))])
+    payload = "\n".join([python_tag(python), *sorted(set(lines)), "--extra--", *sorted(set(extra))])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -121,7 +123,7 @@ def acquire(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> 
 
     A cache hit is a directory check and a shared flock: no installer runs.
     """
-    key = env_key(lines, extra)
+    key = env_key(lines, extra, sandbox.parser_python(config))
     lease = _open_lock(config, f"{key}.use")
     try:
         fcntl.flock(lease, fcntl.LOCK_SH)
@@ -139,7 +141,7 @@ def acquire(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> 
 def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> bool:
     """Build the env for ``lines`` (+ trusted ``extra`` lines, e.g. Parseq's SDK) unless it
     exists; True if this call built it. Concurrent callers for one key build it once."""
-    key = env_key(lines, extra)
+    key = env_key(lines, extra, sandbox.parser_python(config))
     final = config.envs_dir / key
     with _exclusive(config, f"{key}.build"):
         if final.is_dir():
@@ -155,7 +157,7 @@ def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -
             _relocate(tmp, final)
             meta = {
                 "key": key,
-                "python": python_tag(),
+                "python": python_tag(sandbox.parser_python(config)),
                 "requirements": list(lines),
                 "extra": list(extra),
                 "installer": builder.installer,
@@ -210,9 +212,8 @@ class _Builder:
                 self._fail(lines, "PARSEQ_ENV_INSTALLER=uv but uv is not installed")
         seed = [] if self.installer == "pip" else ["--no-seed"]
         venv = [sys.executable, "-m", "virtualenv", "--no-download", "--no-periodic-update"]
-        self.run(
-            [*venv, *seed, "--prompt", self.key[:12], "-p", sys.executable, str(self.tmp)], lines
-        )
+        base = sandbox.parser_python(self.config)
+        self.run([*venv, *seed, "--prompt", self.key[:12], "-p", base, str(self.tmp)], lines)
         if not wanted:
             return
         req_file = self.tmp / REQUIREMENTS_FILE

@@ -123,6 +123,14 @@ class Parser(db.Model):
     #: Wall-clock limit; None = the configured default.
     timeout_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     max_retries: Mapped[int] = mapped_column(default=0)
+    #: Retry runs that timed out too (errors always retry while attempts are left).
+    retry_on_timeout: Mapped[bool] = mapped_column(default=False)
+    #: Sandbox limits; None = the configured default, 0 = no limit.
+    max_memory_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    max_cpu_s: Mapped[float | None] = mapped_column(sa.Float)
+    max_processes: Mapped[int | None]
+    max_file_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    max_open_files: Mapped[int | None]
     #: Automatic (scheduled) runs on. Runs by hand and over the API work either way.
     enabled: Mapped[bool] = mapped_column(default=True)
     #: The schedule (see ``parseq.scheduler``); no type = runs only by hand or over the API.
@@ -163,6 +171,14 @@ class Parser(db.Model):
             "secrets": sorted(self.secrets or {}),
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
+            "retry_on_timeout": self.retry_on_timeout,
+            "limits": {
+                "memory_bytes": self.max_memory_bytes,
+                "cpu_s": self.max_cpu_s,
+                "processes": self.max_processes,
+                "file_bytes": self.max_file_bytes,
+                "open_files": self.max_open_files,
+            },
             "enabled": self.enabled,
             "schedule": self.schedule_dict(),
             "next_run_at": _iso(self.next_run_at),
@@ -212,6 +228,12 @@ class Run(db.Model):
     trigger: Mapped[RunTrigger] = mapped_column(_str_enum(RunTrigger), default=RunTrigger.MANUAL)
     args: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     attempt: Mapped[int] = mapped_column(default=1)
+    #: The failed run this one retries (attempt - 1), if any.
+    retry_of_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("runs.id", ondelete="SET NULL"), index=True
+    )
+    #: A retry waits for its backoff: workers do not start it before this time.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     #: The due time of the schedule occurrence that created it (trigger ``schedule`` only).
     scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -229,6 +251,7 @@ class Run(db.Model):
     env_key: Mapped[str | None] = mapped_column(sa.String(64))
 
     parser: Mapped[Parser] = relationship(back_populates="runs")
+    retry_of: Mapped[Run | None] = relationship(remote_side=[id])
     files: Mapped[list[RunFile]] = relationship(
         back_populates="run",
         cascade="all, delete-orphan",
@@ -258,6 +281,9 @@ class Run(db.Model):
             "trigger": self.trigger.value,
             "args": self.args or {},
             "attempt": self.attempt,
+            "retry_of": self.retry_of_id,
+            "previous_error": self.retry_of.error if self.retry_of else None,
+            "not_before": _iso(self.not_before),
             "queued_at": _iso(self.queued_at),
             "scheduled_for": _iso(self.scheduled_for),
             "started_at": _iso(self.started_at),

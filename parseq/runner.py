@@ -7,6 +7,8 @@ wall-clock timeout and cancellation by killing the whole group, and reports the 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -23,6 +25,7 @@ from typing import IO, Any
 
 from parseq.errors import ValidationError
 from parseq.models import RunStatus
+from parseq.sandbox import RLimit, SandboxUser, apply_rlimits
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,13 @@ RESERVED_ENV = frozenset(
     {"PATH", "HOME", "TMPDIR", "TMP", "TEMP", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "PYTHONPATH"}
 )
 LOG_TRUNCATED_MARKER = b"\n[parseq: log truncated at %d bytes]\n"
+#: Longest piece of output read at once: a script printing 1 GB without a newline must not
+#: make the worker hold 1 GB.
+READ_CHUNK_BYTES = 64 * 1024
+#: prctl(2) option: the signal the child gets when the worker that started it dies.
+PR_SET_PDEATHSIG = 1
+_PRCTL = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "prctl", None)  # Linux only
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 #: ``on_line(stream, line)``: called for every output line, ``stream`` is "stdout" or "stderr".
 LineCallback = Callable[[str, bytes], None]
@@ -129,8 +139,19 @@ class Outcome:
     log_bytes: int
 
 
-def spawn(argv: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    """Start the process in a new session, so it and all its children share one group."""
+def spawn(
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    *,
+    limits: list[RLimit] | None = None,
+    user: SandboxUser | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start the process in a new session, so it and all its children share one group; as
+    ``user`` (with no supplementary groups) and under ``limits`` when given."""
+    identity: dict[str, Any] = {}
+    if user is not None:
+        identity = {"user": user.uid, "group": user.gid, "extra_groups": []}
     return subprocess.Popen(
         argv,
         env=dict(env),
@@ -140,7 +161,27 @@ def spawn(argv: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Pope
         stderr=subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
+        preexec_fn=_child_setup(list(limits or []), os.getpid()),
+        **identity,
     )
+
+
+def _child_setup(limits: list[RLimit], parent_pid: int) -> Callable[[], None]:
+    """Runs in the child after the user switch, before exec: only pre-imported C calls.
+
+    The parent-death signal makes a parser die with a SIGKILLed worker instead of running on
+    unsupervised (the reaper then handles the run). It must be set after the uid change, which
+    clears it (prctl(2)).
+    """
+
+    def setup() -> None:
+        apply_rlimits(limits)
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the worker died before prctl took effect
+            os._exit(1)
+
+    return setup
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
@@ -169,7 +210,7 @@ class _LogSink:
         self.lock = threading.Lock()
 
     def pump(self, stream: IO[bytes], name: str) -> None:
-        for line in iter(stream.readline, b""):
+        for line in iter(lambda: stream.readline(READ_CHUNK_BYTES), b""):
             if self.on_line is not None:
                 try:
                     self.on_line(name, line)
@@ -204,7 +245,8 @@ class _LogSink:
     def stderr_tail(self) -> str:
         with self.lock:
             data = b"".join(self.tail)[-self.tail_bytes :]
-        return data.decode("utf-8", "replace").strip()
+        # Binary output must not reach the database: PostgreSQL refuses NUL in text.
+        return _CONTROL_CHARS.sub("\ufffd", data.decode("utf-8", "replace")).strip()
 
 
 def supervise(
@@ -281,7 +323,15 @@ def _terminate(pgid: int, exited: threading.Event, grace_s: float) -> None:
     exited.wait()
 
 
+_SIGNAL_MEANING = {
+    signal.SIGXCPU: "CPU time limit exceeded",
+    signal.SIGXFSZ: "file size limit exceeded",
+}
+
+
 def _describe_exit(rc: int | None) -> str:
+    if rc is not None and rc < 0 and -rc in _SIGNAL_MEANING:
+        return f"{_SIGNAL_MEANING[signal.Signals(-rc)]} (killed by {signal.Signals(-rc).name})"
     if rc is not None and rc < 0:
         try:
             return f"killed by signal {signal.Signals(-rc).name}"

@@ -6,7 +6,9 @@ worker executes them through :func:`execute_run`, so status transitions live in 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -21,12 +23,20 @@ from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import envs, notebooks, runner, sdk
+from parseq import envs, notebooks, runner, sandbox, sdk
 from parseq import requirements as reqs
 from parseq.config import Config
-from parseq.errors import BadRequest, Conflict, NotFound, ParseqError
+from parseq.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ParseqError,
+    ScriptNotFound,
+    ValidationError,
+)
 from parseq.models import Parser, ParserKind, Run, RunFile, RunStatus, RunTrigger, db, utcnow
 from parseq.registry import resolve_script
+from parseq.retries import schedule_retry
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,14 @@ def new_run(
     """A ``pending`` run (not yet added to the session) with the parser's default args
     overlaid by ``args``."""
     merged = {**(parser.default_args or {}), **check_args(dict(args) if args else {})}
+    limit = current_app.extensions["parseq"].config.max_args_bytes
+    size = len(json.dumps(merged).encode())
+    if size > limit:
+        # Args travel in an environment variable and argv, which the kernel caps (E2BIG).
+        raise ValidationError(
+            f"args are {size} bytes of JSON; the limit is {limit} (PARSEQ_MAX_ARGS_BYTES)",
+            field="args",
+        )
     return Run(
         parser=parser,
         args=merged,
@@ -189,41 +207,73 @@ def release_env(run_id: int) -> None:
         env.release()
 
 
-def execute_run(run_id: int) -> RunStatus | None:
-    """Execute a pending run end to end; return its final status, or None if not claimed."""
+def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
+    """Execute a pending run end to end; return its final status, or None if not claimed.
+    A failure the parser allows retries for enqueues the next attempt (unless ``retry`` is
+    False)."""
+    if _not_due_yet(run_id):
+        return None
     if not claim(run_id):
         log.info("run %s is not pending; message ignored", run_id)
         return None
     run = get_run(run_id)
     config: Config = current_app.extensions["parseq"].config
     workdir = config.runs_dir / str(run.id)
+    retryable = True
     try:
-        status = _execute(run, config, workdir)
+        decided = _execute(run, config, workdir)
     except Exception as exc:
         db.session.rollback()
         run = get_run(run_id)
         message = exc.message if isinstance(exc, ParseqError) else f"internal error: {exc!r}"
         if not isinstance(exc, ParseqError):
             log.exception("run %s failed inside Parseq", run_id)
-        _finish(run, RunStatus.ERROR, None, message)
-        status = RunStatus.ERROR
+        retryable = not isinstance(exc, ScriptNotFound)  # a missing file will stay missing
+        decided = _finish(run, RunStatus.ERROR, None, message)
     finally:
         release_env(run_id)
         if not config.keep_workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
-    log.info("run %s of %s finished: %s", run.id, run.parser.name, status.value)
-    return status
+    log.info("run %s of %s finished: %s", run.id, run.parser.name, run.status.value)
+    if decided and retry:  # not when the reaper finished it first: the reaper handles its retry
+        schedule_retry(run, config, retryable=retryable)
+    return run.status
 
 
-def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
+def _not_due_yet(run_id: int) -> bool:
+    """A retry whose backoff has not passed (its message came early: redelivered, resent after
+    a restart) goes back to the broker for the time left."""
+    run = db.session.get(Run, run_id)
+    if run is None or run.status is not RunStatus.PENDING or run.not_before is None:
+        return False
+    left_s = (run.not_before - utcnow()).total_seconds()
+    if left_s <= 0.5:
+        return False
+    from parseq.tasks import send_run
+
+    send_run(run_id, delay_s=left_s)
+    return True
+
+
+def _execute(run: Run, config: Config, workdir: Path) -> bool:
     parser = run.parser
     script = resolve_script(config, parser)
-    dirs = {name: workdir / name for name in ("work", "output", "home", "tmp")}
+    # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
+    dirs = {name: workdir / name for name in ("work", "output", "home", "tmp", "progress")}
     state_dir = config.state_dir / parser.name
     for path in [*dirs.values(), state_dir]:
         path.mkdir(parents=True, exist_ok=True)
-    progress_file = workdir / sdk.PROGRESS_FILE
+    progress_file = dirs["progress"] / sdk.PROGRESS_FILE
     interpreter = interpreter_for(parser, run)
+    sdk_path = sdk.install_sdk(config.sdk_dir)
+    user = sandbox.sandbox_user(config)
+    if user is not None:
+        sandbox.check_reachable(user, interpreter)
+        sandbox.check_reachable(user, script, need=0o4)
+        sandbox.harden_var(config, config.database_url)
+        sandbox.make_readable(config.sdk_dir)
+        workdir.chmod(0o711)
+        sandbox.prepare_dirs(user, list(dirs.values()), state_dir)
     if parser.kind is ParserKind.NOTEBOOK:
         output_nb = dirs["output"] / notebooks.OUTPUT_NOTEBOOK
         argv = notebooks.build_command(interpreter, script, output_nb, run.args or {})
@@ -240,35 +290,52 @@ def _execute(run: Run, config: Config, workdir: Path) -> RunStatus:
         home_dir=dirs["home"],
         tmp_dir=dirs["tmp"],
         extra={
-            "PYTHONPATH": str(sdk.install_sdk(config.sdk_dir)),
+            "PYTHONPATH": str(sdk_path),
             "PARSEQ_PROGRESS_FILE": str(progress_file),
         },
     )
     timeout_s = parser.timeout_s or config.default_timeout_s
     log_path = workdir / LOG_FILE
-    proc = runner.spawn(argv, env, cwd=dirs["work"])
-    log.info("run %s of %s started pid=%d", run.id, parser.name, proc.pid)
-    watchdog = Watchdog(
-        current_app._get_current_object(), run.id, config.heartbeat_interval_s, progress_file
-    )
-    watchdog.start()
+    limits = sandbox.build_limits(parser, config)
+    if user is None:
+        # RLIMIT_NPROC counts every process of the user: without a sandbox user it would count
+        # the worker's own user's (a desktop session, say), not the parser's.
+        limits = dataclasses.replace(limits, processes=0)
     try:
-        outcome = runner.supervise(
-            proc,
-            log_path,
-            timeout_s=timeout_s,
-            kill_grace_s=config.kill_grace_s,
-            max_log_bytes=config.max_log_bytes,
-            error_tail_bytes=config.error_tail_bytes,
-            cancel=watchdog.cancel,
+        rlimits = sandbox.rlimits(limits)
+        proc = runner.spawn(argv, env, cwd=dirs["work"], limits=rlimits, user=user)
+        log.info("run %s of %s started pid=%d", run.id, parser.name, proc.pid)
+        watchdog = Watchdog(
+            current_app._get_current_object(), run.id, config.heartbeat_interval_s, progress_file
         )
+        watchdog.start()
+        try:
+            outcome = runner.supervise(
+                proc,
+                log_path,
+                timeout_s=timeout_s,
+                kill_grace_s=config.kill_grace_s,
+                max_log_bytes=config.max_log_bytes,
+                error_tail_bytes=config.error_tail_bytes,
+                cancel=watchdog.cancel,
+            )
+        finally:
+            watchdog.stop()
     finally:
-        watchdog.stop()
+        if user is not None:
+            sandbox.release_state(state_dir, others_running=_others_running(run))
     _record_progress(run, progress_file)
     files = collect_files(dirs["output"], log_path)
     store_files(run, files)
-    _finish(run, outcome.status, outcome.exit_code, outcome.error)
-    return outcome.status
+    return _finish(run, outcome.status, outcome.exit_code, outcome.error)
+
+
+def _others_running(run: Run) -> bool:
+    """Whether another run of the same parser is executing (it still needs the state dir)."""
+    query = db.select(Run.id).where(
+        Run.parser_id == run.parser_id, Run.status == RunStatus.RUNNING, Run.id != run.id
+    )
+    return db.session.execute(query.limit(1)).first() is not None
 
 
 class Watchdog(threading.Thread):
@@ -309,8 +376,9 @@ class Watchdog(threading.Thread):
         db.session.commit()
         if result.rowcount == 0:
             status = db.session.execute(db.select(Run.status).where(Run.id == self.run_id)).scalar()
-            if status is RunStatus.CANCELLED:
-                log.info("run %s: cancel requested, stopping it", self.run_id)
+            if status is None or status.is_final:
+                # Cancelled, or taken as lost by the reaper (this worker stalled): stop it.
+                log.info("run %s is %s elsewhere: stopping it", self.run_id, status)
                 self.cancel.set()
 
     def _new_progress(self) -> dict[str, Any]:
@@ -394,20 +462,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> None:
+def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> bool:
+    """Record how the run ended; False if it had ended already. A cancel request explains any
+    end but success; a run the reaper already finished (its heartbeat went stale) keeps the
+    reaper's verdict, since the reaper may have started its next attempt."""
     db.session.refresh(run)
+    if run.status.is_final and run.status is not RunStatus.CANCELLED:
+        log.warning("run %s was already %s; outcome %s dropped", run.id, run.status, status)
+        return False
     if run.status is RunStatus.CANCELLED and status is not RunStatus.COMPLETED:
-        status, error = RunStatus.CANCELLED, "cancelled"  # a cancel request explains the end
+        status, error = RunStatus.CANCELLED, "cancelled"
     run.status = status
     run.exit_code = exit_code
     run.error = error
     run.finished_at = utcnow()
     db.session.commit()
+    return True
 
 
 def run_now(parser: Parser, args: Mapping[str, Any] | None = None) -> Run:
     """Create and execute a run in this process (``parseq run``), bypassing the broker."""
     run = create_run(parser, args, RunTrigger.MANUAL, enqueue=False)
-    execute_run(run.id)
+    execute_run(run.id, retry=False)  # no worker here to take a delayed retry
     db.session.refresh(run)
     return run

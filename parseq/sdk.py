@@ -20,7 +20,9 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +84,12 @@ def read_progress(path: Path) -> Progress | None:
     """The report in ``path``; None when there is none yet or it is not a valid report (a
     parser may write anything there: it is checked, never trusted)."""
     try:
-        with path.open("rb") as fh:
+        # Read by the worker (root, maybe) from the parser's folder: no link to a file of
+        # someone else's, and no FIFO to block on.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             data = json.loads(fh.read(64 * 1024))
     except (OSError, ValueError):
         return None

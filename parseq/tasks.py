@@ -70,11 +70,15 @@ def init_broker(app: Flask, config: Config) -> tuple[Broker, Actor]:
     return broker, actor
 
 
-def send_run(run_id: int) -> None:
-    """Enqueue a run for the workers; raise :class:`BrokerError` when the broker is down."""
+def send_run(run_id: int, delay_s: float = 0.0) -> None:
+    """Enqueue a run for the workers, held back ``delay_s`` seconds by the broker; raise
+    :class:`BrokerError` when the broker is down."""
     actor = current_app.extensions["parseq"].actor
     try:
-        actor.send(run_id)
+        if delay_s > 0:
+            actor.send_with_options(args=(run_id,), delay=int(delay_s * 1000))  # Dramatiq: ms
+        else:
+            actor.send(run_id)
     except Exception as exc:
         raise BrokerError(f"could not enqueue run {run_id}: {exc}", run_id=run_id) from exc
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +28,7 @@ from flask.testing import FlaskClient
 
 from parseq.app import create_app, init_db
 from parseq.config import Config, installer_environ
+from parseq.errors import ParseqError
 from parseq.models import Parser, Run, db
 
 HERE = Path(__file__).resolve().parent
@@ -34,6 +37,58 @@ PG_ADMIN_DSN = "dbname=postgres user=postgres host=127.0.0.1 port=5432"
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SESSION = uuid.uuid4().hex[:10]
+
+
+# --- temporary folders the sandbox user can reach ------------------------------------------
+# Run as root, Parseq runs parsers as an unprivileged user (PARSEQ_RUN_AS_USER), which must
+# traverse into var/ and the parser folders. pytest makes its temp folders 0700 and resets
+# /tmp/pytest-of-<user> to 0700 whenever any session starts, so this session uses a base of its
+# own and opens each tmp_path for traversal (0711: no listing).
+BASETEMP = Path(tempfile.gettempdir()) / f"parseq-pytest-{SESSION}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.basetemp is None:
+        config.option.basetemp = str(BASETEMP)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if Path(config.option.basetemp or "") == BASETEMP:
+        shutil.rmtree(BASETEMP, ignore_errors=True)
+
+
+def traversable(path: Path) -> Path:
+    """Let other users pass through ``path`` and its parents up to pytest's base folder."""
+    base = Path(tempfile.gettempdir())
+    for p in [path, *path.parents]:
+        if p == base or not p.is_relative_to(base):
+            break
+        p.chmod(p.stat().st_mode | 0o711)
+    return path
+
+
+def _python_for_parsers() -> str:
+    """A Python the sandbox user can run: ours, unless it lives under a 0700 home (pyenv in
+    /root), then the system's. Fixture parsers need the standard library only."""
+    from parseq.sandbox import SandboxUser, check_reachable
+
+    nobody = SandboxUser("nobody", 65534, 65534)
+    for candidate in (sys.executable, "/usr/local/bin/python3", "/usr/bin/python3"):
+        try:
+            check_reachable(nobody, Path(candidate))
+            return candidate
+        except (OSError, ParseqError):
+            continue
+    return sys.executable
+
+
+PARSER_PYTHON = _python_for_parsers()
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's ``tmp_path``, traversable by the sandbox user."""
+    return traversable(tmp_path)
 
 
 def free_port() -> int:
@@ -190,7 +245,7 @@ INSTALLER_ENV = installer_environ(os.environ)
 def shared_envs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Parser virtualenvs shared by the session's tests, so the base env is built once;
     tests about envs themselves pass an ``envs_dir`` of their own."""
-    return tmp_path_factory.mktemp("envs")
+    return traversable(tmp_path_factory.mktemp("envs"))
 
 
 @pytest.fixture
@@ -207,6 +262,7 @@ def make_config(tmp_path: Path, shared_envs_dir: Path) -> Callable[..., Config]:
             "default_timeout_s": 60.0,
             "kill_grace_s": 0.5,
             "log_level": "WARNING",
+            "python": PARSER_PYTHON,
         }
         values.update(overrides)
         return Config.from_env(environ=INSTALLER_ENV, **values)
@@ -342,12 +398,13 @@ def services_env(
         "PARSEQ_S3_ENDPOINT_URL": s3_endpoint,
         "PARSEQ_S3_ACCESS_KEY_ID": S3_KEYS["s3_access_key_id"],
         "PARSEQ_S3_SECRET_ACCESS_KEY": S3_KEYS["s3_secret_access_key"],
-        "PARSEQ_VAR_DIR": str(tmp_path_factory.mktemp("services-var")),
+        "PARSEQ_VAR_DIR": str(traversable(tmp_path_factory.mktemp("services-var"))),
         "PARSEQ_PARSERS_DIR": str(FIXTURE_PARSERS),
-        "PARSEQ_ENVS_DIR": str(tmp_path_factory.mktemp("services-envs")),
+        "PARSEQ_ENVS_DIR": str(traversable(tmp_path_factory.mktemp("services-envs"))),
         "PARSEQ_SECRET_KEY": "test",
         "PARSEQ_KILL_GRACE_S": "0.5",
         "PARSEQ_LOG_LEVEL": "INFO",
+        "PARSEQ_PYTHON": PARSER_PYTHON,
     }
     yield env
     delete_rabbit_queues(queue)

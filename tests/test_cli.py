@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import FIXTURE_PARSERS, csrf_from, free_port
+from tests.conftest import FIXTURE_PARSERS, PARSER_PYTHON, csrf_from, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "PARSEQ_VAR_DIR": str(tmp_path / "var"),
         "PARSEQ_ENVS_DIR": str(tmp_path / "envs"),
         "PARSEQ_LOG_LEVEL": "WARNING",
+        "PARSEQ_PYTHON": PARSER_PYTHON,
         **extra,
     }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import envs, runs
+from parseq import envs, runs, sandbox
 from parseq import requirements as reqs
 from parseq.app import create_app, init_db
 from parseq.config import Config
@@ -29,6 +29,7 @@ from parseq.tasks import start_worker
 from tests.conftest import (
     FIXTURE_PARSERS,
     INSTALLER_ENV,
+    PARSER_PYTHON,
     add_parser,
     admin_client,
     api_client,
@@ -194,7 +195,7 @@ def test_base_env_for_parsers_without_requirements_runs_no_installer(env_config:
 
 
 def test_a_half_built_env_is_never_used(env_config: Config) -> None:
-    key = envs.env_key(["six==1.16.0"])
+    key = envs.env_key(["six==1.16.0"], python=PARSER_PYTHON)
     crashed = _write(env_config.envs_dir / ".tmp" / f"{key}.crashed" / "bin" / "python", "")
     with envs.acquire(env_config, ["six==1.16.0"]) as env:
         assert env.built  # built afresh: the crashed build's leftovers were not taken
@@ -242,7 +243,8 @@ def test_processes_asking_for_one_new_env_build_it_once(env_config: Config) -> N
         for _ in range(2)
     ]
     outputs = sorted(p.communicate(timeout=60)[0].split() for p in procs)
-    key = envs.env_key(["idna==3.6"])
+    python = sandbox.parser_python(Config.from_env(environ=INSTALLER_ENV))
+    key = envs.env_key(["idna==3.6"], python=python)
     assert outputs == [[key, "False"], [key, "True"]]
     assert len(envs.builds(env_config, key)) == 1
 
@@ -352,7 +354,7 @@ def test_unknown_package_errors_clearly_and_a_fixed_requirement_succeeds(
     assert run.status is RunStatus.ERROR
     assert run.error.startswith(f"could not build the environment for requirement '{MISSING}==1.0'")
     assert "uv exited with code" in run.error and MISSING in run.error.splitlines()[-1]
-    assert run.env_key == envs.env_key(["six==1.16.0", f"{MISSING}==1.0"])
+    assert run.env_key == envs.env_key(["six==1.16.0", f"{MISSING}==1.0"], python=PARSER_PYTHON)
     assert MISSING in _output_file(env_app, run.id, "env-build.log")
     assert not (env_config.envs_dir / run.env_key).exists()  # the failure is not cached
 
@@ -399,7 +401,7 @@ def test_pep723_metadata_is_honoured(env_app: Flask, env_config: Config) -> None
     run = wait_for_run(runs.create_run(add_parser("inline", "inline/main.py")).id)
     assert run.status is RunStatus.COMPLETED, run.error
     assert _output(env_app, run.id) == "3.7 1.16.0"
-    assert run.env_key == envs.env_key(["idna==3.7", "six==1.16.0"])
+    assert run.env_key == envs.env_key(["idna==3.7", "six==1.16.0"], python=PARSER_PYTHON)
 
 
 # --- on real services and from the CLI --------------------------------------------------------
@@ -441,7 +443,8 @@ def test_envs_cli_build_list_prune(tmp_path: Path) -> None:
     }
     built = _parseq("envs", "build", "p", env=env)
     assert built.returncode == 0, built.stderr
-    key = envs.env_key(["idna==3.7", "six==1.16.0"])
+    python = sandbox.parser_python(Config.from_env(environ=env))
+    key = envs.env_key(["idna==3.7", "six==1.16.0"], python=python)
     assert built.stdout.startswith(f"{key} built (pep723: idna==3.7 six==1.16.0)")
     assert _parseq("envs", "build", "p", env=env).stdout.startswith(f"{key} cached")
     listed = _parseq("envs", "list", env=env)

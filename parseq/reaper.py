@@ -1,0 +1,81 @@
+"""The reaper: no run stays ``running`` after its worker died.
+
+Workers heartbeat every run they execute (``runs.Watchdog``). A run whose heartbeat is older
+than ``heartbeat_timeout_s`` lost its worker (SIGKILL, OOM killer, machine gone): the reaper
+marks it ``error`` ("worker lost") and, when the parser allows retries, enqueues the next
+attempt. It runs in the scheduler service and in ``parseq up``; several reapers at once are
+safe, since each run is taken by one conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from flask import Flask
+
+from parseq.config import Config
+from parseq.models import Run, RunStatus, db, utcnow
+from parseq.retries import schedule_retry
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = "worker lost"
+
+
+def reap_once(app: Flask) -> int:
+    """Finish every run whose heartbeat is stale; return how many were reaped."""
+    config: Config = app.extensions["parseq"].config
+    reaped = 0
+    with app.app_context():
+        cutoff = utcnow() - timedelta(seconds=config.heartbeat_timeout_s)
+        stale = db.select(Run.id).where(Run.status == RunStatus.RUNNING, Run.heartbeat_at < cutoff)
+        for run_id in list(db.session.execute(stale).scalars()):
+            if _reap(run_id, cutoff, config):
+                reaped += 1
+    return reaped
+
+
+def _reap(run_id: int, cutoff: datetime, config: Config) -> bool:
+    run = db.session.get(Run, run_id)
+    if run is None:
+        return False
+    message = (
+        f"{WORKER_LOST}: no heartbeat from {run.worker_id or 'its worker'} "
+        f"for {config.heartbeat_timeout_s:g} s"
+    )
+    # Only if still running and still stale: a heartbeat or a finish in between wins.
+    result = db.session.execute(
+        db.update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.RUNNING, Run.heartbeat_at < cutoff)
+        .values(status=RunStatus.ERROR, error=message, finished_at=utcnow())
+    )
+    db.session.commit()
+    if result.rowcount != 1:
+        return False
+    db.session.refresh(run)
+    log.warning("run %s of %s: %s", run.id, run.parser.name, message)
+    try:
+        schedule_retry(run, config)
+    except Exception:
+        log.exception("could not schedule a retry of lost run %s", run.id)
+        db.session.rollback()
+    return True
+
+
+def start_reaper(app: Flask, stop: threading.Event | None = None) -> threading.Event:
+    """Run :func:`reap_once` every ``reaper_interval_s`` in a daemon thread until the returned
+    event is set."""
+    stop = stop or threading.Event()
+    interval_s = app.extensions["parseq"].config.reaper_interval_s
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                reap_once(app)
+            except Exception:  # the database may be down for a while; try again next time
+                log.exception("reaper pass failed")
+
+    threading.Thread(target=loop, name="parseq-reaper", daemon=True).start()
+    return stop

@@ -1,0 +1,225 @@
+"""What a parser process may use: resource limits, the user it runs as, and who owns its dirs.
+
+:func:`build_limits` and :func:`rlimits` are pure (parser + config -> numbers); the effects are
+small: :func:`apply_rlimits` runs in the child between fork and exec (``runner.spawn``), and
+:func:`prepare_dirs` / :func:`release_state` hand a run's folders to the sandbox user and back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import pwd
+import resource
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from parseq.config import Config
+from parseq.errors import ConfigError
+from parseq.models import Parser
+
+log = logging.getLogger(__name__)
+
+#: ``run_as_user`` values that turn the user switch off.
+NO_USER = frozenset({"", "none", "off"})
+#: Extra CPU seconds between the soft limit (SIGXCPU) and the hard one (SIGKILL).
+CPU_HARD_MARGIN_S = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one run; 0 means no limit."""
+
+    memory_bytes: int
+    cpu_s: float
+    processes: int
+    file_bytes: int
+    open_files: int
+
+
+#: ``(resource, soft, hard)`` as ``resource.setrlimit`` takes it.
+RLimit = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class SandboxUser:
+    """The unprivileged identity a parser runs as."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def build_limits(parser: Parser, config: Config) -> Limits:
+    """The parser's own limits where it sets them, the configured defaults elsewhere."""
+
+    def pick(own: float | None, default: float) -> float:
+        return default if own is None else own
+
+    return Limits(
+        memory_bytes=int(pick(parser.max_memory_bytes, config.max_memory_bytes)),
+        cpu_s=float(pick(parser.max_cpu_s, config.max_cpu_s)),
+        processes=int(pick(parser.max_processes, config.max_processes)),
+        file_bytes=int(pick(parser.max_file_bytes, config.max_file_bytes)),
+        open_files=int(pick(parser.max_open_files, config.max_open_files)),
+    )
+
+
+def rlimits(limits: Limits) -> list[RLimit]:
+    """The ``setrlimit`` calls that enforce ``limits`` (limits of 0 are left out)."""
+    out: list[RLimit] = []
+    if limits.memory_bytes > 0:
+        out.append((resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes))
+    if limits.cpu_s > 0:
+        soft = max(1, int(limits.cpu_s + 0.999))
+        out.append((resource.RLIMIT_CPU, soft, soft + CPU_HARD_MARGIN_S))
+    if limits.processes > 0:
+        out.append((resource.RLIMIT_NPROC, limits.processes, limits.processes))
+    if limits.file_bytes > 0:
+        out.append((resource.RLIMIT_FSIZE, limits.file_bytes, limits.file_bytes))
+    if limits.open_files > 0:
+        out.append((resource.RLIMIT_NOFILE, limits.open_files, limits.open_files))
+    return out
+
+
+def apply_rlimits(limits: list[RLimit]) -> None:
+    """Lower each limit (never raise one above what this process already has)."""
+    for res, soft, hard in limits:
+        _, cur_hard = resource.getrlimit(res)
+        if cur_hard != resource.RLIM_INFINITY:
+            hard = min(hard, cur_hard)
+            soft = min(soft, hard)
+        resource.setrlimit(res, (soft, hard))
+
+
+def sandbox_user(config: Config, euid: int | None = None) -> SandboxUser | None:
+    """The user parsers run as: ``run_as_user`` when this process is root, else None (a
+    non-root worker cannot switch users, and its parsers already lack root's rights)."""
+    euid = os.geteuid() if euid is None else euid
+    name = config.run_as_user.strip()
+    if euid != 0 or name.lower() in NO_USER:
+        return None
+    try:
+        entry = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
+    except KeyError:
+        raise ConfigError(f"PARSEQ_RUN_AS_USER: no user {name!r} on this machine") from None
+    if entry.pw_uid == 0:
+        raise ConfigError("PARSEQ_RUN_AS_USER must not be root")
+    return SandboxUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def check_reachable(user: SandboxUser, path: Path, need: int = 0o1) -> None:
+    """Raise :class:`ConfigError` naming the folder that keeps ``user`` from ``path`` (``need``:
+    0o1 execute, 0o4 read), e.g. a Python installed under a 0700 /root, instead of the bare
+    "Permission denied" the parser would otherwise die with."""
+    real = path.resolve()
+    for part, bits in [*((p, 0o1) for p in reversed(real.parents)), (real, need)]:
+        st = part.stat()
+        if st.st_uid == user.uid:
+            mode = (st.st_mode >> 6) & 0o7
+        elif st.st_gid == user.gid:
+            mode = (st.st_mode >> 3) & 0o7
+        else:
+            mode = st.st_mode & 0o7
+        if mode & bits != bits:
+            raise ConfigError(
+                f"parsers run as user {user.name!r}, who cannot reach {path} "
+                f"({part} is mode {stat.S_IMODE(st.st_mode):o}); make it readable by other "
+                "users (for Python: PARSEQ_PYTHON), or set PARSEQ_RUN_AS_USER=none"
+            )
+
+
+def parser_python(config: Config) -> str:
+    """The base Python of parser virtualenvs: ``PARSEQ_PYTHON``, else the one running Parseq,
+    unless the sandbox user cannot run it (pyenv under a 0700 /root): then a system Python of
+    the same version that it can, when there is one."""
+    if config.python:
+        return config.python
+    user = sandbox_user(config)
+    if user is None:
+        return sys.executable
+    version = "python{}.{}".format(*sys.version_info[:2])
+    for candidate in (sys.executable, f"/usr/local/bin/{version}", f"/usr/bin/{version}"):
+        try:
+            check_reachable(user, Path(candidate))
+        except (OSError, ConfigError):
+            continue
+        return candidate
+    return sys.executable  # runs then fail with check_reachable's explanation
+
+
+def harden_var(config: Config, db_url: str) -> None:
+    """Let the sandbox user traverse ``var/`` to its own folders but list or open nothing else:
+    the SQLite files and local storage become the worker's alone."""
+    for path in (config.var_dir, config.runs_dir, config.state_dir):
+        path.chmod(0o711)
+    storage = config.var_dir / "storage"
+    if config.storage_url == storage.as_uri():
+        storage.mkdir(exist_ok=True)
+        storage.chmod(0o700)
+    if db_url.startswith("sqlite:///"):
+        db_file = Path(db_url.split(":///", 1)[1])
+        for path in db_file.parent.glob(db_file.name + "*"):
+            with contextlib.suppress(OSError):
+                path.chmod(0o600)
+
+
+def make_readable(root: Path) -> None:
+    """Let every user read ``root``'s tree (code shipped to parsers: the SDK)."""
+    for dirpath, _dirs, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o644)
+
+
+def prepare_dirs(user: SandboxUser, run_dirs: list[Path], state_dir: Path) -> None:
+    """Hand the run's fresh folders and the parser's state folder to ``user`` (mode 0700)."""
+    for path in run_dirs:
+        os.chown(path, user.uid, user.gid)
+        path.chmod(0o700)
+    with _state_lock(state_dir):
+        _chown_tree(state_dir, user)
+        state_dir.chmod(0o700)
+
+
+def release_state(state_dir: Path, others_running: bool) -> None:
+    """Give the state folder back to root (0700) once no run of its parser is left, so parsers
+    that share the sandbox user cannot reach each other's state between their runs."""
+    with _state_lock(state_dir):
+        if not others_running:
+            os.chown(state_dir, 0, 0)
+            state_dir.chmod(0o700)
+
+
+@contextlib.contextmanager
+def _state_lock(state_dir: Path) -> Iterator[None]:
+    # Worker processes on one machine share var/: hand-over and take-back must not interleave.
+    lock_path = state_dir.parent / f".{state_dir.name}.lock"
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _chown_tree(top: Path, user: SandboxUser) -> None:
+    """Own ``top`` and what the sandbox left in it, without following links: entries owned by
+    root are skipped, so a planted symlink or hard link to a system file is never handed over."""
+    if os.lstat(top).st_uid == user.uid:
+        return
+    os.chown(top, user.uid, user.gid)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if st.st_uid in (0, user.uid) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                continue
+            os.lchown(path, user.uid, user.gid)
