@@ -123,6 +123,59 @@ def test_postgres_restart_while_runs_execute(
 
 
 @pytest.mark.timeout(360)  # 200 real runs: slow when the shared machine is busy
+def test_scheduler_keeps_firing_after_a_postgres_restart(
+    services_env: dict[str, str], pg_url: str, tmp_path: Path, tcp_proxy
+) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from parseq.models import OverlapPolicy, ScheduleType
+
+    proxy: TcpProxy = tcp_proxy(5432)
+    env = _env(
+        services_env,
+        tmp_path,
+        PARSEQ_DATABASE_URL=pg_url.replace(":5432/", f":{proxy.port}/"),
+        PARSEQ_SCHEDULER_SYNC_INTERVAL_S="0.3",
+    )
+    app = create_app(Config.from_env(environ=env))
+    init_db(app)
+    with app.app_context():
+        parser = add_parser(
+            f"tick-{uuid.uuid4().hex[:8]}",
+            "nap.py",
+            schedule_type=ScheduleType.INTERVAL,
+            interval_s=1,
+            overlap=OverlapPolicy.ALLOW,
+        )
+        parser_id = parser.id
+
+    def created() -> int:
+        with app.app_context():
+            return db.session.execute(
+                db.select(db.func.count(Run.id)).where(Run.parser_id == parser_id)
+            ).scalar_one()
+
+    log_path = tmp_path / "scheduler.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parseq.cli", "scheduler"], env=env, stdout=log, stderr=log
+        )
+    try:
+        _wait_until("the scheduler fires", lambda: created() >= 2, 30)
+        with proxy.outage():
+            time.sleep(3.0)
+        assert proxy.cut_connections > 0
+        after_outage = created()
+        _wait_until("it fires again", lambda: created() >= after_outage + 2, 30)
+        assert proc.poll() is None, log_path.read_text()
+    finally:
+        stop_process(proc)
+        with app.app_context():
+            db.engine.dispose()
+        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])
+
+
 def test_rabbitmq_restart_during_a_burst_of_200_runs(
     services_env: dict[str, str], tmp_path: Path, tcp_proxy
 ) -> None:  # type: ignore[no-untyped-def]
