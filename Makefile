@@ -28,10 +28,12 @@ test: $(VENV)/.installed-dev
 	./scripts/browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -q -r parseq
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/bandit -q -r parseq
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

@@ -15,7 +15,7 @@ from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.theme import Bootstrap4Theme
 from flask_wtf import FlaskForm
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from werkzeug.datastructures import FileStorage
 from werkzeug.wrappers import Response
 from wtforms import ValidationError as FormValidationError
@@ -134,7 +134,8 @@ def _last_run(parser: Parser) -> Run | None:
 
 def _secret_names(_v: Any, _c: Any, parser: Parser, _n: str) -> Markup:
     names = sorted(parser.secrets or {})
-    return Markup(", ".join(f"<code>{escape(n)}</code> = {MASK}" for n in names) or "none")
+    item = Markup("<code>{}</code> = {}")  # format() escapes each value
+    return Markup(", ").join(item.format(n, MASK) for n in names) or "none"
 
 
 class RunNowForm(FlaskForm):
@@ -194,8 +195,8 @@ class ParserView(auth.LoginRequired, ModelView):
     column_formatters = {
         "schedule_type": schedule_summary,
         "next_run_at": lambda _v, _c, m, _n: fmt_time(m.next_run_at) if m.next_run_at else "",
-        "name": lambda _v, _c, m, _n: Markup(
-            f'<a href="{url_for(".details_view", id=m.id)}">{escape(m.name)}</a>'
+        "name": lambda _v, _c, m, _n: Markup('<a href="{}">{}</a>').format(
+            url_for(".details_view", id=m.id), m.name
         ),
         "kind": lambda _v, _c, m, _n: m.kind.value,
         "last_status": lambda _v, _c, m, _n: status_badge(
@@ -203,8 +204,8 @@ class ParserView(auth.LoginRequired, ModelView):
         ),
         "last_run_at": lambda _v, _c, m, _n: fmt_time(r.queued_at) if (r := _last_run(m)) else "",
         "secrets": _secret_names,
-        "default_args": lambda _v, _c, m, _n: Markup(
-            f"<code>{escape(json.dumps(m.default_args or {}))}</code>"
+        "default_args": lambda _v, _c, m, _n: Markup("<code>{}</code>").format(
+            json.dumps(m.default_args or {})
         ),
         "created_at": lambda _v, _c, m, _n: fmt_time(m.created_at),
         "updated_at": lambda _v, _c, m, _n: fmt_time(m.updated_at),

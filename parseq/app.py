@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, Response
 
 from parseq.config import Config
+from parseq.crypto import local_key, make_cipher
 from parseq.models import db
 from parseq.storage import Storage, get_storage
 
 if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
     from dramatiq import Actor, Broker
 
 
@@ -27,6 +29,8 @@ class ParseqState:
     storage: Storage
     broker: Broker
     actor: Actor
+    #: Encrypts and decrypts parser secrets (``crypto.EncryptedJSON``).
+    cipher: MultiFernet
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -46,6 +50,14 @@ def create_app(config: Config | None = None) -> Flask:
         SECRET_KEY=config.secret_key or _local_secret_key(config.var_dir),
         SQLALCHEMY_DATABASE_URI=config.database_url,
         SQLALCHEMY_ENGINE_OPTIONS=_engine_options(config.database_url),
+        # Never the debugger (it runs code from the browser), whatever FLASK_DEBUG says.
+        DEBUG=False,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=config.secure_cookies,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=config.secure_cookies,
     )
     app.json.sort_keys = False  # keep args in the order the user gave them (argv order)
     app.config.update(config.flask)
@@ -55,10 +67,49 @@ def create_app(config: Config | None = None) -> Flask:
             sa.event.listen(db.engine, "connect", _sqlite_pragmas)
 
     broker, actor = init_broker(app, config)
-    app.extensions["parseq"] = ParseqState(config, get_storage(config), broker, actor)
+    app.extensions["parseq"] = ParseqState(
+        config, get_storage(config), broker, actor, make_cipher(config)
+    )
     api.init_app(app)
     admin.init_app(app)
+    app.after_request(_security_headers)
+    app.register_error_handler(sa.exc.DBAPIError, _database_error)
     return app
+
+
+def _database_error(exc: sa.exc.DBAPIError) -> tuple[Response, int]:
+    """A lost database answers 503 (retry later) instead of a bare 500; the next request gets a
+    fresh connection (pool pre-ping)."""
+    from parseq.reconnect import is_disconnect
+
+    db.session.rollback()
+    if is_disconnect(exc):
+        logging.getLogger(__name__).warning("database unreachable: %s", exc.orig)
+        return _json_error(503, "database_unavailable", "the database is unreachable; retry later")
+    logging.getLogger(__name__).error("database error", exc_info=exc)
+    return _json_error(500, "internal_error", "internal error")
+
+
+def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
+    from flask import jsonify
+
+    return jsonify({"error": {"code": code, "message": message}}), status
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    # Only frame-ancestors: a script-src policy would break Flask-Admin's inline scripts.
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def _security_headers(response: Response) -> Response:
+    """Every response: no MIME sniffing, no framing (clickjacking), no URL leaks in Referer."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def init_db(app: Flask) -> None:
@@ -84,8 +135,4 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _local_secret_key(var_dir: Path) -> str:
     """A secret key kept in ``var/`` so sessions survive restarts of the embedded mode."""
-    path = var_dir / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return local_key(var_dir / "secret_key", lambda: secrets.token_hex(32))

@@ -92,7 +92,7 @@ def authenticate(username: str, password: str) -> User | None:
     return None
 
 
-def ensure_admin(password: str = "") -> str | None:
+def ensure_admin(password: str = "") -> str | None:  # nosec B107  # "" = make a random one
     """Create the ``admin`` user when there are no users at all (first start of ``parseq up``).
 
     Returns the password when it was generated here, so the caller can print it once.

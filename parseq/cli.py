@@ -83,6 +83,26 @@ def _echo_admin_password(password: str | None) -> None:
         )
 
 
+@main.command("rotate-secrets")
+@_one_line_errors
+def rotate_secrets_cmd() -> None:
+    """Re-encrypt every parser's secrets with PARSEQ_SECRETS_KEY (old keys in
+    PARSEQ_SECRETS_OLD_KEYS); after it, the old keys can be dropped."""
+    from parseq.crypto import rotate_secrets
+    from parseq.errors import SecretsKeyError
+    from parseq.models import db
+
+    app = _build_app()
+    with app.app_context():
+        done, failed = rotate_secrets(db.session, app.extensions["parseq"].cipher)
+    click.echo(f"secrets of {done} parser(s) re-encrypted with the current key")
+    if failed:
+        raise SecretsKeyError(
+            f"no configured key decrypts the secrets of: {', '.join(failed)} (left unchanged; "
+            "add the key they were written with to PARSEQ_SECRETS_OLD_KEYS and run again)"
+        )
+
+
 @main.command()
 @click.option("--host", default=None, help="Bind address (PARSEQ_HOST).")
 @click.option("--port", type=int, default=None, help="Port (PARSEQ_PORT).")
@@ -254,6 +274,8 @@ def run_cmd(parser: str, args: dict[str, Any]) -> None:
             click.echo(f"  {f.name} ({f.size} bytes) -> {storage_url}/{f.storage_key}")
         if run.error:
             click.echo(f"error: {run.error}", err=True)
+        elif run.progress_message and run.status.value == "running":
+            click.echo(run.progress_message, err=True)  # e.g. its files wait for storage
         if run.status.value != "completed":
             sys.exit(1)
 

@@ -91,6 +91,15 @@ class Config:
     error_tail_bytes: int = 2000
     #: Largest run log stored, in bytes; the rest is cut with a marker.
     max_log_bytes: int = 10 * 1024 * 1024
+    #: How long a worker keeps retrying its database writes through a database outage, seconds.
+    db_retry_s: float = 120.0
+    #: Upload tries per result file before the run waits for storage, and the first pause
+    #: between them (doubling), seconds.
+    upload_attempts: int = 3
+    upload_backoff_s: float = 1.0
+    #: How often a worker retries the uploads of runs waiting for storage, seconds (also their
+    #: heartbeat while they wait: keep it under the heartbeat timeout).
+    retry_interval_s: float = 10.0
     #: Keep run working directories after their files are stored (for debugging).
     keep_workdirs: bool = False
     #: Worker threads per worker process (and in ``parseq up``).
@@ -113,6 +122,12 @@ class Config:
     #: Password of the ``admin`` user that ``parseq up`` creates on first start; empty = a random
     #: one, printed once.
     admin_password: str = ""
+    #: Send session cookies over HTTPS only (set it when Parseq is served behind TLS).
+    secure_cookies: bool = False
+    #: Fernet key that encrypts parser secrets at rest. Generated into ``var/`` when empty.
+    secrets_key: str = ""
+    #: Comma-separated previous Fernet keys: still decrypt, never encrypt (key rotation).
+    secrets_old_keys: str = ""
     #: Runs per page in list endpoints, and the largest page a client may ask for.
     page_size: int = 50
     max_page_size: int = 500
@@ -182,6 +197,8 @@ class Config:
             raise ConfigError("PARSEQ_DEFAULT_TIMEOUT_S must be > 0")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ConfigError("PARSEQ_HEARTBEAT_TIMEOUT_S must be > PARSEQ_HEARTBEAT_INTERVAL_S")
+        if self.upload_attempts < 1:
+            raise ConfigError("PARSEQ_UPLOAD_ATTEMPTS must be >= 1")
         if self.worker_threads < 1:
             raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
         if self.env_installer not in ("auto", "uv", "pip"):

@@ -24,7 +24,7 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
+import subprocess  # nosec B404  # uv builds the envs: a child process by design
 import sys
 import tempfile
 import time
@@ -230,7 +230,8 @@ class _Builder:
         env = {**self.config.installer_env, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
         env.pop("VIRTUAL_ENV", None)
         try:
-            proc = subprocess.run(
+            # cmd is a list (no shell): uv's path and a requirements file Parseq wrote.
+            proc = subprocess.run(  # nosec B603  # see above
                 cmd,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -295,7 +296,7 @@ def _relocate(tmp: Path, final: Path) -> None:
 def _make_readable(root: Path) -> None:
     """Envs are shared, possibly with an unprivileged parser user: 0755 dirs, o+r files."""
     for dirpath, _dirs, filenames in os.walk(root):
-        os.chmod(dirpath, 0o755)
+        os.chmod(dirpath, 0o755)  # nosec B103  # envs hold no secrets; parsers must read them
         for name in filenames:
             path = os.path.join(dirpath, name)
             if not os.path.islink(path):

@@ -76,6 +76,12 @@ class BrokerError(ParseqError):
     code = "broker_error"
 
 
+class SecretsKeyError(ParseqError):
+    """Stored parser secrets do not decrypt with the configured keys."""
+
+    code = "secrets_key_error"
+
+
 class RunFailed(ParseqError):
     """A run ended without success; carries its id, exit code and stderr tail."""
 

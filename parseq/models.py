@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from parseq.crypto import EncryptedJSON
+from parseq.errors import SecretsKeyError
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -118,8 +121,9 @@ class Parser(db.Model):
     path: Mapped[str] = mapped_column(sa.String(512))
     requirements: Mapped[str] = mapped_column(sa.Text, default="")
     default_args: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
-    #: Secret name -> value. Never serialized by ``to_dict``.
-    secrets: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    #: Secret name -> value, encrypted at rest (``crypto.EncryptedJSON``). Read and assign it
+    #: as a whole dict. ``to_dict`` lists the names only.
+    secrets: Mapped[dict[str, str]] = mapped_column(EncryptedJSON, default=dict)
     #: Wall-clock limit; None = the configured default.
     timeout_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     max_retries: Mapped[int] = mapped_column(default=0)
@@ -168,7 +172,7 @@ class Parser(db.Model):
             "path": self.path,
             "requirements": self.requirements,
             "default_args": self.default_args or {},
-            "secrets": sorted(self.secrets or {}),
+            "secrets": self.secret_names(),
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
             "retry_on_timeout": self.retry_on_timeout,
@@ -208,6 +212,13 @@ class Parser(db.Model):
 
         times = next_fire_times(self, count=1)
         return times[0] if times else None
+
+    def secret_names(self) -> list[str] | None:
+        """The secrets' names (never their values); None when the key cannot decrypt them."""
+        try:
+            return sorted(self.secrets or {})
+        except SecretsKeyError:
+            return None
 
 
 class Run(db.Model):

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import json
 import logging
 import os
 import re
 import signal
-import subprocess
+import subprocess  # nosec B404  # running parser scripts as child processes is the job
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from parseq.errors import ValidationError
 from parseq.models import RunStatus
+from parseq.redaction import StreamRedactor
 from parseq.sandbox import RLimit, SandboxUser, apply_rlimits
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,9 @@ def spawn(
     identity: dict[str, Any] = {}
     if user is not None:
         identity = {"user": user.uid, "group": user.gid, "extra_groups": []}
-    return subprocess.Popen(
+    # argv is a list (no shell); its parts are the interpreter, a script path resolved inside
+    # the parsers root and --name flags checked by validate_arg_name: hence the nosec.
+    return subprocess.Popen(  # nosec B603  # see above
         argv,
         env=dict(env),
         cwd=cwd,
@@ -194,11 +198,18 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
 
 
 class _LogSink:
-    """Writes both streams into one capped log and keeps the stderr tail."""
+    """Writes both streams into one capped log and keeps the stderr tail, with the values of
+    ``secrets`` replaced by ``***`` before anything is written, kept or passed on."""
 
     def __init__(
-        self, fh: IO[bytes], max_bytes: int, tail_bytes: int, on_line: LineCallback | None
+        self,
+        fh: IO[bytes],
+        max_bytes: int,
+        tail_bytes: int,
+        on_line: LineCallback | None,
+        secrets: Iterable[str] = (),
     ) -> None:
+        self.secrets = tuple(secrets)
         self.fh = fh
         self.max_bytes = max_bytes
         self.written = 0
@@ -210,7 +221,12 @@ class _LogSink:
         self.lock = threading.Lock()
 
     def pump(self, stream: IO[bytes], name: str) -> None:
-        for line in iter(lambda: stream.readline(READ_CHUNK_BYTES), b""):
+        redactor = StreamRedactor(self.secrets)
+        chunks = iter(lambda: stream.readline(READ_CHUNK_BYTES), b"")
+        for raw in itertools.chain(chunks, [None]):
+            line = redactor.flush() if raw is None else redactor.feed(raw)
+            if not line:
+                continue
             if self.on_line is not None:
                 try:
                     self.on_line(name, line)
@@ -260,14 +276,16 @@ def supervise(
     cancel: threading.Event | None = None,
     on_line: LineCallback | None = None,
     poll_s: float = 0.1,
+    secrets: Iterable[str] = (),
 ) -> Outcome:
     """Wait for ``proc``, streaming its output into ``log_path``; kill its group on timeout or
-    cancel. The group is always killed at the end so no stray child outlives the run."""
+    cancel. The group is always killed at the end so no stray child outlives the run. The
+    values of ``secrets`` never reach the log, the error or ``on_line``: they become ``***``."""
     started = time.monotonic()
     deadline = started + timeout_s
     pgid = proc.pid  # start_new_session made the child its group leader
     with log_path.open("wb") as fh:
-        sink = _LogSink(fh, max_log_bytes, error_tail_bytes, on_line)
+        sink = _LogSink(fh, max_log_bytes, error_tail_bytes, on_line, secrets)
         pumps = [
             threading.Thread(target=sink.pump, args=(proc.stdout, "stdout"), daemon=True),
             threading.Thread(target=sink.pump, args=(proc.stderr, "stderr"), daemon=True),

@@ -7,14 +7,13 @@ worker executes them through :func:`execute_run`, so status transitions live in 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import envs, notebooks, runner, sandbox, sdk
+from parseq import envs, notebooks, runner, sandbox, sdk, uploads
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import (
@@ -35,6 +34,8 @@ from parseq.errors import (
     ValidationError,
 )
 from parseq.models import Parser, ParserKind, Run, RunFile, RunStatus, RunTrigger, db, utcnow
+from parseq.reconnect import retry_db
+from parseq.redaction import redact_json_file, redact_text
 from parseq.registry import resolve_script
 from parseq.retries import schedule_retry
 
@@ -185,7 +186,7 @@ def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
             log_path = config.runs_dir / str(run.id) / ENV_BUILD_LOG
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_text(exc.build_log)
-            store_files(run, {ENV_BUILD_LOG: log_path})
+            uploads.store_files(run, {ENV_BUILD_LOG: log_path})
         raise
     finally:
         if watchdog is not None:
@@ -193,9 +194,14 @@ def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
     if run is None:
         env.release()
     else:
-        _env_leases[run.id] = env
-        run.env_key = env.key
-        db.session.commit()
+        run_id = run.id
+        _env_leases[run_id] = env
+
+        def record_env() -> None:
+            db.session.execute(db.update(Run).where(Run.id == run_id).values(env_key=env.key))
+            db.session.commit()
+
+        retry_db(record_env, config.db_retry_s, "record env")
     log.info("parser %s uses env %s (%s)", parser.name, env.key, "built" if env.built else "cached")
     return env.python
 
@@ -208,36 +214,39 @@ def release_env(run_id: int) -> None:
 
 
 def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
-    """Execute a pending run end to end; return its final status, or None if not claimed.
-    A failure the parser allows retries for enqueues the next attempt (unless ``retry`` is
-    False)."""
-    if _not_due_yet(run_id):
+    """Execute a pending run end to end; return its final status (``running`` while its files
+    wait for storage), or None if not claimed. A failure the parser allows retries for enqueues
+    the next attempt (unless ``retry`` is False). Database writes ride out a database restart
+    (:func:`reconnect.retry_db`)."""
+    config: Config = current_app.extensions["parseq"].config
+    if retry_db(lambda: _not_due_yet(run_id), config.db_retry_s, "due check"):
         return None
-    if not claim(run_id):
+    if not retry_db(lambda: claim(run_id), config.db_retry_s, "claim"):
         log.info("run %s is not pending; message ignored", run_id)
         return None
-    run = get_run(run_id)
-    config: Config = current_app.extensions["parseq"].config
-    workdir = config.runs_dir / str(run.id)
-    retryable = True
+    workdir = config.runs_dir / str(run_id)
     try:
-        decided = _execute(run, config, workdir)
+        run = retry_db(lambda: get_run(run_id), config.db_retry_s)
+        status = _execute(run, config, workdir, retry)
     except Exception as exc:
         db.session.rollback()
-        run = get_run(run_id)
         message = exc.message if isinstance(exc, ParseqError) else f"internal error: {exc!r}"
         if not isinstance(exc, ParseqError):
             log.exception("run %s failed inside Parseq", run_id)
         retryable = not isinstance(exc, ScriptNotFound)  # a missing file will stay missing
-        decided = _finish(run, RunStatus.ERROR, None, message)
+
+        def fail() -> bool:
+            return _finish(get_run(run_id), RunStatus.ERROR, None, message)
+
+        if retry_db(fail, config.db_retry_s) and retry:
+            schedule_retry(get_run(run_id), config, retryable=retryable)
+        status = RunStatus.ERROR
     finally:
         release_env(run_id)
-        if not config.keep_workdirs:
+        if not config.keep_workdirs and not uploads.is_pending(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
-    log.info("run %s of %s finished: %s", run.id, run.parser.name, run.status.value)
-    if decided and retry:  # not when the reaper finished it first: the reaper handles its retry
-        schedule_retry(run, config, retryable=retryable)
-    return run.status
+    log.info("run %s finished: %s", run_id, status.value)
+    return status
 
 
 def _not_due_yet(run_id: int) -> bool:
@@ -255,7 +264,7 @@ def _not_due_yet(run_id: int) -> bool:
     return True
 
 
-def _execute(run: Run, config: Config, workdir: Path) -> bool:
+def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> RunStatus:
     parser = run.parser
     script = resolve_script(config, parser)
     # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
@@ -264,6 +273,7 @@ def _execute(run: Run, config: Config, workdir: Path) -> bool:
     for path in [*dirs.values(), state_dir]:
         path.mkdir(parents=True, exist_ok=True)
     progress_file = dirs["progress"] / sdk.PROGRESS_FILE
+    secrets = dict(parser.secrets or {})  # raises SecretsKeyError when the key is wrong
     interpreter = interpreter_for(parser, run)
     sdk_path = sdk.install_sdk(config.sdk_dir)
     user = sandbox.sandbox_user(config)
@@ -284,7 +294,7 @@ def _execute(run: Run, config: Config, workdir: Path) -> bool:
         run_id=run.id,
         parser=parser.name,
         args=run.args or {},
-        secrets=parser.secrets or {},
+        secrets=secrets,
         output_dir=dirs["output"],
         state_dir=state_dir,
         home_dir=dirs["home"],
@@ -301,12 +311,18 @@ def _execute(run: Run, config: Config, workdir: Path) -> bool:
         # RLIMIT_NPROC counts every process of the user: without a sandbox user it would count
         # the worker's own user's (a desktop session, say), not the parser's.
         limits = dataclasses.replace(limits, processes=0)
+    run_id, parser_id, name, parser_kind = run.id, run.parser_id, parser.name, parser.kind
+    db.session.commit()  # hold no connection (nor transaction) while the parser runs
     try:
         rlimits = sandbox.rlimits(limits)
         proc = runner.spawn(argv, env, cwd=dirs["work"], limits=rlimits, user=user)
-        log.info("run %s of %s started pid=%d", run.id, parser.name, proc.pid)
+        log.info("run %s of %s started pid=%d", run_id, name, proc.pid)
         watchdog = Watchdog(
-            current_app._get_current_object(), run.id, config.heartbeat_interval_s, progress_file
+            current_app._get_current_object(),
+            run_id,
+            config.heartbeat_interval_s,
+            progress_file,
+            secrets.values(),
         )
         watchdog.start()
         try:
@@ -318,22 +334,79 @@ def _execute(run: Run, config: Config, workdir: Path) -> bool:
                 max_log_bytes=config.max_log_bytes,
                 error_tail_bytes=config.error_tail_bytes,
                 cancel=watchdog.cancel,
+                secrets=list(secrets.values()),
             )
         finally:
             watchdog.stop()
     finally:
         if user is not None:
-            sandbox.release_state(state_dir, others_running=_others_running(run))
-    _record_progress(run, progress_file)
+            others = retry_db(lambda: _others_running(run_id, parser_id), config.db_retry_s)
+            sandbox.release_state(state_dir, others_running=others)
+    retry_db(
+        lambda: _record_progress(get_run(run_id), progress_file, secrets.values()),
+        config.db_retry_s,
+    )
+    if parser_kind is ParserKind.NOTEBOOK:
+        redact_json_file(dirs["output"] / notebooks.OUTPUT_NOTEBOOK, secrets.values())
     files = collect_files(dirs["output"], log_path)
-    store_files(run, files)
-    return _finish(run, outcome.status, outcome.exit_code, outcome.error)
+    pending = uploads.Pending(
+        run_id,
+        outcome.status.value,
+        outcome.exit_code,
+        redact_text(outcome.error, secrets.values()),
+        uploads.relative_files(workdir, files),
+        retry=retry,
+    )
+    return uploads.store_and_finish(config, workdir, files, pending)
 
 
-def _others_running(run: Run) -> bool:
+def mark_waiting(run_id: int, message: str) -> None:
+    """Say on the run that its files wait for storage, and heartbeat it meanwhile."""
+
+    def mark() -> None:
+        db.session.execute(
+            db.update(Run)
+            .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+            .values(progress_message=message, heartbeat_at=utcnow())
+        )
+        db.session.commit()
+
+    retry_db(mark, current_app.extensions["parseq"].config.db_retry_s, "mark waiting")
+
+
+def record_files_and_finish(
+    run_id: int, stored: list[uploads.StoredFile], pending: uploads.Pending
+) -> RunStatus:
+    """Record the stored files and the run's end together (safe to run again)."""
+
+    def record() -> tuple[RunStatus, bool]:
+        run = get_run(run_id)
+        known = {f.name for f in run.files}
+        for f in stored:
+            if f.name not in known:
+                run.files.append(
+                    RunFile(name=f.name, size=f.size, sha256=f.sha256, storage_key=f.storage_key)
+                )
+        if run.progress_message and run.progress_message.startswith("waiting for storage"):
+            run.progress_message = None
+        db.session.flush()
+        decided = _finish(run, RunStatus(pending.status), pending.exit_code, pending.error)
+        if not decided:
+            db.session.commit()  # the files are kept even when the run had ended already
+        return run.status, decided
+
+    config = current_app.extensions["parseq"].config
+    status, decided = retry_db(record, config.db_retry_s, "record run")
+    # Not when the reaper finished the run first: the reaper handles its retry.
+    if decided and pending.retry:
+        schedule_retry(get_run(run_id), config)
+    return status
+
+
+def _others_running(run_id: int, parser_id: int) -> bool:
     """Whether another run of the same parser is executing (it still needs the state dir)."""
     query = db.select(Run.id).where(
-        Run.parser_id == run.parser_id, Run.status == RunStatus.RUNNING, Run.id != run.id
+        Run.parser_id == parser_id, Run.status == RunStatus.RUNNING, Run.id != run_id
     )
     return db.session.execute(query.limit(1)).first() is not None
 
@@ -345,13 +418,19 @@ class Watchdog(threading.Thread):
     """
 
     def __init__(
-        self, app: Flask, run_id: int, interval_s: float, progress_file: Path | None = None
+        self,
+        app: Flask,
+        run_id: int,
+        interval_s: float,
+        progress_file: Path | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         super().__init__(name=f"watchdog-{run_id}", daemon=True)
         self.app = app
         self.run_id = run_id
         self.interval_s = interval_s
         self.progress_file = progress_file
+        self.secrets = tuple(secrets)
         self._progress_mtime: int | None = None
         self.cancel = threading.Event()
         self._stopped = threading.Event()
@@ -392,7 +471,7 @@ class Watchdog(threading.Thread):
         if mtime == self._progress_mtime:
             return {}
         self._progress_mtime = mtime
-        return sdk.progress_columns(self.progress_file)
+        return _redacted(sdk.progress_columns(self.progress_file), self.secrets)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -420,11 +499,18 @@ def cancel_run(run: Run) -> Run:
     return run
 
 
-def _record_progress(run: Run, progress_file: Path) -> None:
+def _record_progress(run: Run, progress_file: Path, secrets: Iterable[str] = ()) -> None:
     """The parser's last report, which it may have made after the last heartbeat."""
-    for name, value in sdk.progress_columns(progress_file).items():
+    for name, value in _redacted(sdk.progress_columns(progress_file), secrets).items():
         setattr(run, name, value)
     db.session.commit()
+
+
+def _redacted(columns: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
+    """Progress columns with secret values masked in the message."""
+    if columns.get("progress_message"):
+        columns["progress_message"] = redact_text(columns["progress_message"], secrets)
+    return columns
 
 
 def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
@@ -440,26 +526,6 @@ def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
     }
     files[LOG_FILE] = log_path
     return files
-
-
-def store_files(run: Run, files: Mapping[str, Path]) -> None:
-    """Upload each file under ``runs/<id>/`` and record its size and sha256 on the run."""
-    storage = current_app.extensions["parseq"].storage
-    for name, path in files.items():
-        key = f"runs/{run.id}/{name}"
-        storage.put(key, path)
-        run.files.append(
-            RunFile(name=name, size=path.stat().st_size, sha256=_sha256(path), storage_key=key)
-        )
-    db.session.commit()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> bool:

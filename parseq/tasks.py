@@ -8,6 +8,7 @@ hold several apps in one process. The actor is thin: it enters the app context a
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -52,6 +53,7 @@ def make_broker(config: Config) -> Broker:
 def init_broker(app: Flask, config: Config) -> tuple[Broker, Actor]:
     """Create the app's broker and declare the ``execute_run`` actor on it."""
     broker = make_broker(config)
+    broker.add_middleware(Housekeeping(app))
 
     def execute_run(run_id: int) -> None:
         from parseq.runs import execute_run as run_it
@@ -97,3 +99,36 @@ def start_worker(app: Flask, threads: int | None = None) -> dramatiq.Worker:
     worker.start()
     log.info("worker started: %d threads on queue %s", threads, state.config.queue_name)
     return worker
+
+
+class Housekeeping(dramatiq.Middleware):
+    """While a worker is up, every ``retry_interval_s``: retry the uploads of runs waiting for
+    storage (their files are on this machine, so only its workers can)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        from parseq import uploads
+        from parseq.models import db
+
+        interval = self.app.extensions["parseq"].config.retry_interval_s
+        with self.app.app_context():
+            while not self._stop.wait(interval):
+                try:
+                    uploads.retry_pending(self.app)
+                except Exception:  # the database may be down too: next pass
+                    log.exception("retrying pending uploads failed")
+                    db.session.rollback()

@@ -166,6 +166,8 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
         self._lock = threading.Lock()
+        #: Client connections dropped by :meth:`close` so far (a test can check it cut some).
+        self.cut_connections = 0
         self.open()
 
     def open(self) -> None:
@@ -183,10 +185,22 @@ class TcpProxy:
             conns, self._conns = self._conns, []
         if listener is not None:
             listener.close()
+        live = 0
         for conn in conns:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # raised by sockets that had already ended
                 conn.shutdown(socket.SHUT_RDWR)
+                live += 1
             conn.close()
+        self.cut_connections += live // 2  # each connection is a client and an upstream socket
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """Down (as a restarting server: connections dropped, new ones refused), then up."""
+        self.close()
+        try:
+            yield
+        finally:
+            self.open()
 
     def _accept(self, listener: socket.socket) -> None:
         while self._listener is listener:
@@ -420,30 +434,43 @@ def services_app(services_env: dict[str, str]) -> Iterator[Flask]:
         db.engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def worker_process(
-    services_app: Flask, services_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``parseq worker`` process consuming the session's RabbitMQ queue."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+def start_worker_process(
+    env: dict[str, str], log_path: Path, threads: int = 2
+) -> subprocess.Popen[bytes]:
+    """Start a real ``parseq worker`` process with ``env``; return once it consumes."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "parseq.cli", "worker", "--threads", "2"],
-            env=services_env,
+            [sys.executable, "-m", "parseq.cli", "worker", "--threads", str(threads)],
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 20
     while b"Parseq worker on" not in log_path.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
             raise RuntimeError(f"worker did not start:\n{log_path.read_text()}")
         time.sleep(0.1)
-    yield proc
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_process(
+    services_app: Flask, services_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``parseq worker`` process consuming the session's RabbitMQ queue."""
+    proc = start_worker_process(services_env, tmp_path_factory.mktemp("worker") / "worker.log")
+    yield proc
+    stop_process(proc)
 
 
 @pytest.fixture

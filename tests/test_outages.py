@@ -1,0 +1,340 @@
+"""Fault tests: database, broker and storage outages with real processes and real services.
+
+The shared PostgreSQL and RabbitMQ daemons are never stopped: each test reaches them through a
+:class:`~tests.conftest.TcpProxy` whose outage drops every connection and refuses new ones, as
+a restart does. S3 is a moto server of the test's own, stopped and started on its port.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from parseq import runs
+from parseq.app import create_app, init_db
+from parseq.config import Config
+from parseq.models import Run, RunStatus, db
+from parseq.sweeper import sweep_pending
+from tests.conftest import (
+    RABBIT_URL,
+    S3_KEYS,
+    TcpProxy,
+    add_parser,
+    api_client,
+    delete_rabbit_queues,
+    free_port,
+    start_worker_process,
+    stop_process,
+    wait_for_run,
+)
+
+pytestmark = pytest.mark.services
+
+
+def _env(services_env: dict[str, str], tmp_path: Path, **changes: str) -> dict[str, str]:
+    """The session's service settings with a queue, var dir and local storage of this test's."""
+    env = {
+        **services_env,
+        "PARSEQ_QUEUE_NAME": f"parseq_outage_{uuid.uuid4().hex[:10]}",
+        "PARSEQ_VAR_DIR": str(tmp_path / "var"),
+        "PARSEQ_STORAGE_URL": (tmp_path / "storage").as_uri(),
+        "PARSEQ_HEARTBEAT_INTERVAL_S": "0.5",
+        "PARSEQ_LOG_LEVEL": "INFO",
+    }
+    env.update(changes)
+    return env
+
+
+def _wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.1)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def _count(app: Flask, status: RunStatus, run_ids: list[int]) -> int:
+    with app.app_context():
+        return db.session.execute(
+            db.select(db.func.count(Run.id)).where(Run.id.in_(run_ids), Run.status == status)
+        ).scalar_one()
+
+
+def test_postgres_restart_while_runs_execute(
+    services_env: dict[str, str], pg_url: str, tmp_path: Path, tcp_proxy
+) -> None:  # type: ignore[no-untyped-def]
+    proxy: TcpProxy = tcp_proxy(5432)
+    env = _env(
+        services_env,
+        tmp_path,
+        PARSEQ_DATABASE_URL=pg_url.replace(":5432/", f":{proxy.port}/"),
+    )
+    app = create_app(Config.from_env(environ=env))
+    init_db(app)
+    name = f"nap-{uuid.uuid4().hex[:8]}"
+    with app.app_context():
+        parser = add_parser(name, "nap.py")
+        ids = [runs.create_run(parser, {"seconds": 1.0}).id for _ in range(4)]
+    worker = start_worker_process(env, tmp_path / "worker.log", threads=2)
+    try:
+        state = tmp_path / "var" / "state" / name
+        _wait_until("two parsers start", lambda: _lines(state / "started.log") >= 2, 60)
+        # The database stays down until two runs have ended (their parsers write seen.log) and
+        # a little longer: their results must be recorded, and the next two claimed, through
+        # the outage.
+        client = api_client(app)
+        with proxy.outage():
+            down = client.get(f"/api/v1/runs/{ids[0]}")
+            assert down.status_code == 503
+            assert down.json["error"]["code"] == "database_unavailable"
+            _wait_until("two parsers end", lambda: _lines(state / "seen.log") >= 2, 30)
+            time.sleep(1.5)
+        assert proxy.cut_connections > 0
+
+        # The web side reconnects by itself (pool pre-ping).
+        assert client.get("/api/v1/health").status_code == 200
+        with app.app_context():
+            db.session.remove()
+            for run_id in ids:
+                run = wait_for_run(run_id, timeout_s=60)
+                assert run.status is RunStatus.COMPLETED, run.error
+                assert {f.name for f in run.files} == {"output.txt", "data.bin", "run.log"}
+        for run_id in ids:
+            assert client.get(f"/api/v1/runs/{run_id}").json["status"] == "completed"
+        assert worker.poll() is None
+        assert b"database unreachable during" in (tmp_path / "worker.log").read_bytes()
+        seen = (tmp_path / "var" / "state" / name / "seen.log").read_text().split()
+        assert sorted(map(int, seen)) == sorted(ids)
+    finally:
+        stop_process(worker)
+        with app.app_context():
+            db.engine.dispose()
+        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])
+
+
+@pytest.mark.timeout(360)  # 200 real runs: slow when the shared machine is busy
+def test_scheduler_keeps_firing_after_a_postgres_restart(
+    services_env: dict[str, str], pg_url: str, tmp_path: Path, tcp_proxy
+) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from parseq.models import OverlapPolicy, ScheduleType
+
+    proxy: TcpProxy = tcp_proxy(5432)
+    env = _env(
+        services_env,
+        tmp_path,
+        PARSEQ_DATABASE_URL=pg_url.replace(":5432/", f":{proxy.port}/"),
+        PARSEQ_SCHEDULER_SYNC_INTERVAL_S="0.3",
+    )
+    app = create_app(Config.from_env(environ=env))
+    init_db(app)
+    with app.app_context():
+        parser = add_parser(
+            f"tick-{uuid.uuid4().hex[:8]}",
+            "nap.py",
+            schedule_type=ScheduleType.INTERVAL,
+            interval_s=1,
+            overlap=OverlapPolicy.ALLOW,
+        )
+        parser_id = parser.id
+
+    def created() -> int:
+        with app.app_context():
+            return db.session.execute(
+                db.select(db.func.count(Run.id)).where(Run.parser_id == parser_id)
+            ).scalar_one()
+
+    log_path = tmp_path / "scheduler.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parseq.cli", "scheduler"], env=env, stdout=log, stderr=log
+        )
+    try:
+        _wait_until("the scheduler fires", lambda: created() >= 2, 30)
+        with proxy.outage():
+            time.sleep(3.0)
+        assert proxy.cut_connections > 0
+        after_outage = created()
+        _wait_until("it fires again", lambda: created() >= after_outage + 2, 30)
+        assert proc.poll() is None, log_path.read_text()
+    finally:
+        stop_process(proc)
+        with app.app_context():
+            db.engine.dispose()
+        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])
+
+
+def test_rabbitmq_restart_during_a_burst_of_200_runs(
+    services_env: dict[str, str], tmp_path: Path, tcp_proxy
+) -> None:  # type: ignore[no-untyped-def]
+    proxy: TcpProxy = tcp_proxy(5672)
+    env = _env(
+        services_env,
+        tmp_path,
+        PARSEQ_BROKER_URL=RABBIT_URL.replace(":5672/", f":{proxy.port}/"),
+    )
+    app = create_app(Config.from_env(environ=env))
+    init_db(app)
+    name = f"burst-{uuid.uuid4().hex[:8]}"
+    workers = []
+    try:
+        with app.app_context():
+            parser = add_parser(name, "nap.py", default_args={"seconds": 0})
+            ids = [runs.create_run(parser).id for _ in range(200)]
+        workers = [
+            start_worker_process(env, tmp_path / f"worker{i}.log", threads=3) for i in range(2)
+        ]
+        _wait_until("some runs completed", lambda: _count(app, RunStatus.COMPLETED, ids) >= 20, 60)
+        client = api_client(app)
+        with proxy.outage():
+            # Enqueued while the broker is down: accepted, kept pending, resent by the sweeper.
+            resp = client.post(f"/api/v1/parsers/{name}/runs", json={})
+            assert resp.status_code == 202
+            ids.append(resp.json["id"])
+            with app.app_context():
+                assert db.session.get(Run, ids[-1]).enqueued_at is None
+            time.sleep(2.0)
+        assert proxy.cut_connections >= 2
+        assert _count(app, RunStatus.COMPLETED, ids) < 200, "the outage came too late to matter"
+
+        assert sweep_pending(app, older_than_s=0) == 1  # as the scheduler does periodically
+        # The web side enqueues again once the broker is back.
+        resp = client.post(f"/api/v1/parsers/{name}/runs", json={})
+        assert resp.status_code == 202
+        ids.append(resp.json["id"])
+        try:
+            _wait_until(
+                "every run completed", lambda: _count(app, RunStatus.COMPLETED, ids) == 202, 240
+            )
+        except AssertionError:
+            with app.app_context():
+                stuck = db.session.execute(
+                    db.select(Run.id, Run.status, Run.enqueued_at, Run.error)
+                    .where(Run.id.in_(ids), Run.status != RunStatus.COMPLETED)
+                    .limit(10)
+                ).all()
+            logs = "".join(
+                (tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(len(workers))
+            )
+            raise AssertionError(f"runs not completed: {stuck}\n{logs}") from None
+        seen = (tmp_path / "var" / "state" / name / "seen.log").read_text().split()
+        executions = collections.Counter(map(int, seen))
+        assert sorted(executions) == sorted(ids)
+        assert set(executions.values()) == {1}, "some run executed more than once"
+        assert all(w.poll() is None for w in workers)
+    finally:
+        for w in workers:
+            stop_process(w)
+        with app.app_context():
+            db.engine.dispose()
+        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])
+
+
+def test_queues_are_durable_and_messages_persistent(services_env: dict[str, str]) -> None:
+    """What makes queued runs survive a real RabbitMQ restart."""
+    import pika
+
+    queue = f"parseq_durable_{uuid.uuid4().hex[:10]}"
+    app = create_app(Config.from_env(environ={**services_env, "PARSEQ_QUEUE_NAME": queue}))
+    try:
+        app.extensions["parseq"].actor.send(12345)
+        conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
+        channel = conn.channel()
+        method, properties, _body = channel.basic_get(queue=queue, auto_ack=True)
+        assert method is not None
+        assert properties.delivery_mode == 2  # persistent: written to disk
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as exc:
+            channel.queue_declare(queue=queue, durable=False)  # it exists, durable
+        assert exc.value.reply_code == 406
+        conn.close()
+    finally:
+        delete_rabbit_queues(queue)
+
+
+def test_s3_outage_at_upload_keeps_files_and_completes_later(
+    services_env: dict[str, str], tmp_path: Path
+) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    s3.start()
+    bucket = f"parseq-outage-{uuid.uuid4().hex[:8]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEYS["s3_access_key_id"],
+        aws_secret_access_key=S3_KEYS["s3_secret_access_key"],
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=bucket)
+    env = _env(
+        services_env,
+        tmp_path,
+        PARSEQ_STORAGE_URL=f"s3://{bucket}/results",
+        PARSEQ_S3_ENDPOINT_URL=endpoint,
+        PARSEQ_UPLOAD_ATTEMPTS="2",
+        PARSEQ_UPLOAD_BACKOFF_S="0.2",
+        PARSEQ_RETRY_INTERVAL_S="0.5",
+    )
+    app = create_app(Config.from_env(environ=env))
+    init_db(app)
+    worker = start_worker_process(env, tmp_path / "worker.log", threads=1)
+    running = True
+    try:
+        with app.app_context():
+            parser = add_parser(f"nap-{uuid.uuid4().hex[:8]}", "nap.py")
+            run_id = runs.create_run(parser, {"seconds": 2.0}).id
+        _wait_until("the run executes", lambda: _count(app, RunStatus.RUNNING, [run_id]) == 1, 30)
+        s3.stop()
+        running = False
+
+        def waiting() -> bool:
+            with app.app_context():
+                db.session.expire_all()
+                run = db.session.get(Run, run_id)
+                assert run.status is RunStatus.RUNNING, f"{run.status}: {run.error}"
+                return (run.progress_message or "").startswith("waiting for storage")
+
+        _wait_until("the run waits for storage", waiting, 60)
+        workdir = tmp_path / "var" / "runs" / str(run_id)
+        kept = {p.name for p in workdir.rglob("*") if p.is_file()}
+        assert {"output.txt", "data.bin", "run.log", "upload_pending.json"} <= kept
+        local = (workdir / "output" / "data.bin").read_bytes()
+        time.sleep(1.5)  # a few retry passes against the stopped endpoint
+        assert waiting()
+
+        s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        s3.start()
+        running = True
+        with app.app_context():
+            run = wait_for_run(run_id, timeout_s=60)
+            assert run.status is RunStatus.COMPLETED, run.error
+            assert run.progress_message is None
+            assert {f.name for f in run.files} == {"output.txt", "data.bin", "run.log"}
+        stored = client.get_object(Bucket=bucket, Key=f"results/runs/{run_id}/data.bin")
+        assert stored["Body"].read() == local
+        assert api_client(app).get(f"/api/v1/runs/{run_id}/files/data.bin").data == local
+        _wait_until("the kept files are removed", lambda: not workdir.exists(), 10)
+        assert worker.poll() is None
+    finally:
+        stop_process(worker)
+        if running:
+            s3.stop()
+        with app.app_context():
+            db.engine.dispose()
+        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])
