@@ -16,7 +16,7 @@ from wtforms import SelectField, StringField
 from wtforms import ValidationError as FormValidationError
 from wtforms.validators import Optional
 
-from parseq import notebooks, runs
+from parseq import admin_tokens, notebooks, runs
 from parseq import requirements as reqs
 from parseq.errors import ParseqError
 from parseq.models import (
@@ -274,4 +274,5 @@ def init_app(app: Flask) -> Admin:
     admin.add_view(ParserView(Parser, db, name="Parsers", endpoint="parsers"))
     admin.add_view(RunView(Run, db, name="Runs", endpoint="runs"))
     admin.add_view(ScheduleSkipView(ScheduleSkip, db, name="Skipped occurrences", endpoint="skips"))
+    admin_tokens.add_view(admin)
     return admin

@@ -203,6 +203,7 @@ class Run(db.Model):
         sa.Index("ix_runs_status_id", "status", "id"),
         # One run per scheduled occurrence, however many schedulers race for it (NULLs differ).
         sa.UniqueConstraint("parser_id", "scheduled_for", name="uq_runs_parser_id_scheduled_for"),
+        sa.Index("ix_runs_queued_at", "queued_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -201,6 +201,9 @@ def execute_run(run_id: int) -> RunStatus | None:
         status = _execute(run, config, workdir)
     except Exception as exc:
         db.session.rollback()
+        if db.session.get(Run, run_id) is None:
+            log.info("run %s was deleted while it ran", run_id)
+            return None
         run = get_run(run_id)
         message = exc.message if isinstance(exc, ParseqError) else f"internal error: {exc!r}"
         if not isinstance(exc, ParseqError):
@@ -309,7 +312,7 @@ class Watchdog(threading.Thread):
         db.session.commit()
         if result.rowcount == 0:
             status = db.session.execute(db.select(Run.status).where(Run.id == self.run_id)).scalar()
-            if status is RunStatus.CANCELLED:
+            if status is RunStatus.CANCELLED or status is None:  # None: deleted with its parser
                 log.info("run %s: cancel requested, stopping it", self.run_id)
                 self.cancel.set()
 

@@ -1,0 +1,176 @@
+"""Request bodies of the REST API: one table of fields, used both to validate requests and to
+write the OpenAPI document, so the two cannot drift apart.
+
+Each field has a JSON Schema (for the document) and a check (for requests) that returns the
+clean value or raises a :class:`ParseqError` whose message becomes that field's error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from parseq import runs
+from parseq.config import Config
+from parseq.errors import BadRequest, Conflict, ParseqError, ValidationError
+from parseq.models import NAME_RE, Parser, ParserKind, db
+from parseq.registry import validate_name, validate_path
+from parseq.runner import validate_secret_name
+
+
+@dataclass(frozen=True)
+class Field:
+    schema: dict[str, Any]
+    check: Callable[[Any], Any]
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("must be a string")
+    return value
+
+
+def _kind(value: Any) -> ParserKind:
+    try:
+        return ParserKind(value)
+    except ValueError:
+        raise ValidationError("must be 'script' or 'notebook'") from None
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("path is required")
+    return value  # checked against its root once the kind is known
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValidationError("must be a number of seconds > 0, or null for the default")
+    return float(value)
+
+
+def _retries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValidationError("must be an integer from 0 to 100")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError("must be true or false")
+    return value
+
+
+def _secrets(value: Any) -> dict[str, str | None]:
+    if not isinstance(value, dict):
+        raise ValidationError("must be an object of secret name -> value")
+    for name, secret in value.items():
+        validate_secret_name(name)
+        if secret is not None and not isinstance(secret, str):
+            raise ValidationError(f"secret {name!r} must be a string (or null to remove it)")
+    return value
+
+
+def _args(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValidationError("must be a JSON object")
+    return runs.check_args(value)
+
+
+PARSER_FIELDS: dict[str, Field] = {
+    "name": Field(
+        {"type": "string", "pattern": NAME_RE.pattern, "example": "quotes"}, validate_name
+    ),
+    "description": Field({"type": "string"}, _string),
+    "kind": Field({"type": "string", "enum": [k.value for k in ParserKind]}, _kind),
+    "path": Field(
+        {
+            "type": "string",
+            "description": "relative to parsers/ (.py) or notebooks/ (.ipynb)",
+            "example": "quotes.py",
+        },
+        _path,
+    ),
+    "requirements": Field({"type": "string", "description": "pip requirement lines"}, _string),
+    "default_args": Field({"type": "object", "additionalProperties": True}, _args),
+    "secrets": Field(
+        {
+            "type": "object",
+            "writeOnly": True,
+            "description": "secret name -> value; write-only. On update, merged into the "
+            "stored secrets; null removes one",
+            "additionalProperties": {"type": ["string", "null"]},
+        },
+        _secrets,
+    ),
+    "timeout_s": Field({"type": ["number", "null"], "exclusiveMinimum": 0}, _timeout),
+    "max_retries": Field({"type": "integer", "minimum": 0, "maximum": 100}, _retries),
+    "enabled": Field({"type": "boolean"}, _bool),
+}
+REQUIRED_ON_CREATE = ("name", "path")
+
+
+def parser_body_schema(create: bool) -> dict[str, Any]:
+    """The JSON Schema of a create (``POST``) or update (``PATCH``) body."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {name: f.schema for name, f in PARSER_FIELDS.items()},
+    }
+    if create:
+        schema["required"] = list(REQUIRED_ON_CREATE)
+    return schema
+
+
+def check_parser_body(
+    body: Mapping[str, Any], config: Config, existing: Parser | None
+) -> dict[str, Any]:
+    """Validate a create (``existing`` None) or partial update body; return clean values.
+
+    Unknown fields are a 400; every bad value is reported at once, by field, in a 422.
+    """
+    unknown = set(body) - set(PARSER_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for name, value in body.items():
+        try:
+            values[name] = PARSER_FIELDS[name].check(value)
+        except ParseqError as exc:
+            errors[name] = exc.message
+    if existing is None:
+        for name in REQUIRED_ON_CREATE:
+            if name not in body:
+                errors[name] = f"{name} is required"
+    kind = values.get("kind", existing.kind if existing else ParserKind.SCRIPT)
+    if "path" in values or ("kind" in values and existing is not None):
+        try:
+            values["path"] = validate_path(config, kind, values.get("path", existing.path))
+        except ParseqError as exc:
+            errors["path"] = exc.message
+    if errors:
+        summary = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        raise ValidationError(f"invalid parser: {summary}", field=next(iter(errors)), fields=errors)
+    return values
+
+
+def apply_parser_values(parser: Parser, values: Mapping[str, Any]) -> Parser:
+    """Set validated values on a parser (new or existing) and commit; 409 on a taken name."""
+    if "name" in values and values["name"] != parser.name:
+        taken = db.session.execute(db.select(Parser.id).filter_by(name=values["name"])).first()
+        if taken:
+            raise Conflict(f"a parser named {values['name']!r} exists already", field="name")
+    for name, value in values.items():
+        if name == "secrets":
+            # Assign a new dict as a whole: encryption may sit behind this attribute.
+            merged = {**(parser.secrets or {}), **value}
+            parser.secrets = {k: v for k, v in merged.items() if v is not None}
+        else:
+            setattr(parser, name, value)
+    db.session.add(parser)
+    db.session.commit()
+    return parser
