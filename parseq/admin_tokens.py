@@ -46,9 +46,10 @@ class TokenView(ModelView):
             return
         if not NAME_RE.match(model.name or ""):
             raise FormValidationError("name must be 1-64 lowercase letters, digits, _ or -")
-        taken = db.session.execute(
-            db.select(ApiToken.id).where(ApiToken.name == model.name, ApiToken.id != model.id)
-        ).first()
+        with db.session.no_autoflush:  # the new row is in the session, still half filled
+            taken = db.session.execute(
+                db.select(ApiToken.id).where(ApiToken.name == model.name)
+            ).first()
         if taken:
             raise FormValidationError(f"a token named {model.name!r} exists already")
         model._plain = new_token()  # shown once by after_model_change, never stored

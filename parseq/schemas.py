@@ -147,9 +147,10 @@ def check_parser_body(
             if name not in body:
                 errors[name] = f"{name} is required"
     kind = values.get("kind", existing.kind if existing else ParserKind.SCRIPT)
-    if "path" in values or ("kind" in values and existing is not None):
+    if "path" in values or ("kind" in values and existing is not None and "path" not in errors):
+        path = values["path"] if "path" in values else existing.path  # type: ignore[union-attr]
         try:
-            values["path"] = validate_path(config, kind, values.get("path", existing.path))
+            values["path"] = validate_path(config, kind, path)
         except ParseqError as exc:
             errors["path"] = exc.message
     if errors:
