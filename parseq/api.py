@@ -24,6 +24,7 @@ PREFIX = bp.url_prefix or "/api/v1"
 #: Endpoints anyone may call: monitors need health, clients need the document.
 PUBLIC_ENDPOINTS = frozenset({"api.health_check", "api.openapi_document", "api.docs"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_ID = 2**63 - 1  # ids and cursors beyond a signed 64-bit integer cannot exist
 
 
 def init_app(app: Flask) -> None:
@@ -64,7 +65,11 @@ def _http_error(exc: HTTPException) -> Any:
     if not request.path.startswith(PREFIX):
         return exc.get_response()  # admin and other HTML pages keep Flask's pages
     code = (exc.name or "error").lower().replace(" ", "_")
-    return _error(exc.code or 500, code, exc.description or exc.name)
+    resp, status = _error(exc.code or 500, code, exc.description or exc.name)
+    for name, value in exc.get_headers():  # e.g. Allow on a 405
+        if name.lower() != "content-type":
+            resp.headers[name] = value
+    return resp, status
 
 
 def _json_body() -> dict[str, Any]:
@@ -219,8 +224,8 @@ def create_run(name: str) -> tuple[Response, int, dict[str, str]]:
 
 
 def _wait_arg() -> float:
-    raw = request.args.get("wait", "")
-    if raw == "":
+    raw = request.args.get("wait")
+    if raw is None:
         return 0.0
     limit = _config().max_wait_s
     try:
@@ -248,20 +253,23 @@ def _wait_until_final(run_id: int, wait_s: float) -> Run:
 
 def _int_arg(name: str, default: int | None = None, minimum: int = 1) -> int | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
         raise BadRequest(f"query parameter {name!r} must be an integer") from None
-    if value < minimum:
-        raise BadRequest(f"query parameter {name!r} must be >= {minimum}")
+    if not minimum <= value <= MAX_ID:
+        raise BadRequest(f"query parameter {name!r} must be from {minimum} to {MAX_ID}")
     return value
 
 
 def _bool_arg(name: str) -> bool:
-    raw = request.args.get(name, "").lower()
-    if raw in ("", "0", "false", "no"):
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    raw = raw.lower()
+    if raw in ("0", "false", "no"):
         return False
     if raw in ("1", "true", "yes"):
         return True
@@ -269,8 +277,8 @@ def _bool_arg(name: str) -> bool:
 
 
 def _time_arg(name: str) -> datetime | None:
-    raw = request.args.get(name, "")
-    if not raw:
+    raw = request.args.get(name)
+    if raw is None:
         return None
     try:
         value = datetime.fromisoformat(raw.replace(" ", "+"))  # a raw '+' in a URL is a space
@@ -281,7 +289,7 @@ def _time_arg(name: str) -> datetime | None:
 
 def _enum_arg(name: str, enum: Any) -> Any:
     raw = request.args.get(name)
-    if not raw:
+    if raw is None:
         return None
     try:
         return enum(raw)
@@ -302,7 +310,7 @@ def list_runs() -> Response:
     limit = min(_int_arg("limit", config.page_size) or 1, config.max_page_size)
     cursor = _int_arg("cursor")
     query = db.select(Run).order_by(Run.id.desc()).limit(limit + 1)
-    if name := request.args.get("parser"):
+    if (name := request.args.get("parser")) is not None:
         query = query.where(Run.parser_id == runs.get_parser(name).id)
     if status := _enum_arg("status", RunStatus):
         query = query.where(Run.status == status)
@@ -344,7 +352,7 @@ def health_check() -> tuple[Response, int]:
 
 @bp.get("/openapi.json")
 def openapi_document() -> Response:
-    return jsonify(openapi.document())
+    return jsonify(openapi.document(_config().max_wait_s))
 
 
 @bp.get("/docs")

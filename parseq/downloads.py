@@ -77,8 +77,8 @@ def _stored(run: Run, name: str) -> RunFile:
 
 def serve(stored: RunFile) -> Response:
     """The file's bytes: whole, a ``Range`` of them, a presigned redirect, or JSON."""
-    fmt = request.args.get("format", "")
-    if fmt not in ("", "raw", "json"):
+    fmt = request.args.get("format", "raw")
+    if fmt not in ("raw", "json"):
         raise BadRequest("format must be 'raw' or 'json'", field="format")
     if fmt == "json":
         return _json_lines(stored)

@@ -328,7 +328,7 @@ PATHS: dict[str, dict[str, Any]] = {
         )
     },
     "/openapi.json": {
-        "get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1"), **PUBLIC})
+        "get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, **PUBLIC)
     },
     "/docs": {
         "get": _op(
@@ -340,7 +340,15 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
-def document() -> dict[str, Any]:
+def document(max_wait_s: float | None = None) -> dict[str, Any]:
+    """The document; ``max_wait_s`` (the configured limit) bounds the ``wait`` parameter."""
+    paths = PATHS
+    if max_wait_s is not None:
+        run_op = {**PATHS["/parsers/{name}/runs"]["post"]}
+        run_op["parameters"] = [
+            _param("wait", "query", {"type": "number", "minimum": 0, "maximum": max_wait_s})
+        ]
+        paths = {**PATHS, "/parsers/{name}/runs": {**PATHS["/parsers/{name}/runs"], "post": run_op}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -350,7 +358,7 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearerAuth": []}],
-        "paths": PATHS,
+        "paths": paths,
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},

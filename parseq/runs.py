@@ -44,6 +44,8 @@ def get_parser(name: str) -> Parser:
 
 
 def get_run(run_id: int) -> Run:
+    if not 0 < run_id < 2**63:  # beyond any id; the database driver would overflow
+        raise NotFound(f"no run with id {run_id}", run_id=run_id)
     run = db.session.get(Run, run_id)
     if run is None:
         raise NotFound(f"no run with id {run_id}", run_id=run_id)

@@ -16,7 +16,7 @@ from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, ParseqError, ValidationError
 from parseq.models import NAME_RE, Parser, ParserKind, db
 from parseq.registry import validate_name, validate_path
-from parseq.runner import validate_secret_name
+from parseq.runner import ARG_NAME_RE, RESERVED_ENV, SECRET_NAME_RE, validate_secret_name
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,19 @@ PARSER_FIELDS: dict[str, Field] = {
         _path,
     ),
     "requirements": Field({"type": "string", "description": "pip requirement lines"}, _string),
-    "default_args": Field({"type": "object", "additionalProperties": True}, _args),
+    "default_args": Field(
+        {"type": "object", "propertyNames": {"pattern": ARG_NAME_RE.pattern}}, _args
+    ),
     "secrets": Field(
         {
             "type": "object",
             "writeOnly": True,
             "description": "secret name -> value; write-only. On update, merged into the "
             "stored secrets; null removes one",
+            "propertyNames": {
+                "pattern": SECRET_NAME_RE.pattern,
+                "not": {"enum": sorted(RESERVED_ENV)},
+            },
             "additionalProperties": {"type": ["string", "null"]},
         },
         _secrets,
@@ -147,8 +153,10 @@ def check_parser_body(
             if name not in body:
                 errors[name] = f"{name} is required"
     kind = values.get("kind", existing.kind if existing else ParserKind.SCRIPT)
-    if "path" in values or ("kind" in values and existing is not None and "path" not in errors):
-        path = values["path"] if "path" in values else existing.path  # type: ignore[union-attr]
+    path = values.get("path")
+    if path is None and "kind" in values and existing is not None and "path" not in errors:
+        path = existing.path  # a new kind must still fit the stored path
+    if path is not None:
         try:
             values["path"] = validate_path(config, kind, path)
         except ParseqError as exc:

@@ -81,16 +81,23 @@ class Heartbeat(threading.Thread):
         self.started_at = utcnow()
         self._stopped = threading.Event()
 
+    def start(self) -> None:
+        """Beat once before returning, so the worker is listed as soon as it consumes."""
+        with self.app.app_context():
+            self._beat()
+        super().start()
+
+    def _beat(self) -> None:
+        try:
+            beat(self.worker_id, self.queue, self.threads, self.started_at)
+        except Exception:  # the database may blip (or have no tables yet); go on
+            log.warning("worker heartbeat failed", exc_info=True)
+            db.session.rollback()
+
     def run(self) -> None:
         with self.app.app_context():
-            while True:
-                try:
-                    beat(self.worker_id, self.queue, self.threads, self.started_at)
-                except Exception:  # the database may blip (or have no tables yet); go on
-                    log.warning("worker heartbeat failed", exc_info=True)
-                    db.session.rollback()
-                if self._stopped.wait(self.interval_s):
-                    break
+            while not self._stopped.wait(self.interval_s):
+                self._beat()
             try:
                 db.session.execute(db.delete(Worker).where(Worker.id == self.worker_id))
                 db.session.commit()
