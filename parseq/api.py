@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
 from parseq import downloads, health, openapi, runs, schemas, tokens
@@ -309,7 +310,12 @@ def list_runs() -> Response:
     config = _config()
     limit = min(_int_arg("limit", config.page_size) or 1, config.max_page_size)
     cursor = _int_arg("cursor")
-    query = db.select(Run).order_by(Run.id.desc()).limit(limit + 1)
+    query = (
+        db.select(Run)
+        .options(selectinload(Run.files), joinedload(Run.parser))  # no query per run
+        .order_by(Run.id.desc())
+        .limit(limit + 1)
+    )
     if (name := request.args.get("parser")) is not None:
         query = query.where(Run.parser_id == runs.get_parser(name).id)
     if status := _enum_arg("status", RunStatus):
