@@ -14,9 +14,13 @@ from typing import Any
 from parseq import runs
 from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, ParseqError, ValidationError
-from parseq.models import NAME_RE, Parser, ParserKind, db
+from parseq.models import NAME_RE, OverlapPolicy, Parser, ParserKind, ScheduleType, db
 from parseq.registry import validate_name, validate_path
 from parseq.runner import ARG_NAME_RE, RESERVED_ENV, SECRET_NAME_RE, validate_secret_name
+from parseq.schedules import Schedule, validate_schedule
+
+#: Longest timeout or schedule interval accepted: ten years, in seconds.
+MAX_SECONDS = 10 * 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,57 @@ def _path(value: Any) -> str:
 def _timeout(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValidationError("must be a number of seconds > 0, or null for the default")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= MAX_SECONDS  # also refuses NaN and Infinity (json accepts both)
+    ):
+        raise ValidationError(
+            f"must be a number of seconds > 0 and <= {MAX_SECONDS}, or null for the default"
+        )
     return float(value)
+
+
+SCHEDULE_KEYS = {
+    # API name -> (JSON Schema, ``validate_schedule`` argument)
+    "type": ({"type": ["string", "null"], "enum": [t.value for t in ScheduleType] + [None]}, ""),
+    "cron": ({"type": ["string", "null"], "example": "*/15 * * * *"}, "cron"),
+    "interval_s": ({"type": ["integer", "string", "null"], "example": "15m"}, "interval_s"),
+    "run_at": ({"type": ["string", "null"], "format": "date-time"}, "run_at"),
+    "start_at": ({"type": ["string", "null"], "format": "date-time"}, "schedule_start_at"),
+    "end_at": ({"type": ["string", "null"], "format": "date-time"}, "schedule_end_at"),
+    "timezone": ({"type": ["string", "null"], "example": "Europe/Moscow"}, "timezone"),
+    "overlap": (
+        {"type": ["string", "null"], "enum": [p.value for p in OverlapPolicy] + [None]},
+        "overlap",
+    ),
+}
+
+
+def _schedule(value: Any) -> Schedule:
+    """The ``schedule`` object as ``Parser.to_dict`` shows it; null removes the schedule.
+    Checked by :func:`parseq.schedules.validate_schedule`, as the admin form is."""
+    if value is None:
+        return Schedule(None)
+    if not isinstance(value, dict):
+        raise ValidationError("must be an object (type, cron, interval_s, run_at, ...) or null")
+    unknown = set(value) - set(SCHEDULE_KEYS)
+    if unknown:
+        raise ValidationError(f"unknown schedule field(s): {', '.join(sorted(unknown))}")
+    for key, item in value.items():
+        if key == "interval_s" and isinstance(item, (int, float)) and not isinstance(item, bool):
+            if not 0 < item <= MAX_SECONDS:
+                raise ValidationError(f"interval_s must be > 0 and <= {MAX_SECONDS} seconds")
+        elif item is not None and not isinstance(item, str):
+            raise ValidationError(f"{key} must be a string or null")
+    kwargs = {SCHEDULE_KEYS[k][1]: v for k, v in value.items() if k != "type"}
+    try:
+        schedule = validate_schedule(value.get("type"), **kwargs)
+    except ValidationError as exc:
+        raise ValidationError(f"{exc.field}: {exc.message}" if exc.field else exc.message) from None
+    if schedule.interval_s is not None and schedule.interval_s > MAX_SECONDS:
+        raise ValidationError(f"interval_s must be <= {MAX_SECONDS} seconds")
+    return schedule
 
 
 def _retries(value: Any) -> int:
@@ -112,9 +164,26 @@ PARSER_FIELDS: dict[str, Field] = {
         },
         _secrets,
     ),
-    "timeout_s": Field({"type": ["number", "null"], "exclusiveMinimum": 0}, _timeout),
+    "timeout_s": Field(
+        {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_SECONDS}, _timeout
+    ),
     "max_retries": Field({"type": "integer", "minimum": 0, "maximum": 100}, _retries),
     "enabled": Field({"type": "boolean"}, _bool),
+    "schedule": Field(
+        {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {k: schema for k, (schema, _arg) in SCHEDULE_KEYS.items()},
+                    "description": "replaces the whole schedule; type picks cron, interval_s "
+                    "(seconds or 15m, 2h...) or run_at; naive times are read in timezone",
+                },
+                {"type": "null", "description": "no schedule: runs by hand or over the API"},
+            ]
+        },
+        _schedule,
+    ),
 }
 REQUIRED_ON_CREATE = ("name", "path")
 
@@ -174,7 +243,9 @@ def apply_parser_values(parser: Parser, values: Mapping[str, Any]) -> Parser:
         if taken:
             raise Conflict(f"a parser named {values['name']!r} exists already", field="name")
     for name, value in values.items():
-        if name == "secrets":
+        if name == "schedule":
+            value.apply(parser)
+        elif name == "secrets":
             # Assign a new dict as a whole: encryption may sit behind this attribute.
             merged = {**(parser.secrets or {}), **value}
             parser.secrets = {k: v for k, v in merged.items() if v is not None}

@@ -122,7 +122,7 @@ def test_invalid_fields_are_422_with_field_messages(client, body, fields) -> Non
 @pytest.mark.parametrize(
     ("kwargs", "status"),
     [
-        ({"json": {"name": "a", "path": "x.py", "schedule": "* * * * *"}}, 400),
+        ({"json": {"name": "a", "path": "x.py", "cron": "* * * * *"}}, 400),
         ({"json": [1]}, 400),
         ({"data": "{nope", "content_type": "application/json"}, 400),
     ],
@@ -195,3 +195,64 @@ def test_cascade_delete_stops_a_running_run(embedded_app: Flask) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
+
+
+def test_schedule_is_set_shown_and_cleared(client) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post(
+        "/api/v1/parsers",
+        json={
+            "name": "echo",
+            "path": "echo_env.py",
+            "schedule": {"type": "cron", "cron": "*/15 * * * *", "timezone": "Europe/Moscow"},
+        },
+    )
+    assert resp.status_code == 201, resp.json
+    assert resp.json["schedule"]["cron"] == "*/15 * * * *"
+    assert resp.json["schedule"]["timezone"] == "Europe/Moscow"
+    assert len(resp.json["next_fire_times"]) == 5
+    assert resp.json["next_run_at"] == resp.json["next_fire_times"][0]
+
+    interval = client.patch("/api/v1/parsers/echo", json={"schedule": {"interval_s": "1h30m"}})
+    assert interval.json["schedule"]["type"] == "interval"
+    assert interval.json["schedule"]["interval_s"] == 5400
+    assert _parser("echo").cron is None
+
+    cleared = client.patch("/api/v1/parsers/echo", json={"schedule": None})
+    assert cleared.json["schedule"] is None and cleared.json["next_fire_times"] == []
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "* * * * *",
+        {"type": "cron", "cron": "not a cron"},
+        {"type": "cron"},
+        {"type": "weekly"},
+        {"cron": 5},
+        {"interval_s": 0},
+        {"interval_s": 10**12},
+        {"interval_s": True},
+        {"type": "date", "run_at": "2001-01-01T00:00:00Z"},
+        {"type": "cron", "cron": "* * * * *", "timezone": "Mars/Olympus"},
+        {"type": "interval", "interval_s": 60, "start_at": "2030-01-02", "end_at": "2030-01-01"},
+        {"every": "day"},
+    ],
+)
+def test_bad_schedules_are_422_on_the_schedule_field(client, schedule) -> None:  # type: ignore[no-untyped-def]
+    add_parser("echo", "echo_env.py")
+    resp = client.patch("/api/v1/parsers/echo", json={"schedule": schedule})
+    assert resp.status_code == 422, resp.json
+    assert set(resp.json["error"]["fields"]) == {"schedule"}
+    assert _parser("echo").schedule_type is None
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e309"])
+def test_non_finite_timeouts_are_refused(client, raw: str) -> None:  # type: ignore[no-untyped-def]
+    add_parser("echo", "echo_env.py")
+    resp = client.patch(
+        "/api/v1/parsers/echo",
+        data=f'{{"timeout_s": {raw}}}',
+        content_type="application/json",
+    )
+    assert resp.status_code == 422
+    assert set(resp.json["error"]["fields"]) == {"timeout_s"}
