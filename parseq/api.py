@@ -32,6 +32,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.register_blueprint(downloads.bp)
     app.before_request(_require_token)
+    app.before_request(_refuse_unknown_query_params)
     app.register_error_handler(ParseqError, _parseq_error)
     app.register_error_handler(HTTPException, _http_error)
 
@@ -44,6 +45,18 @@ def _require_token() -> None:
     if not write and "Authorization" not in request.headers and _admin_logged_in():
         return  # the admin's own pages link to file downloads
     tokens.authenticate(request.headers.get("Authorization"), write=write)
+
+
+def _refuse_unknown_query_params() -> None:
+    """A misspelt filter (``?staus=error``) is a 400, not silently ignored."""
+    if request.url_rule is None or not request.path.startswith(PREFIX + "/"):
+        return
+    method = "get" if request.method == "HEAD" else request.method
+    allowed = openapi.query_params(request.url_rule.rule, method)
+    unknown = set(request.args) - (allowed or frozenset())
+    if allowed is not None and unknown:
+        names = ", ".join(repr(n) for n in sorted(unknown))
+        raise BadRequest(f"unknown query parameter(s): {names}")
 
 
 def _admin_logged_in() -> bool:

@@ -6,6 +6,8 @@ checks that every route of the app is documented here and every documented path 
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
 from parseq import schemas
@@ -342,6 +344,22 @@ PATHS: dict[str, dict[str, Any]] = {
         )
     },
 }
+
+
+_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+@functools.lru_cache(maxsize=256)
+def query_params(rule: str, method: str) -> frozenset[str] | None:
+    """The query parameters documented for a Flask rule (``/api/v1/runs/<int:run_id>``) and
+    method; None when the operation is not documented."""
+    path = _CONVERTER.sub(r"{\1}", rule).removeprefix("/api/v1")
+    item = PATHS.get(path)
+    op = item.get(method.lower()) if item else None
+    if op is None:
+        return None
+    params = [*item.get("parameters", []), *op.get("parameters", [])]
+    return frozenset(p["name"] for p in params if p["in"] == "query")
 
 
 def document(max_wait_s: float | None = None) -> dict[str, Any]:

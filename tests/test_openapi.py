@@ -68,3 +68,13 @@ def test_docs_page_needs_no_cdn(sqlite_app: Flask) -> None:
     html = page.get_data(as_text=True)
     assert "openapi.json" in html
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
+
+
+def test_unknown_query_parameters_are_400(sqlite_app: Flask) -> None:
+    client = api_client(sqlite_app)
+    resp = client.get("/api/v1/runs?staus=error")
+    assert resp.status_code == 400
+    assert "'staus'" in resp.json["error"]["message"]
+    assert client.get("/api/v1/runs?=false").status_code == 400
+    assert client.get("/api/v1/runs?status=error&limit=5").status_code == 200
+    assert client.get("/api/v1/health?verbose=1").status_code == 400
