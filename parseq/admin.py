@@ -22,7 +22,7 @@ from wtforms import ValidationError as FormValidationError
 from wtforms import fields, widgets
 from wtforms.validators import NumberRange, Optional
 
-from parseq import auth, notebooks, registry, runner, runs
+from parseq import admin_tokens, auth, notebooks, registry, runner, runs
 from parseq import requirements as reqs
 from parseq.admin_runs import RunView, fmt_duration, fmt_time, status_badge
 from parseq.admin_schedule import (
@@ -432,4 +432,5 @@ def init_app(app: Flask) -> Admin:
     admin.add_view(RunView(Run, db, name="Runs", endpoint="runs"))
     admin.add_view(ScheduleSkipView(ScheduleSkip, db, name="Skipped occurrences", endpoint="skips"))
     admin.add_view(auth.LoginView(name="Log in", endpoint="login", url="/admin/login"))
+    admin_tokens.add_view(admin)
     return admin

@@ -1,7 +1,7 @@
 """The admin's runs: list (status, duration, progress), detail (log tail, files, output
 preview), Cancel, Run again, and file downloads for a logged-in session.
 
-Actions go through :mod:`parseq.runs` and downloads through :func:`parseq.api.file_response`,
+Actions go through :mod:`parseq.runs` and downloads through :func:`parseq.downloads.serve`,
 the same code the REST API uses.
 """
 
@@ -19,8 +19,7 @@ from flask_admin.contrib.sqla import filters as sqla_filters
 from markupsafe import Markup, escape
 from werkzeug.wrappers import Response
 
-from parseq import runs
-from parseq.api import file_response
+from parseq import downloads, runs
 from parseq.auth import LoginRequired
 from parseq.errors import ParseqError
 from parseq.models import Parser, Run, RunFile, RunStatus, RunTrigger, db
@@ -267,7 +266,7 @@ class RunView(LoginRequired, ModelView):
     # The parameter is not called ``name``: Flask-Admin's view wrapper takes that one.
     @expose("/<int:run_id>/files/<path:filename>")
     def download(self, run_id: int, filename: str) -> Response:
-        return file_response(runs.get_run(run_id), filename)
+        return downloads.serve(downloads.stored_file(runs.get_run(run_id), filename))
 
     @expose("/<int:run_id>/cancel", methods=("POST",))
     def cancel(self, run_id: int) -> Response:

@@ -1,29 +1,70 @@
-"""The REST API under ``/api/v1``: parsers, runs and their files, as JSON.
+"""The REST API under ``/api/v1``: parsers, runs, health and the OpenAPI document, as JSON.
 
-Every error answers ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status.
+Every endpoint but ``/health``, the OpenAPI document and its docs page needs an
+``Authorization: Bearer <token>`` header (see :mod:`parseq.tokens`). Every error answers
+``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status. Result files are served by
+:mod:`parseq.downloads`.
 """
 
 from __future__ import annotations
 
-import mimetypes
 import time
+from datetime import datetime, timezone
 from typing import Any
 
-import sqlalchemy as sa
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
-from parseq import runs
-from parseq.errors import BadRequest, NotFound, ParseqError
-from parseq.models import Run, RunStatus, RunTrigger, db
+from parseq import downloads, health, openapi, runs, schemas, tokens
+from parseq.errors import BadRequest, Conflict, ParseqError
+from parseq.models import ACTIVE_STATUSES, Parser, Run, RunFile, RunStatus, RunTrigger, db
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+PREFIX = bp.url_prefix or "/api/v1"
+#: Endpoints anyone may call: monitors need health, clients need the document.
+PUBLIC_ENDPOINTS = frozenset({"api.health_check", "api.openapi_document", "api.docs"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_ID = 2**63 - 1  # ids and cursors beyond a signed 64-bit integer cannot exist
 
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    app.register_blueprint(downloads.bp)
+    app.before_request(_require_token)
+    app.before_request(_refuse_unknown_query_params)
     app.register_error_handler(ParseqError, _parseq_error)
     app.register_error_handler(HTTPException, _http_error)
+
+
+def _require_token() -> None:
+    """Authenticate API requests; a read-only token may only read."""
+    if not request.path.startswith(PREFIX + "/") or request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    write = request.method not in SAFE_METHODS
+    if not write and "Authorization" not in request.headers and _admin_logged_in():
+        return  # the admin's own pages link to file downloads
+    tokens.authenticate(request.headers.get("Authorization"), write=write)
+
+
+def _refuse_unknown_query_params() -> None:
+    """A misspelt filter (``?staus=error``) is a 400, not silently ignored."""
+    if request.url_rule is None or not request.path.startswith(PREFIX + "/"):
+        return
+    method = "get" if request.method == "HEAD" else request.method
+    allowed = openapi.query_params(request.url_rule.rule, method)
+    unknown = set(request.args) - (allowed or frozenset())
+    if allowed is not None and unknown:
+        names = ", ".join(repr(n) for n in sorted(unknown))
+        raise BadRequest(f"unknown query parameter(s): {names}")
+
+
+def _admin_logged_in() -> bool:
+    if getattr(current_app, "login_manager", None) is None:
+        return False
+    from flask_login import current_user
+
+    return bool(current_user.is_authenticated)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
@@ -35,17 +76,21 @@ def _parseq_error(exc: ParseqError) -> tuple[Response, int]:
 
 
 def _http_error(exc: HTTPException) -> Any:
-    if not request.path.startswith(bp.url_prefix or "/api"):
+    if not request.path.startswith(PREFIX):
         return exc.get_response()  # admin and other HTML pages keep Flask's pages
     code = (exc.name or "error").lower().replace(" ", "_")
-    return _error(exc.code or 500, code, exc.description or exc.name)
+    resp, status = _error(exc.code or 500, code, exc.description or exc.name)
+    for name, value in exc.get_headers():  # e.g. Allow on a 405
+        if name.lower() != "content-type":
+            resp.headers[name] = value
+    return resp, status
 
 
 def _json_body() -> dict[str, Any]:
     """The request's JSON object; an empty body counts as ``{}``."""
     if not request.get_data(cache=True):
         return {}
-    body = request.get_json(silent=True)
+    body = request.get_json(silent=True, force=True)
     if body is None:
         raise BadRequest("request body is not valid JSON")
     if not isinstance(body, dict):
@@ -53,167 +98,282 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
+def _config() -> Any:
+    return current_app.extensions["parseq"].config
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    """A run as the API shows it, with its own URL and a download URL per file."""
+    return {
+        **run.to_dict(),
+        "url": f"{PREFIX}/runs/{run.id}",
+        "files": downloads.files_json(run),
+    }
+
+
+def parser_json(parser: Parser, last_run: bool = False) -> dict[str, Any]:
+    """A parser as the API shows it; in detail (``last_run``) also with its last run, its next
+    5 fire times and its last skipped occurrences."""
+    from parseq.models import ScheduleSkip
+    from parseq.scheduler import next_fire_times
+
+    body = parser.to_dict()
+    if last_run:
+        latest = db.session.execute(
+            db.select(Run).where(Run.parser_id == parser.id).order_by(Run.id.desc()).limit(1)
+        ).scalar_one_or_none()
+        skips = db.session.execute(
+            db.select(ScheduleSkip)
+            .where(ScheduleSkip.parser_id == parser.id)
+            .order_by(ScheduleSkip.scheduled_for.desc())
+            .limit(5)
+        ).scalars()
+        body["next_fire_times"] = [t.isoformat() for t in next_fire_times(parser, count=5)]
+        body["skipped"] = [s.to_dict() for s in skips]
+        body["last_run"] = run_json(latest) if latest else None
+    return body
+
+
+# --- parsers ----------------------------------------------------------------------------------
+
+
 @bp.get("/parsers")
 def list_parsers() -> Response:
-    from parseq.models import Parser
-
     parsers = db.session.execute(db.select(Parser).order_by(Parser.name)).scalars()
-    return jsonify({"parsers": [p.to_dict() for p in parsers]})
+    return jsonify({"parsers": [parser_json(p) for p in parsers]})
+
+
+@bp.post("/parsers")
+def create_parser() -> tuple[Response, int, dict[str, str]]:
+    """Register a parser; secrets are accepted here and never shown again."""
+    values = schemas.check_parser_body(_json_body(), _config(), None)
+    parser = schemas.apply_parser_values(Parser(), values)
+    return jsonify(parser_json(parser, True)), 201, {"Location": f"{PREFIX}/parsers/{parser.name}"}
 
 
 @bp.get("/parsers/<name>")
 def get_parser(name: str) -> Response:
-    """One parser with its schedule, its next 5 fire times, and its last skipped occurrences."""
-    from parseq.models import ScheduleSkip
-    from parseq.scheduler import next_fire_times
+    return jsonify(parser_json(runs.get_parser(name), last_run=True))
 
+
+@bp.patch("/parsers/<name>")
+def update_parser(name: str) -> Response:
+    """Change the given fields only; ``secrets`` are merged (a null value removes one)."""
     parser = runs.get_parser(name)
-    skips = db.session.execute(
-        db.select(ScheduleSkip)
-        .where(ScheduleSkip.parser_id == parser.id)
-        .order_by(ScheduleSkip.scheduled_for.desc())
-        .limit(5)
-    ).scalars()
-    return jsonify(
-        {
-            **parser.to_dict(),
-            "next_fire_times": [t.isoformat() for t in next_fire_times(parser, count=5)],
-            "skipped": [s.to_dict() for s in skips],
-        }
+    values = schemas.check_parser_body(_json_body(), _config(), parser)
+    return jsonify(parser_json(schemas.apply_parser_values(parser, values), last_run=True))
+
+
+@bp.delete("/parsers/<name>")
+def delete_parser(name: str) -> Response:
+    """Delete a parser with its runs and their stored files. Refused (409) while a run is
+    pending or running, unless ``?cascade=true``: then those runs are cancelled first."""
+    parser = runs.get_parser(name)
+    cascade = _bool_arg("cascade")
+    active = list(
+        db.session.execute(
+            db.select(Run).where(Run.parser_id == parser.id, Run.status.in_(ACTIVE_STATUSES))
+        ).scalars()
     )
+    if active and not cascade:
+        raise Conflict(
+            f"parser {name!r} has {len(active)} active run(s); cancel them or pass cascade=true",
+            active_runs=[r.id for r in active],
+        )
+    for run in active:
+        runs.cancel_run(run)
+    keys = db.session.execute(
+        db.select(RunFile.storage_key).join(Run).where(Run.parser_id == parser.id)
+    ).scalars()
+    storage = current_app.extensions["parseq"].storage
+    for key in list(keys):
+        try:
+            storage.delete(key)
+        except Exception:  # files left behind cost space, not correctness
+            current_app.logger.warning("could not delete stored %s", key, exc_info=True)
+    count = db.session.execute(
+        db.select(db.func.count(Run.id)).where(Run.parser_id == parser.id)
+    ).scalar_one()
+    db.session.execute(db.delete(Run).where(Run.parser_id == parser.id))
+    db.session.delete(parser)
+    db.session.commit()
+    return jsonify({"deleted": name, "runs_deleted": count})
+
+
+@bp.post("/parsers/<name>/enable")
+def enable_parser(name: str) -> Response:
+    return _set_enabled(name, True)
+
+
+@bp.post("/parsers/<name>/disable")
+def disable_parser(name: str) -> Response:
+    return _set_enabled(name, False)
+
+
+def _set_enabled(name: str, enabled: bool) -> Response:
+    parser = runs.get_parser(name)
+    parser.enabled = enabled
+    db.session.commit()
+    return jsonify(parser_json(parser, last_run=True))
+
+
+# --- runs -------------------------------------------------------------------------------------
 
 
 @bp.post("/parsers/<name>/runs")
 def create_run(name: str) -> tuple[Response, int, dict[str, str]]:
-    """Queue a run; body ``{"args": {...}}``. Answers 202 with the run and its ``Location``."""
+    """Queue a run; body ``{"args": {...}}``. 202 with the run and its ``Location``; with
+    ``?wait=S``, 200 with the finished run if it ends within S seconds."""
     parser = runs.get_parser(name)
+    wait_s = _wait_arg()
     body = _json_body()
     unknown = set(body) - {"args"}
     if unknown:
         raise BadRequest(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
     run = runs.create_run(parser, runs.check_args(body.get("args")), RunTrigger.API)
-    return jsonify(run.to_dict()), 202, {"Location": f"{bp.url_prefix}/runs/{run.id}"}
+    if wait_s:
+        run = _wait_until_final(run.id, wait_s)
+    status = 200 if run.status.is_final else 202
+    return jsonify(run_json(run)), status, {"Location": f"{PREFIX}/runs/{run.id}"}
+
+
+def _wait_arg() -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    limit = _config().max_wait_s
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest("query parameter 'wait' must be a number of seconds") from None
+    if not 0 <= value <= limit:  # also refuses nan and inf
+        raise BadRequest(f"query parameter 'wait' must be between 0 and {limit:g} seconds")
+    return value
+
+
+def _wait_until_final(run_id: int, wait_s: float) -> Run:
+    """Poll the run (a worker elsewhere commits it) until it is final or ``wait_s`` passes."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.05
+    while True:
+        db.session.rollback()  # end the transaction: the next read sees the worker's commits
+        run = runs.get_run(run_id)
+        left = deadline - time.monotonic()
+        if run.status.is_final or left <= 0:
+            return run
+        time.sleep(min(pause, left))
+        pause = min(pause * 1.5, 0.5)
 
 
 def _int_arg(name: str, default: int | None = None, minimum: int = 1) -> int | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
         raise BadRequest(f"query parameter {name!r} must be an integer") from None
-    if value < minimum:
-        raise BadRequest(f"query parameter {name!r} must be >= {minimum}")
+    if not minimum <= value <= MAX_ID:
+        raise BadRequest(f"query parameter {name!r} must be from {minimum} to {MAX_ID}")
     return value
+
+
+def _bool_arg(name: str) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    raw = raw.lower()
+    if raw in ("0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"query parameter {name!r} must be true or false")
+
+
+def _time_arg(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace(" ", "+"))  # a raw '+' in a URL is a space
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be an ISO 8601 date-time") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _enum_arg(name: str, enum: Any) -> Any:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return enum(raw)
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise BadRequest(f"{name} must be one of: {allowed}") from None
 
 
 @bp.get("/runs")
 def list_runs() -> Response:
-    """Runs newest first; filter by ``parser`` and ``status``; page with ``limit`` and the
-    ``next_cursor`` of the previous page (keyset pagination: fast at any depth)."""
-    config = current_app.extensions["parseq"].config
+    """Runs newest first, filtered by ``parser``, ``status``, ``trigger``, ``since``/``until``
+    (queued time); page with ``limit`` and the previous page's ``next_cursor``.
+
+    Keyset pagination on the id: with a parser or status filter the database walks the
+    ``(parser_id, id)`` or ``(status, id)`` index, so a page costs the same at any depth.
+    """
+    config = _config()
     limit = min(_int_arg("limit", config.page_size) or 1, config.max_page_size)
     cursor = _int_arg("cursor")
-    query = db.select(Run).order_by(Run.id.desc()).limit(limit + 1)
-    if name := request.args.get("parser"):
+    query = (
+        db.select(Run)
+        .options(selectinload(Run.files), joinedload(Run.parser))  # no query per run
+        .order_by(Run.id.desc())
+        .limit(limit + 1)
+    )
+    if (name := request.args.get("parser")) is not None:
         query = query.where(Run.parser_id == runs.get_parser(name).id)
-    if status := request.args.get("status"):
-        try:
-            query = query.where(Run.status == RunStatus(status))
-        except ValueError:
-            allowed = ", ".join(s.value for s in RunStatus)
-            raise BadRequest(f"status must be one of: {allowed}") from None
+    if status := _enum_arg("status", RunStatus):
+        query = query.where(Run.status == status)
+    if trigger := _enum_arg("trigger", RunTrigger):
+        query = query.where(Run.trigger == trigger)
+    if since := _time_arg("since"):
+        query = query.where(Run.queued_at >= since)
+    if until := _time_arg("until"):
+        query = query.where(Run.queued_at < until)
     if cursor is not None:
         query = query.where(Run.id < cursor)
     items = list(db.session.execute(query).scalars())
     page, more = items[:limit], len(items) > limit
     return jsonify(
-        {"runs": [r.to_dict() for r in page], "next_cursor": page[-1].id if more else None}
+        {"runs": [run_json(r) for r in page], "next_cursor": page[-1].id if more else None}
     )
 
 
 @bp.get("/runs/<int:run_id>")
 def get_run(run_id: int) -> Response:
-    return jsonify(runs.get_run(run_id).to_dict())
+    return jsonify(run_json(runs.get_run(run_id)))
 
 
 @bp.post("/runs/<int:run_id>/cancel")
 def cancel_run(run_id: int) -> Response:
     """Cancel a pending or running run; 409 when it already ended."""
-    return jsonify(runs.cancel_run(runs.get_run(run_id)).to_dict())
+    return jsonify(run_json(runs.cancel_run(runs.get_run(run_id))))
 
 
-@bp.get("/runs/<int:run_id>/files")
-def list_files(run_id: int) -> Response:
-    run = runs.get_run(run_id)
-    return jsonify(
-        {
-            "files": [
-                {**f.to_dict(), "url": f"{bp.url_prefix}/runs/{run.id}/files/{f.name}"}
-                for f in run.files
-            ]
-        }
-    )
-
-
-@bp.get("/runs/<int:run_id>/files/<path:name>", merge_slashes=False)
-def download_file(run_id: int, name: str) -> Response:
-    """Stream a stored file. Names are looked up on the run's records only, so no path trick
-    can reach the filesystem or another run's objects."""
-    return file_response(runs.get_run(run_id), name)
-
-
-def file_response(run: Run, name: str) -> Response:
-    """Stream one of the run's stored files (the API's and the admin's downloads)."""
-    stored = run.file(name)
-    if stored is None:
-        raise NotFound(f"run {run.id} has no file {name!r}", run_id=run.id)
-    storage = current_app.extensions["parseq"].storage
-    chunks = storage.iter_bytes(stored.storage_key)
-    filename = stored.name.rsplit("/", 1)[-1]
-    mimetype = _content_type(filename)
-    return Response(
-        stream_with_context(chunks),
-        content_type=mimetype,
-        headers={
-            "Content-Length": str(stored.size),
-            "Content-Disposition": _content_disposition(filename),
-            "ETag": f'"{stored.sha256}"',
-        },
-    )
-
-
-def _content_type(filename: str) -> str:
-    if filename.endswith((".txt", ".log")):
-        return "text/plain; charset=utf-8"
-    if filename.endswith(".ipynb"):
-        return "application/x-ipynb+json"
-    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
-
-
-def _content_disposition(filename: str) -> str:
-    from urllib.parse import quote
-
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+# --- health and documentation -----------------------------------------------------------------
 
 
 @bp.get("/health")
-def health() -> tuple[Response, int]:
-    """Whether the database and storage answer, with their latency in ms."""
-    checks: dict[str, dict[str, Any]] = {}
-    state = current_app.extensions["parseq"]
-    for name, probe in (
-        ("database", lambda: db.session.execute(sa.text("SELECT 1"))),
-        ("storage", state.storage.check),
-    ):
-        started = time.perf_counter()
-        try:
-            probe()
-            checks[name] = {"ok": True}
-        except Exception as exc:
-            checks[name] = {"ok": False, "error": str(exc)}
-        checks[name]["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    ok = all(c["ok"] for c in checks.values())
-    return jsonify({"status": "ok" if ok else "degraded", "checks": checks}), 200 if ok else 503
+def health_check() -> tuple[Response, int]:
+    """Database, broker and storage (with latency), workers, queue depth and the host."""
+    body, status = health.report(current_app._get_current_object())
+    return jsonify(body), status
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    return jsonify(openapi.document(_config().max_wait_s))
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    return Response(openapi.DOCS_HTML, content_type="text/html; charset=utf-8")

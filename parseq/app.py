@@ -35,7 +35,7 @@ class ParseqState:
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
-    from parseq import admin, api
+    from parseq import admin, api, tokens, workers  # noqa: F401 (tokens, workers: their tables)
     from parseq.tasks import init_broker
 
     config = config or Config.from_env()

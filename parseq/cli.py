@@ -239,6 +239,39 @@ def worker(threads: int | None) -> None:
         w.stop()
 
 
+@main.command("create-token")
+@click.argument("name")
+@click.option("--read-only", is_flag=True, help="The token may only read (GET) the API.")
+@_one_line_errors
+def create_token_cmd(name: str, read_only: bool) -> None:
+    """Create an API token called NAME and print it (it is shown only this once)."""
+    from parseq.app import init_db
+    from parseq.tokens import create_token
+
+    app = _build_app()
+    init_db(app)
+    with app.app_context():
+        _token, plain = create_token(name, read_only=read_only)
+    click.echo(plain)
+    kind = "read-only " if read_only else ""
+    click.echo(f"{kind}token {name!r} created; it is not shown again", err=True)
+
+
+@main.command("revoke-token")
+@click.argument("name")
+@_one_line_errors
+def revoke_token_cmd(name: str) -> None:
+    """Revoke the API token called NAME: requests with it get 401 from now on."""
+    from parseq.app import init_db
+    from parseq.tokens import revoke_token
+
+    app = _build_app()
+    init_db(app)
+    with app.app_context():
+        revoke_token(name)
+    click.echo(f"token {name!r} revoked")
+
+
 def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any]:
     """``k=v`` pairs; a value that is valid JSON (numbers, true, lists) is taken as JSON."""
     args: dict[str, Any] = {}

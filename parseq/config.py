@@ -131,6 +131,16 @@ class Config:
     #: Runs per page in list endpoints, and the largest page a client may ask for.
     page_size: int = 50
     max_page_size: int = 500
+    #: Longest ``?wait=S`` a client may ask ``POST /parsers/<name>/runs`` to wait, in seconds.
+    max_wait_s: float = 60.0
+    #: Answer S3 downloads with a 302 to a presigned URL instead of streaming them through.
+    s3_presign: bool = False
+    #: How long a presigned download URL stays valid, in seconds.
+    s3_presign_expires_s: int = 300
+    #: Largest ``output.txt`` served as ``?format=json`` (parsed in memory), in bytes.
+    max_json_output_bytes: int = 64 * 1024 * 1024
+    #: How often a worker process records its heartbeat in the ``workers`` table, in seconds.
+    worker_heartbeat_interval_s: float = 5.0
     #: Logging level of Parseq's own processes.
     log_level: str = "INFO"
     #: Extra Flask settings (tests); not read from the environment.
@@ -199,6 +209,10 @@ class Config:
             raise ConfigError("PARSEQ_HEARTBEAT_TIMEOUT_S must be > PARSEQ_HEARTBEAT_INTERVAL_S")
         if self.upload_attempts < 1:
             raise ConfigError("PARSEQ_UPLOAD_ATTEMPTS must be >= 1")
+        if self.max_wait_s < 0:
+            raise ConfigError("PARSEQ_MAX_WAIT_S must be >= 0")
+        if self.worker_heartbeat_interval_s <= 0:
+            raise ConfigError("PARSEQ_WORKER_HEARTBEAT_INTERVAL_S must be > 0")
         if self.worker_threads < 1:
             raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
         if self.env_installer not in ("auto", "uv", "pip"):

@@ -39,12 +39,17 @@ def validate_path(config: Config, kind: ParserKind, rel: object) -> str:
     if not isinstance(rel, str) or not rel.strip():
         raise ValidationError("path is required", field="path")
     root = root_for(config, kind)
+    if "\0" in rel:
+        raise ValidationError("path must not contain a NUL character", field="path")
     candidate = Path(rel.strip())
     if candidate.is_absolute() or ".." in candidate.parts:
         raise ValidationError(f"path must be relative to {root.name}/ without '..'", field="path")
     if candidate.suffix != SUFFIX[kind]:
         raise ValidationError(f"a {kind.value} path must end with {SUFFIX[kind]}", field="path")
-    full = (root / candidate).resolve()
+    try:
+        full = (root / candidate).resolve()
+    except (OSError, RuntimeError) as exc:  # e.g. a name too long, a symlink loop
+        raise ValidationError(f"path cannot be resolved: {exc}", field="path") from None
     if not full.is_relative_to(root):
         raise ValidationError(f"path leads outside {root.name}/", field="path")
     return candidate.as_posix()

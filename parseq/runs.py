@@ -55,6 +55,8 @@ def get_parser(name: str) -> Parser:
 
 
 def get_run(run_id: int) -> Run:
+    if not 0 < run_id < 2**63:  # beyond any id; the database driver would overflow
+        raise NotFound(f"no run with id {run_id}", run_id=run_id)
     run = db.session.get(Run, run_id)
     if run is None:
         raise NotFound(f"no run with id {run_id}", run_id=run_id)
@@ -230,6 +232,9 @@ def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
         status = _execute(run, config, workdir, retry)
     except Exception as exc:
         db.session.rollback()
+        if retry_db(lambda: db.session.get(Run, run_id) is None, config.db_retry_s):
+            log.info("run %s was deleted while it ran", run_id)
+            return None
         message = exc.message if isinstance(exc, ParseqError) else f"internal error: {exc!r}"
         if not isinstance(exc, ParseqError):
             log.exception("run %s failed inside Parseq", run_id)

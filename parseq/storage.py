@@ -18,6 +18,8 @@ from parseq.errors import ConfigError, NotFound, StorageError
 CHUNK_BYTES = 256 * 1024
 #: Files up to this size go to S3 in a single PUT; larger ones as multipart uploads.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
+#: ``(start, stop)``: a half-open byte interval, as ``Range`` requests ask for.
+ByteRange = tuple[int, int]
 
 
 class Storage(Protocol):
@@ -26,8 +28,9 @@ class Storage(Protocol):
     def put(self, key: str, path: Path) -> None:
         """Store the local file ``path`` under ``key``."""
 
-    def iter_bytes(self, key: str) -> Iterator[bytes]:
-        """Stream the object's bytes; raise :class:`NotFound` when it is missing."""
+    def iter_bytes(self, key: str, byte_range: ByteRange | None = None) -> Iterator[bytes]:
+        """Stream the object's bytes (or bytes ``[start, stop)``); raise :class:`NotFound`
+        when it is missing."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -60,13 +63,16 @@ class LocalStorage:
         shutil.copyfile(path, tmp)
         tmp.replace(dest)
 
-    def iter_bytes(self, key: str) -> Iterator[bytes]:
+    def iter_bytes(self, key: str, byte_range: ByteRange | None = None) -> Iterator[bytes]:
         path = self._path(key)
         try:
             fh = path.open("rb")
         except FileNotFoundError:
             raise NotFound(f"no stored object {key!r}") from None
-        return _iter_file(fh)
+        if byte_range is None:
+            return _iter_file(fh, None)
+        fh.seek(byte_range[0])
+        return _iter_file(fh, byte_range[1] - byte_range[0])
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -81,9 +87,15 @@ class LocalStorage:
             raise StorageError(f"storage folder {self.root} is not writable: {exc}") from exc
 
 
-def _iter_file(fh) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+def _iter_file(fh, remaining: int | None) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
     with fh:
-        while chunk := fh.read(CHUNK_BYTES):
+        while remaining is None or remaining > 0:
+            size = CHUNK_BYTES if remaining is None else min(CHUNK_BYTES, remaining)
+            chunk = fh.read(size)
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
             yield chunk
 
 
@@ -131,11 +143,15 @@ class S3Storage:
         except (Boto3Error, BotoCoreError, ClientError) as exc:
             raise StorageError(f"upload of {key!r} to s3://{self.bucket} failed: {exc}") from exc
 
-    def iter_bytes(self, key: str) -> Iterator[bytes]:
+    def iter_bytes(self, key: str, byte_range: ByteRange | None = None) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        extra = {}
+        if byte_range is not None:
+            # S3 ranges are inclusive at both ends (RFC 9110 section 14.1.2).
+            extra["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise NotFound(f"no stored object {key!r}") from None
@@ -143,6 +159,21 @@ class S3Storage:
         except BotoCoreError as exc:
             raise StorageError(f"download of {key!r} failed: {exc}") from exc
         return obj["Body"].iter_chunks(CHUNK_BYTES)
+
+    def presigned_url(
+        self,
+        key: str,
+        expires_s: int,
+        content_disposition: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """A time-limited GET URL for the object that needs no credentials (a 302 target)."""
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        if content_disposition:
+            params["ResponseContentDisposition"] = content_disposition
+        if content_type:
+            params["ResponseContentType"] = content_type
+        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

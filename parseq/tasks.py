@@ -22,6 +22,8 @@ from parseq.errors import BrokerError, ConfigError
 if TYPE_CHECKING:
     from dramatiq import Actor, Broker
 
+    from parseq.workers import Heartbeat
+
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "execute_run"
@@ -85,18 +87,34 @@ def send_run(run_id: int, delay_s: float = 0.0) -> None:
         raise BrokerError(f"could not enqueue run {run_id}: {exc}", run_id=run_id) from exc
 
 
+class ParseqWorker(dramatiq.Worker):
+    """A Dramatiq worker that also records its heartbeat in the ``workers`` table."""
+
+    heartbeat: Heartbeat | None = None
+
+    def stop(self, timeout: int = 600000) -> None:
+        super().stop(timeout)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+
+
 def start_worker(app: Flask, threads: int | None = None) -> dramatiq.Worker:
     """Start worker threads in this process consuming the app's queue; call ``.stop()`` after."""
+    from parseq.runs import WORKER_ID
+    from parseq.workers import Heartbeat
+
     state = app.extensions["parseq"]
     threads = threads or state.config.worker_threads
     # Prefetch no more than the threads can run, so idle workers elsewhere get the rest.
-    worker = dramatiq.Worker(
+    worker = ParseqWorker(
         state.broker,
         worker_threads=threads,
         worker_timeout=100,
     )
     worker.queue_prefetch = threads
     worker.start()
+    worker.heartbeat = Heartbeat(app, WORKER_ID, state.config.queue_name, threads)
+    worker.heartbeat.start()
     log.info("worker started: %d threads on queue %s", threads, state.config.queue_name)
     return worker
 

@@ -291,9 +291,17 @@ def add_parser(name: str, path: str | None = None, **fields: Any) -> Parser:
     return parser
 
 
-def api_client(app: Flask) -> FlaskClient:
-    """A test client allowed to call the REST API (the one place API auth is set up)."""
-    return app.test_client()
+def api_client(app: Flask, *, read_only: bool = False, auth: bool = True) -> FlaskClient:
+    """A test client allowed to call the REST API (the one place API auth is set up): it sends
+    a fresh token of its own (``read_only``), or none at all with ``auth=False``."""
+    from parseq.tokens import create_token
+
+    client = app.test_client()
+    if auth:
+        with app.app_context():
+            _token, plain = create_token(f"test-{uuid.uuid4().hex[:12]}", read_only=read_only)
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {plain}"
+    return client
 
 
 ADMIN_USER = "test-admin"

@@ -229,3 +229,86 @@ def test_cancel_unknown_or_finished_run(client) -> None:  # type: ignore[no-unty
     resp = client.post(f"/api/v1/runs/{run.id}/cancel")
     assert resp.status_code == 409
     assert resp.json["error"]["code"] == "conflict"
+
+
+# --- synchronous runs, filters ---------------------------------------------------------------
+
+
+def test_wait_returns_the_finished_run_with_its_files(client) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post("/api/v1/parsers/echo/runs?wait=20", json={"args": {"who": "sync"}})
+    assert resp.status_code == 200, resp.json
+    assert resp.json["status"] == "completed"
+    assert resp.headers["Location"] == f"/api/v1/runs/{resp.json['id']}"
+    out = next(f for f in resp.json["files"] if f["name"] == "output.txt")
+    assert out["url"] == f"/api/v1/runs/{resp.json['id']}/files/output.txt"
+    assert client.get(out["url"]).data == b"hello sync\n"
+
+
+def test_wait_that_runs_out_answers_202_with_the_unfinished_run(client) -> None:  # type: ignore[no-untyped-def]
+    add_parser("sleeper", "sleeper.py")
+    started = time.monotonic()
+    resp = client.post("/api/v1/parsers/sleeper/runs?wait=0.5")
+    assert resp.status_code == 202
+    assert resp.json["status"] in ("pending", "running")
+    assert time.monotonic() - started >= 0.5
+    client.post(f"/api/v1/runs/{resp.json['id']}/cancel")
+    wait_for_run(resp.json["id"])
+
+
+@pytest.mark.parametrize("wait", ["abc", "-1", "61", "nan", "inf"])
+def test_wait_beyond_the_maximum_is_400(client, wait: str) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post(f"/api/v1/parsers/echo/runs?wait={wait}")
+    assert resp.status_code == 400
+    assert "wait" in resp.json["error"]["message"]
+    assert db.session.execute(db.select(Run)).first() is None  # nothing was started
+
+
+def test_runs_filter_by_trigger_and_time(client) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from parseq.models import utcnow
+
+    api_run = _run(client)
+    manual = runs.run_now(runs.get_parser("echo"))
+    assert [r["id"] for r in client.get("/api/v1/runs?trigger=api").json["runs"]] == [api_run.id]
+    assert [r["id"] for r in client.get("/api/v1/runs?trigger=manual").json["runs"]] == [manual.id]
+    middle = manual.queued_at.isoformat()
+    since = client.get("/api/v1/runs", query_string={"since": middle}).json["runs"]
+    until = client.get("/api/v1/runs", query_string={"until": middle}).json["runs"]
+    assert [r["id"] for r in since] == [manual.id]
+    assert [r["id"] for r in until] == [api_run.id]
+    future = (utcnow() + timedelta(days=1)).isoformat()
+    assert client.get("/api/v1/runs", query_string={"since": future}).json["runs"] == []
+    naive = client.get("/api/v1/runs?until=2999-01-01T00:00:00").json["runs"]
+    assert len(naive) == 2
+    for bad in ("trigger=cron", "since=yesterday", "until=2024-13-01"):
+        assert client.get(f"/api/v1/runs?{bad}").status_code == 400
+
+
+def test_run_shows_its_progress(client) -> None:  # type: ignore[no-untyped-def]
+    run = _run(client)
+    body = client.get(f"/api/v1/runs/{run.id}").json
+    assert body["progress"] == {"done": None, "total": None, "message": None}
+    assert body["url"] == f"/api/v1/runs/{run.id}"
+
+
+# --- auth on every endpoint ------------------------------------------------------------------
+
+
+def test_every_endpoint_but_health_and_docs_needs_a_token(embedded_app: Flask) -> None:
+    from tests.test_openapi import api_routes
+
+    anonymous = api_client(embedded_app, auth=False)
+    checked = 0
+    for path, method in api_routes(embedded_app):
+        url = (
+            path.replace("{name}", "echo").replace("{run_id}", "1").replace("{file}", "output.txt")
+        )
+        resp = anonymous.open(url, method=method.upper())
+        if path in ("/api/v1/health", "/api/v1/openapi.json", "/api/v1/docs"):
+            assert resp.status_code == 200, path
+        else:
+            assert resp.status_code == 401, (method, path)
+            assert resp.json["error"]["code"] == "unauthorized"
+            checked += 1
+    assert checked >= 15

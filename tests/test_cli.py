@@ -71,12 +71,16 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().startswith("parseq: error: PARSEQ_BROKER_URL scheme 'kafka'")
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def _get(url: str, token: str) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
 
 
 def test_up_serves_admin_and_api_and_completes_the_demo_run(tmp_path: Path) -> None:
+    created = _parseq("create-token", "up-test", env=_env(tmp_path))
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "parseq.cli", "up", "--port", str(port)],
@@ -94,13 +98,17 @@ def test_up_serves_admin_and_api_and_completes_the_demo_run(tmp_path: Path) -> N
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
-            runs = _get(f"{base}/api/v1/runs")["runs"]
+            runs = _get(f"{base}/api/v1/runs", token)["runs"]
             if (runs and runs[0]["status"] == "completed") or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert runs[0]["parser"] == "pi"
         assert runs[0]["status"] == "completed"
-        with urllib.request.urlopen(f"{base}/api/v1/runs/{runs[0]['id']}/files/output.txt") as r:
+        output = urllib.request.Request(
+            f"{base}/api/v1/runs/{runs[0]['id']}/files/output.txt",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(output) as r:
             assert r.read().startswith(b"3.14159265358979")
         opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
