@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from parseq import requirements as reqs
 from parseq import runs
 from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, ParseqError, ValidationError
 from parseq.models import NAME_RE, OverlapPolicy, Parser, ParserKind, ScheduleType, db
+from parseq.notebooks import check_parser_notebook
 from parseq.registry import validate_name, validate_path
 from parseq.runner import ARG_NAME_RE, RESERVED_ENV, SECRET_NAME_RE, validate_secret_name
 from parseq.schedules import Schedule, validate_schedule
@@ -228,8 +230,15 @@ def check_parser_body(
     if path is not None:
         try:
             values["path"] = validate_path(config, kind, path)
+            if kind is ParserKind.NOTEBOOK:
+                check_parser_notebook(config, values["path"])  # valid nbformat 4, Python
         except ParseqError as exc:
             errors["path"] = exc.message
+    if "requirements" in values and "requirements" not in errors:
+        try:  # the same policy the worker applies when it builds the env
+            reqs.parse(values["requirements"] or "", reqs.Policy.from_config(config))
+        except ParseqError as exc:
+            errors["requirements"] = exc.message
     if errors:
         summary = "; ".join(f"{k}: {v}" for k, v in errors.items())
         raise ValidationError(f"invalid parser: {summary}", field=next(iter(errors)), fields=errors)

@@ -256,3 +256,34 @@ def test_non_finite_timeouts_are_refused(client, raw: str) -> None:  # type: ign
     )
     assert resp.status_code == 422
     assert set(resp.json["error"]["fields"]) == {"timeout_s"}
+
+
+@pytest.mark.parametrize(
+    ("requirements", "says"),
+    [
+        ("six>=>1", "is not a valid requirement"),
+        ("-e git+https://example.invalid/x.git", "-e"),
+    ],
+)
+def test_bad_requirements_are_422_on_save(client, requirements: str, says: str) -> None:  # type: ignore[no-untyped-def]
+    body = {"name": "req", "path": "echo_env.py", "requirements": requirements}
+    resp = client.post("/api/v1/parsers", json=body)
+    assert resp.status_code == 422, resp.json
+    assert set(resp.json["error"]["fields"]) == {"requirements"}
+    assert says in resp.json["error"]["fields"]["requirements"]
+    body["requirements"] = "six==1.16.0"
+    assert client.post("/api/v1/parsers", json=body).status_code == 201
+
+
+def test_invalid_notebooks_are_422_on_save(client, sqlite_app: Flask) -> None:  # type: ignore[no-untyped-def]
+    root = sqlite_app.extensions["parseq"].config.notebooks_dir
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "broken.ipynb").write_text('{"cells": [}')
+    body = {"name": "nb", "kind": "notebook", "path": "broken.ipynb"}
+    resp = client.post("/api/v1/parsers", json=body)
+    assert resp.status_code == 422
+    assert "is not valid JSON" in resp.json["error"]["fields"]["path"]
+    body["path"] = "missing.ipynb"
+    resp = client.post("/api/v1/parsers", json=body)
+    assert resp.status_code == 422
+    assert "does not exist" in resp.json["error"]["fields"]["path"]
