@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         break
                     db.session.rollback()
                     time.sleep(0.001)
-                assert row.status is RunStatus.COMPLETED, row
+                if row.status is not RunStatus.COMPLETED:
+                    error = db.session.get(Run, body["id"]).error
+                    raise SystemExit(f"benchmark run {body['id']} ended {row.status}: {error}")
                 started = float(b"".join(storage.iter_bytes(f"runs/{body['id']}/output.txt")))
             if i >= opts.warmup:
                 starts.append(started - t0)

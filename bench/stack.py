@@ -60,6 +60,7 @@ class Stack:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's and our request lines
         self.tmp = Path(tempfile.mkdtemp(prefix="parseq-bench-"))
+        self.tmp.chmod(0o755)  # parsers run as an unprivileged user when we are root
         self.db_name = f"parseq_bench_{self.session}"
         conn = psycopg2.connect(PG_ADMIN_DSN)
         conn.autocommit = True

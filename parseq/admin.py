@@ -142,6 +142,18 @@ class RunNowForm(FlaskForm):
     args = JSONObjectField("Arguments (JSON object, overlaid on the default args)")
 
 
+#: Retries and sandbox limits: shown on the detail page and edited in the form alike.
+RUN_POLICY_FIELDS = (
+    "max_retries",
+    "retry_on_timeout",
+    "max_memory_bytes",
+    "max_cpu_s",
+    "max_processes",
+    "max_file_bytes",
+    "max_open_files",
+)
+
+
 class ParserView(auth.LoginRequired, ModelView):
     """Register and edit parsers; run, enable and disable them from the list."""
 
@@ -179,13 +191,7 @@ class ParserView(auth.LoginRequired, ModelView):
         "default_args",
         "secrets",
         "timeout_s",
-        "max_retries",
-        "retry_on_timeout",
-        "max_memory_bytes",
-        "max_cpu_s",
-        "max_processes",
-        "max_file_bytes",
-        "max_open_files",
+        *RUN_POLICY_FIELDS,
         "enabled",
         "schedule_type",
         "next_run_at",
@@ -221,13 +227,7 @@ class ParserView(auth.LoginRequired, ModelView):
         "secrets_set",
         "secrets_remove",
         "timeout_s",
-        "max_retries",
-        "retry_on_timeout",
-        "max_memory_bytes",
-        "max_cpu_s",
-        "max_processes",
-        "max_file_bytes",
-        "max_open_files",
+        *RUN_POLICY_FIELDS,
         "enabled",
         "schedule_type",
         "cron",

@@ -170,13 +170,16 @@ def harden_var(config: Config, db_url: str) -> None:
 
 
 def make_readable(root: Path) -> None:
-    """Let every user read ``root``'s tree (code shipped to parsers: the SDK)."""
+    """Let every user read ``root``'s tree (code shipped to parsers: the SDK). Paths that
+    vanish meanwhile (another worker's staging folder, renamed away) are skipped."""
     for dirpath, _dirs, filenames in os.walk(root):
-        os.chmod(dirpath, 0o755)  # nosec B103  # the sandbox user must read the SDK copy
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(dirpath, 0o755)  # nosec B103  # the sandbox user must read the SDK copy
         for name in filenames:
             path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o644)
+            with contextlib.suppress(FileNotFoundError):
+                if not os.path.islink(path):
+                    os.chmod(path, 0o644)
 
 
 def prepare_dirs(user: SandboxUser, run_dirs: list[Path], state_dir: Path) -> None:

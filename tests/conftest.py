@@ -29,7 +29,7 @@ from flask.testing import FlaskClient
 from parseq.app import create_app, init_db
 from parseq.config import Config, installer_environ
 from parseq.errors import ParseqError
-from parseq.models import Parser, Run, db
+from parseq.models import Parser, Run, RunStatus, db
 
 HERE = Path(__file__).resolve().parent
 FIXTURE_PARSERS = HERE / "fixtures" / "parsers"
@@ -357,6 +357,17 @@ def admin_client(app: Flask) -> FlaskClient:
     return client
 
 
+def wait_for_status(run_id: int, status: RunStatus, timeout_s: float = 15.0) -> Run:
+    """Poll the database until the run has ``status`` (or the time is up: the caller asserts)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        db.session.expire_all()
+        run = db.session.get(Run, run_id)
+        if run.status is status or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
 def wait_for_run(run_id: int, timeout_s: float = 30.0) -> Run:
     """Poll the database until the run is final (workers commit in other sessions)."""
     deadline = time.monotonic() + timeout_s
@@ -369,19 +380,30 @@ def wait_for_run(run_id: int, timeout_s: float = 30.0) -> Run:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def embedded_app(make_config: Callable[..., Config]) -> Iterator[Flask]:
-    """The embedded default: SQLite, local storage, in-memory broker, in-process worker."""
+@contextlib.contextmanager
+def running(config: Config, sync_shipped: bool = False) -> Iterator[Flask]:
+    """An app on ``config`` with its tables, 2 in-process worker threads and an app context."""
+    from parseq.registry import sync_shipped as sync
     from parseq.tasks import start_worker
 
-    app = create_app(make_config())
+    app = create_app(config)
     init_db(app)
+    if sync_shipped:
+        with app.app_context():
+            sync(config)
     worker = start_worker(app, threads=2)
     with app.app_context():
         yield app
     worker.stop()
     with app.app_context():
         db.engine.dispose()
+
+
+@pytest.fixture
+def embedded_app(make_config: Callable[..., Config]) -> Iterator[Flask]:
+    """The embedded default: SQLite, local storage, in-memory broker, in-process worker."""
+    with running(make_config()) as app:
+        yield app
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from flask import Flask
 
 from parseq import runs
 from parseq.models import Run, RunStatus, db
-from tests.conftest import add_parser, api_client, wait_for_run
+from tests.conftest import add_parser, api_client, wait_for_run, wait_for_status
 
 
 @pytest.fixture
@@ -164,22 +164,12 @@ def test_health_reports_database_and_storage(client) -> None:  # type: ignore[no
     assert body["checks"]["database"]["ok"] and body["checks"]["storage"]["ok"]
 
 
-def _wait_status(run_id: int, status: RunStatus, timeout_s: float = 10) -> Run:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        db.session.expire_all()
-        run = db.session.get(Run, run_id)
-        if run.status is status or time.monotonic() > deadline:
-            return run
-        time.sleep(0.05)
-
-
 def test_cancel_running_run_kills_its_group(client, embedded_app: Flask) -> None:  # type: ignore[no-untyped-def]
     from tests.test_runner import _alive
 
     add_parser("sleeper", "sleeper.py")
     run_id = client.post("/api/v1/parsers/sleeper/runs").json["id"]
-    running = _wait_status(run_id, RunStatus.RUNNING)
+    running = wait_for_status(run_id, RunStatus.RUNNING)
     assert running.status is RunStatus.RUNNING
     state = embedded_app.extensions["parseq"].config.state_dir / "sleeper" / "child.pid"
     deadline = time.monotonic() + 10

@@ -9,8 +9,7 @@ from flask import Flask
 
 from parseq import runs
 from parseq.models import Parser, Run, RunStatus, db
-from tests.conftest import add_parser, api_client
-from tests.test_api import _wait_status
+from tests.conftest import add_parser, api_client, wait_for_status
 from tests.test_runner import _alive
 
 
@@ -183,7 +182,7 @@ def test_cascade_delete_stops_a_running_run(embedded_app: Flask) -> None:
     client = api_client(embedded_app)
     add_parser("sleeper", "sleeper.py")
     run_id = client.post("/api/v1/parsers/sleeper/runs").json["id"]
-    assert _wait_status(run_id, RunStatus.RUNNING).status is RunStatus.RUNNING
+    assert wait_for_status(run_id, RunStatus.RUNNING).status is RunStatus.RUNNING
     state = embedded_app.extensions["parseq"].config.state_dir / "sleeper" / "child.pid"
     deadline = time.monotonic() + 10
     while not state.exists() and time.monotonic() < deadline:

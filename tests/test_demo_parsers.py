@@ -13,12 +13,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from parseq.app import create_app, init_db
 from parseq.config import Config
-from parseq.models import db
-from parseq.registry import sync_shipped
-from parseq.tasks import start_worker
-from tests.conftest import admin_client, api_client, wait_for_run
+from tests.conftest import admin_client, api_client, running, wait_for_run
 from tests.fixture_site import QUOTES_PER_PAGE, quote_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,16 +24,9 @@ NO_DELAY = {"delay": 0, "backoff": 0.05}
 @pytest.fixture
 def demo_app(make_config: Callable[..., Config]) -> Iterator[Flask]:
     """The embedded stack (SQLite, in-memory broker, worker threads) with ``parsers/``."""
-    app = create_app(make_config(parsers_dir=REPO / "parsers", heartbeat_interval_s=0.2))
-    init_db(app)
-    with app.app_context():
-        sync_shipped(app.extensions["parseq"].config)
-    worker = start_worker(app, threads=2)
-    with app.app_context():
+    config = make_config(parsers_dir=REPO / "parsers", heartbeat_interval_s=0.2)
+    with running(config, sync_shipped=True) as app:
         yield app
-    worker.stop()
-    with app.app_context():
-        db.engine.dispose()
 
 
 def run_parser(app: Flask, name: str, **args: Any) -> dict[str, Any]:

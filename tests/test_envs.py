@@ -21,11 +21,9 @@ from flask import Flask
 
 from parseq import envs, runs, sandbox
 from parseq import requirements as reqs
-from parseq.app import create_app, init_db
 from parseq.config import Config
 from parseq.errors import ValidationError
 from parseq.models import Parser, ParserKind, RunStatus, db
-from parseq.tasks import start_worker
 from tests.conftest import (
     FIXTURE_PARSERS,
     INSTALLER_ENV,
@@ -33,6 +31,7 @@ from tests.conftest import (
     add_parser,
     admin_client,
     api_client,
+    running,
     wait_for_run,
 )
 
@@ -283,14 +282,8 @@ def test_eviction_removes_least_recently_used_but_never_one_in_use(env_config: C
 @pytest.fixture
 def env_app(env_config: Config) -> Iterator[Flask]:
     """The embedded default (in-memory broker, 2 worker threads) with this test's own envs."""
-    app = create_app(env_config)
-    init_db(app)
-    worker = start_worker(app, threads=2)
-    with app.app_context():
+    with running(env_config) as app:
         yield app
-    worker.stop()
-    with app.app_context():
-        db.engine.dispose()
 
 
 def _six_parser(config: Config, name: str, requirements: str = "") -> Parser:

@@ -20,7 +20,7 @@ from parseq.app import create_app
 from parseq.config import Config
 from parseq.models import Run, RunStatus, db, utcnow
 from parseq.reaper import WORKER_LOST, reap_once, start_reaper
-from tests.conftest import add_parser, delete_rabbit_queues, wait_for_run
+from tests.conftest import add_parser, delete_rabbit_queues, wait_for_run, wait_for_status
 from tests.test_runner import _alive
 
 
@@ -82,22 +82,12 @@ def test_reaper_thread_reaps_on_its_own(make_config, tmp_path: Path) -> None:  #
         db.engine.dispose()
 
 
-def _wait_status(run_id: int, status: RunStatus, timeout_s: float = 15.0) -> Run:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        db.session.expire_all()
-        run = db.session.get(Run, run_id)
-        if run.status is status or time.monotonic() > deadline:
-            return run
-        time.sleep(0.05)
-
-
 def test_redelivered_message_for_a_run_another_worker_executes_is_ignored(
     embedded_app: Flask,
 ) -> None:
     parser = add_parser("sleeper", "sleeper.py", timeout_s=2.0)
     run = runs.create_run(parser)
-    assert _wait_status(run.id, RunStatus.RUNNING).status is RunStatus.RUNNING
+    assert wait_for_status(run.id, RunStatus.RUNNING).status is RunStatus.RUNNING
     started_at, worker_id = run.started_at, run.worker_id
     embedded_app.extensions["parseq"].actor.send(run.id)  # as RabbitMQ would redeliver
     assert runs.execute_run(run.id) is None  # and as a second worker would see it
@@ -112,7 +102,7 @@ def test_a_worker_whose_run_was_reaped_stops_it_and_keeps_the_verdict(
 ) -> None:
     parser = add_parser("sleeper", "sleeper.py", timeout_s=30.0)
     run = runs.create_run(parser)
-    assert _wait_status(run.id, RunStatus.RUNNING).status is RunStatus.RUNNING
+    assert wait_for_status(run.id, RunStatus.RUNNING).status is RunStatus.RUNNING
     # As the reaper does when this worker stalled past the heartbeat timeout.
     db.session.execute(
         db.update(Run)
@@ -172,7 +162,7 @@ def test_kill_9_of_the_worker_mid_run_is_reaped_and_a_fresh_worker_drains_the_qu
             doomed = runs.create_run(add_parser(f"doomed-{tag}", "pid_sleeper.py", timeout_s=60))
             timing_out = add_parser(f"timing-out-{tag}", "sleeper.py", timeout_s=1)
             echo = add_parser(f"echo-{tag}", "echo_env.py")
-            assert _wait_status(doomed.id, RunStatus.RUNNING).status is RunStatus.RUNNING
+            assert wait_for_status(doomed.id, RunStatus.RUNNING).status is RunStatus.RUNNING
             rest = [runs.create_run(echo).id for _ in range(3)] + [runs.create_run(timing_out).id]
             pid_file = app.extensions["parseq"].config.state_dir / doomed.parser.name / "pid"
             deadline = time.monotonic() + 15

@@ -11,12 +11,10 @@ import pytest
 from flask import Flask
 
 from parseq import runs
-from parseq.app import create_app, init_db
 from parseq.config import Config
 from parseq.models import Run, RunStatus, db
 from parseq.retries import backoff_s, should_retry
-from parseq.tasks import start_worker
-from tests.conftest import add_parser, api_client, wait_for_run
+from tests.conftest import add_parser, api_client, running, wait_for_run
 
 
 @pytest.mark.parametrize(
@@ -68,16 +66,9 @@ def retry_app(make_config: Callable[..., Config], tmp_path: Path) -> Iterator[Fl
     parsers.mkdir()
     for name, code in SCRIPTS.items():
         (parsers / name).write_text(code)
-    app = create_app(
-        make_config(parsers_dir=parsers, retry_backoff_base_s=0.2, retry_backoff_max_s=0.5)
-    )
-    init_db(app)
-    worker = start_worker(app, threads=2)
-    with app.app_context():
+    config = make_config(parsers_dir=parsers, retry_backoff_base_s=0.2, retry_backoff_max_s=0.5)
+    with running(config) as app:
         yield app
-    worker.stop()
-    with app.app_context():
-        db.engine.dispose()
 
 
 def _attempts(parser_name: str, timeout_s: float = 30.0, count: int = 1) -> list[Run]:
