@@ -27,6 +27,7 @@ def main() -> int:
         return 2
     print(f"# Parseq benchmarks, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores")
+    failed: list[str] = []
     for name in args or BENCHMARKS:
         try:
             module = importlib.import_module(f"bench.{name}")
@@ -35,9 +36,13 @@ def main() -> int:
                 print(f"\n## {name}: not available")
                 continue
             raise
-        print(f"\n## {name}")
-        module.main(extra)
-    return 0
+        print(f"\n## {name}", flush=True)
+        try:
+            module.main(extra)
+        except (Exception, SystemExit) as exc:  # one broken benchmark must not hide the rest
+            print(f"{name} FAILED: {exc!r}")
+            failed.append(name)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -150,7 +150,10 @@ def parseq_runs(source: Path, n: int) -> list[float]:
                         break
                     db.session.rollback()
                     time.sleep(0.001)
-            assert row.status is RunStatus.COMPLETED
+            if row.status is not RunStatus.COMPLETED:
+                with stack.app.app_context():
+                    error = db.session.get(Run, run_id).error
+                raise SystemExit(f"benchmark run {run_id} ended {row.status}: {error}")
             if i >= 3:
                 samples.append(row.finished_at.timestamp() - t0)
         return samples
@@ -161,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-n", type=int, default=5, help="jobs per Scrapyd setting")
     opts = ap.parse_args(argv)
     python = ensure_venv()
-    source = Path(tempfile.mkdtemp()) / "data.txt"
+    folder = Path(tempfile.mkdtemp())
+    folder.chmod(0o755)  # parsers run as an unprivileged user when we are root
+    source = folder / "data.txt"
     source.write_text("the one line\nanother\n")
     default = scrapyd_runs(python, source, 5.0, opts.n)
     fast = scrapyd_runs(python, source, 0.2, opts.n)
