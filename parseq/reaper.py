@@ -1,6 +1,6 @@
 """The reaper: no run stays ``running`` after its worker died.
 
-Workers heartbeat every run they execute (``runs.Watchdog``). A run whose heartbeat is older
+Workers heartbeat every run they execute (``watchdog.Watchdog``). A run whose heartbeat is older
 than ``heartbeat_timeout_s`` lost its worker (SIGKILL, OOM killer, machine gone): the reaper
 marks it ``error`` ("worker lost") and, when the parser allows retries, enqueues the next
 attempt. It runs in the scheduler service and in ``parseq up``; several reapers at once are

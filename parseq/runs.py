@@ -12,13 +12,12 @@ import logging
 import os
 import shutil
 import socket
-import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -38,6 +37,7 @@ from parseq.reconnect import retry_db
 from parseq.redaction import redact_json_file, redact_text
 from parseq.registry import resolve_script
 from parseq.retries import schedule_retry
+from parseq.watchdog import Watchdog, record_progress
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             others = retry_db(lambda: _others_running(run_id, parser_id), config.db_retry_s)
             sandbox.release_state(state_dir, others_running=others)
     retry_db(
-        lambda: _record_progress(get_run(run_id), progress_file, secrets.values()),
+        lambda: record_progress(get_run(run_id), progress_file, secrets.values()),
         config.db_retry_s,
     )
     if parser_kind is ParserKind.NOTEBOOK:
@@ -417,73 +417,6 @@ def _others_running(run_id: int, parser_id: int) -> bool:
     return db.session.execute(query.limit(1)).first() is not None
 
 
-class Watchdog(threading.Thread):
-    """Beside a running run: records its heartbeat and notices a cancel request.
-
-    Works in its own app context, so in its own database session.
-    """
-
-    def __init__(
-        self,
-        app: Flask,
-        run_id: int,
-        interval_s: float,
-        progress_file: Path | None = None,
-        secrets: Iterable[str] = (),
-    ) -> None:
-        super().__init__(name=f"watchdog-{run_id}", daemon=True)
-        self.app = app
-        self.run_id = run_id
-        self.interval_s = interval_s
-        self.progress_file = progress_file
-        self.secrets = tuple(secrets)
-        self._progress_mtime: int | None = None
-        self.cancel = threading.Event()
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        with self.app.app_context():
-            while not self._stopped.wait(self.interval_s):
-                try:
-                    self.beat()
-                except Exception:  # the database may blip; the run goes on
-                    log.exception("heartbeat of run %s failed", self.run_id)
-                    db.session.rollback()
-
-    def beat(self) -> None:
-        values: dict[str, Any] = {"heartbeat_at": utcnow()}
-        values.update(self._new_progress())
-        result = db.session.execute(
-            db.update(Run)
-            .where(Run.id == self.run_id, Run.status == RunStatus.RUNNING)
-            .values(**values)
-        )
-        db.session.commit()
-        if result.rowcount == 0:
-            status = db.session.execute(db.select(Run.status).where(Run.id == self.run_id)).scalar()
-            if status is None or status.is_final:
-                # Cancelled, or taken as lost by the reaper (this worker stalled): stop it.
-                log.info("run %s is %s elsewhere: stopping it", self.run_id, status)
-                self.cancel.set()
-
-    def _new_progress(self) -> dict[str, Any]:
-        """The progress columns, when the parser reported since the last beat."""
-        if self.progress_file is None:
-            return {}
-        try:
-            mtime = self.progress_file.stat().st_mtime_ns
-        except OSError:
-            return {}
-        if mtime == self._progress_mtime:
-            return {}
-        self._progress_mtime = mtime
-        return _redacted(sdk.progress_columns(self.progress_file), self.secrets)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join(timeout=5)
-
-
 def cancel_run(run: Run) -> Run:
     """Cancel a run: a pending one never starts; a running one's worker kills its process
     group within about ``heartbeat_interval_s + kill_grace_s``. Final runs are a conflict."""
@@ -503,20 +436,6 @@ def cancel_run(run: Run) -> Run:
     if result.rowcount == 0 and not run.status.is_final:
         return cancel_run(run)  # it moved from pending to running meanwhile: try again
     return run
-
-
-def _record_progress(run: Run, progress_file: Path, secrets: Iterable[str] = ()) -> None:
-    """The parser's last report, which it may have made after the last heartbeat."""
-    for name, value in _redacted(sdk.progress_columns(progress_file), secrets).items():
-        setattr(run, name, value)
-    db.session.commit()
-
-
-def _redacted(columns: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
-    """Progress columns with secret values masked in the message."""
-    if columns.get("progress_message"):
-        columns["progress_message"] = redact_text(columns["progress_message"], secrets)
-    return columns
 
 
 def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
