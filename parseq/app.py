@@ -42,6 +42,8 @@ def create_app(config: Config | None = None) -> Flask:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # APScheduler logs every job execution (the 2 s sync tick) at INFO: noise, not news.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
     for path in (config.var_dir, config.runs_dir, config.state_dir):
         path.mkdir(parents=True, exist_ok=True)
 
