@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import time
 
-from bench.stack import Stack, summary
+from bench.stack import Stack, summary, wait_finished
 
 
 def bare_floor(python: str, n: int) -> list[float]:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     opts = ap.parse_args(argv)
 
     from parseq import runs
-    from parseq.models import Parser, Run, RunStatus, db
+    from parseq.models import Parser, db
 
     with Stack(workers=1, threads=2) as stack:
         with stack.app.app_context():
@@ -51,18 +51,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             resp = http_conn.getresponse()
             body = json.loads(resp.read())
             assert resp.status == 202, body
+            row = wait_finished(stack.app, body["id"])
             with stack.app.app_context():
-                while True:
-                    row = db.session.execute(
-                        db.select(Run.status, Run.finished_at).where(Run.id == body["id"])
-                    ).one()
-                    if row.status.is_final and row.finished_at:
-                        break
-                    db.session.rollback()
-                    time.sleep(0.001)
-                if row.status is not RunStatus.COMPLETED:
-                    error = db.session.get(Run, body["id"]).error
-                    raise SystemExit(f"benchmark run {body['id']} ended {row.status}: {error}")
                 started = float(b"".join(storage.iter_bytes(f"runs/{body['id']}/output.txt")))
             if i >= opts.warmup:
                 starts.append(started - t0)

@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from bench.stack import REPO, Stack, free_port, summary
+from bench.stack import REPO, Stack, free_port, summary, wait_finished
 
 VENV = REPO / "var" / "bench" / "scrapyd-venv"
 SPIDER = """
@@ -127,7 +127,7 @@ def _post(conn: http.client.HTTPConnection, path: str, **fields: str) -> dict:
 
 
 def parseq_runs(source: Path, n: int) -> list[float]:
-    from parseq.models import Parser, Run, RunStatus, db
+    from parseq.models import Parser, db
 
     with Stack(workers=1, threads=2) as stack:
         with stack.app.app_context():
@@ -141,19 +141,7 @@ def parseq_runs(source: Path, n: int) -> list[float]:
             t0 = time.time()
             conn.request("POST", "/api/v1/parsers/oneline/runs", body=body, headers=headers)
             run_id = json.loads(conn.getresponse().read())["id"]
-            with stack.app.app_context():
-                while True:
-                    row = db.session.execute(
-                        db.select(Run.status, Run.finished_at).where(Run.id == run_id)
-                    ).one()
-                    if row.status.is_final and row.finished_at:
-                        break
-                    db.session.rollback()
-                    time.sleep(0.001)
-            if row.status is not RunStatus.COMPLETED:
-                with stack.app.app_context():
-                    error = db.session.get(Run, run_id).error
-                raise SystemExit(f"benchmark run {run_id} ended {row.status}: {error}")
+            row = wait_finished(stack.app, run_id)
             if i >= 3:
                 samples.append(row.finished_at.timestamp() - t0)
         return samples

@@ -41,6 +41,26 @@ def summary(values_s: list[float]) -> str:
     return f"p50 {statistics.median(ms):7.1f} ms   p99 {pct(ms, 99):7.1f} ms   (n={len(ms)})"
 
 
+def wait_finished(app: Any, run_id: int) -> Any:
+    """Poll until the run is final with its ``finished_at``; return (status, finished_at).
+    Exits the benchmark with the run's error when it did not complete."""
+    from parseq.models import Run, RunStatus, db
+
+    with app.app_context():
+        while True:
+            row = db.session.execute(
+                db.select(Run.status, Run.finished_at).where(Run.id == run_id)
+            ).one()
+            if row.status.is_final and row.finished_at:
+                break
+            db.session.rollback()
+            time.sleep(0.001)
+        if row.status is not RunStatus.COMPLETED:
+            error = db.session.get(Run, run_id).error
+            raise SystemExit(f"benchmark run {run_id} ended {row.status}: {error}")
+    return row
+
+
 class Stack:
     """Context manager: ``with Stack(workers=2, threads=2) as stack: ...``."""
 

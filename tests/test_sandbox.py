@@ -13,14 +13,12 @@ import pytest
 from flask import Flask
 
 from parseq import runs, sandbox
-from parseq.app import create_app, init_db
 from parseq.config import PROJECT_ROOT, Config
 from parseq.errors import ConfigError, ValidationError
 from parseq.models import Parser, ParserKind, Run, RunStatus, db
 from parseq.registry import validate_path
 from parseq.runner import LOG_TRUNCATED_MARKER
-from parseq.tasks import start_worker
-from tests.conftest import add_parser, api_client, wait_for_run
+from tests.conftest import add_parser, api_client, running, wait_for_run
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the user switch needs root")
 
@@ -171,14 +169,8 @@ def app(make_config: Callable[..., Config], parsers_dir: Path) -> Iterator[Flask
         default_timeout_s=20.0,
         kill_grace_s=0.3,
     )
-    app = create_app(config)
-    init_db(app)
-    worker = start_worker(app, threads=2)
-    with app.app_context():
+    with running(config) as app:
         yield app
-    worker.stop()
-    with app.app_context():
-        db.engine.dispose()
 
 
 def _run(name: str, path: str, args: dict | None = None, **fields: object) -> Run:
