@@ -1,5 +1,6 @@
 """A production-shaped Parseq stack for benchmarks: PostgreSQL + RabbitMQ + an S3 endpoint
-(moto's server over HTTP), the web app on a real HTTP port, and ``parseq worker`` processes.
+(moto's server over HTTP, in a process of its own like any S3 service), the web app on a real
+HTTP port, and ``parseq worker`` processes.
 
 Everything it creates (database, queue, bucket, folders) is its own and removed on exit.
 """
@@ -28,6 +29,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """Return once ``proc`` accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.args} did not start listening on {port}") from None
+            time.sleep(0.05)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -76,7 +90,6 @@ class Stack:
 
         import boto3
         import psycopg2
-        from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's and our request lines
         self.tmp = Path(tempfile.mkdtemp(prefix="parseq-bench-"))
@@ -87,8 +100,12 @@ class Stack:
         conn.cursor().execute(f'CREATE DATABASE "{self.db_name}"')
         conn.close()
         s3_port = free_port()
-        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
-        self.moto.start()
+        self.moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_listening(s3_port, self.moto)
         endpoint = f"http://127.0.0.1:{s3_port}"
         bucket = f"bench-{self.session}"
         boto3.client(
@@ -177,7 +194,8 @@ class Stack:
 
         with self.app.app_context():
             db.engine.dispose()
-        self.moto.stop()
+        self.moto.terminate()
+        self.moto.wait(timeout=15)
         conn = psycopg2.connect(PG_ADMIN_DSN)
         conn.autocommit = True
         conn.cursor().execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')

@@ -257,6 +257,7 @@ def _wait_until_final(run_id: int, wait_s: float) -> Run:
     pause = 0.05
     while True:
         db.session.rollback()  # end the transaction: the next read sees the worker's commits
+        db.session.expire_all()  # and reload a run create_run kept loaded
         run = runs.get_run(run_id)
         left = deadline - time.monotonic()
         if run.status.is_final or left <= 0:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
     from dramatiq import Actor, Broker
 
+    from parseq.tasks import BrokerThread
+
 
 @dataclass
 class ParseqState:
@@ -31,12 +33,14 @@ class ParseqState:
     actor: Actor
     #: Encrypts and decrypts parser secrets (``crypto.EncryptedJSON``).
     cipher: MultiFernet
+    #: Where the web, scheduler and worker threads make their broker calls (``send_run``).
+    broker_thread: BrokerThread
 
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
     from parseq import admin, api, tokens, workers  # noqa: F401 (tokens, workers: their tables)
-    from parseq.tasks import init_broker
+    from parseq.tasks import BrokerThread, init_broker
 
     config = config or Config.from_env()
     logging.basicConfig(
@@ -70,7 +74,7 @@ def create_app(config: Config | None = None) -> Flask:
 
     broker, actor = init_broker(app, config)
     app.extensions["parseq"] = ParseqState(
-        config, get_storage(config), broker, actor, make_cipher(config)
+        config, get_storage(config), broker, actor, make_cipher(config), BrokerThread()
     )
     api.init_app(app)
     admin.init_app(app)

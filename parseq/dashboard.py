@@ -104,8 +104,8 @@ def queue_depth() -> int | None:
     state = current_app.extensions["parseq"]
     broker, name = state.broker, state.config.queue_name
     try:
-        if hasattr(broker, "get_queue_message_counts"):  # RabbitMQ
-            return int(broker.get_queue_message_counts(name)[0])
+        if hasattr(broker, "get_queue_message_counts"):  # RabbitMQ, on its connection's thread
+            return int(state.broker_thread.call(broker.get_queue_message_counts, name)[0])
         queues = getattr(broker, "queues", None)
         if isinstance(queues, dict) and hasattr(queues.get(name), "qsize"):  # in-memory
             return int(queues[name].qsize())

@@ -42,10 +42,10 @@ def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random | No
 def schedule_retry(run: Run, config: Config, retryable: bool = True) -> Run | None:
     """If the finished ``run`` deserves another attempt, create and enqueue it (delayed by the
     backoff) and return it. The caller has committed the run's final status."""
+    if not retryable or run.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
+        return None
     parser = run.parser
-    if not retryable or not should_retry(
-        run.status, run.attempt, parser.max_retries or 0, parser.retry_on_timeout
-    ):
+    if not should_retry(run.status, run.attempt, parser.max_retries or 0, parser.retry_on_timeout):
         return None
     delay_s = backoff_s(run.attempt, config.retry_backoff_base_s, config.retry_backoff_max_s)
     retry = Run(

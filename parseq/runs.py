@@ -13,11 +13,15 @@ import os
 import shutil
 import socket
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
 from flask import current_app
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -45,6 +49,8 @@ OUTPUT_FILE = "output.txt"
 LOG_FILE = "run.log"
 ENV_BUILD_LOG = "env-build.log"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+#: A retry whose backoff ends within this many seconds may start now.
+EARLY_S = 0.5
 
 
 def get_parser(name: str) -> Parser:
@@ -114,12 +120,22 @@ def create_run(
     parser and due time raises ``sqlalchemy.exc.IntegrityError`` (the session is rolled back).
     """
     run = new_run(parser, args, trigger, scheduled_for)
-    db.session.add(run)
+    session = db.session()
+    session.add(run)
+    # Not expired by the commit: the caller shows the run as it was queued, where a reload
+    # after sending could already see a worker's changes (and would cost a round trip).
+    expire_on_commit, session.expire_on_commit = session.expire_on_commit, False
     try:
-        db.session.commit()
+        session.commit()
     except IntegrityError:
-        db.session.rollback()
+        session.rollback()
         raise
+    finally:
+        session.expire_on_commit = expire_on_commit
+    # The columns the INSERT left out are NULL (none has a server default): known, not unloaded.
+    state = sa.inspect(run)
+    for key in state.unloaded & set(state.mapper.column_attrs.keys()):
+        set_committed_value(run, key, None)
     if enqueue:
         enqueue_runs([run])
     return run
@@ -132,12 +148,14 @@ def enqueue_runs(batch: Sequence[Run]) -> int:
 
     sent: list[int] = []
     for run in batch:
+        # From the identity key: ``run.id`` would reload a run expired by a commit.
+        run_id = sa.inspect(run).identity[0]
         try:
-            send_run(run.id)
+            send_run(run_id)
         except Exception:
-            log.exception("run %s could not be enqueued; it stays pending", run.id)
+            log.exception("run %s could not be enqueued; it stays pending", run_id)
             break
-        sent.append(run.id)
+        sent.append(run_id)
     if sent:
         # Outside the session, so its runs are not expired and reloaded (a worker may have
         # claimed them by now; callers show the run as it was queued).
@@ -150,19 +168,39 @@ def enqueue_runs(batch: Sequence[Run]) -> int:
 
 
 def claim(run_id: int) -> bool:
-    """Atomically move a run from ``pending`` to ``running``; False if it is not pending.
+    """Atomically move a due run from ``pending`` to ``running``; False if it is not pending
+    or its retry backoff has more than :data:`EARLY_S` to go.
 
     This makes the actor idempotent: a redelivered message for a run that already started or
     finished changes nothing.
     """
+    claimed = _claim(run_id)
+    db.session.commit()
+    return claimed
+
+
+def _claim(run_id: int) -> bool:
+    """:func:`claim`'s update, in the session's transaction."""
     now = utcnow()
+    due = sa.or_(Run.not_before.is_(None), Run.not_before <= now + timedelta(seconds=EARLY_S))
     result = db.session.execute(
         db.update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.PENDING)
+        .where(Run.id == run_id, Run.status == RunStatus.PENDING, due)
         .values(status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker_id=WORKER_ID)
+        .execution_options(synchronize_session=False)
     )
-    db.session.commit()
     return result.rowcount == 1
+
+
+def _claim_and_load(run_id: int) -> Run | None:
+    """Claim the run and load it with its parser, in one transaction; None if not claimed."""
+    if not _claim(run_id):
+        db.session.rollback()
+        return None
+    query = db.select(Run).options(sa_orm.joinedload(Run.parser)).where(Run.id == run_id)
+    run = db.session.execute(query).scalar_one()
+    db.session.commit()  # with expire_on_commit off (execute_run), the run stays loaded
+    return run
 
 
 #: Envs held in use (safe from eviction) by the runs executing in this process.
@@ -171,8 +209,9 @@ _env_leases: dict[int, envs.Env] = {}
 
 def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
     """The absolute path of the Python that runs the parser (script or notebook): its cached
-    virtualenv's, built on first use. With ``run``, the env key is recorded on the run and the
-    env stays in use until :func:`release_env`; a failed build stores ``env-build.log``."""
+    virtualenv's, built on first use. With ``run``, the env key is set on the run (for the
+    caller to write: the run's watchdog does) and the env stays in use until
+    :func:`release_env`; a failed build stores ``env-build.log``."""
     config: Config = current_app.extensions["parseq"].config
     requirements = reqs.for_parser(config, parser, resolve_script(config, parser))
     # A first build can take minutes: keep the run's heartbeat going meanwhile.
@@ -196,14 +235,8 @@ def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
     if run is None:
         env.release()
     else:
-        run_id = run.id
-        _env_leases[run_id] = env
-
-        def record_env() -> None:
-            db.session.execute(db.update(Run).where(Run.id == run_id).values(env_key=env.key))
-            db.session.commit()
-
-        retry_db(record_env, config.db_retry_s, "record env")
+        _env_leases[run.id] = env
+        set_committed_value(run, "env_key", env.key)
     log.info("parser %s uses env %s (%s)", parser.name, env.key, "built" if env.built else "cached")
     return env.python
 
@@ -221,18 +254,28 @@ def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
     the next attempt (unless ``retry`` is False). Database writes ride out a database restart
     (:func:`reconnect.retry_db`)."""
     config: Config = current_app.extensions["parseq"].config
-    if retry_db(lambda: _not_due_yet(run_id), config.db_retry_s, "due check"):
-        return None
-    if not retry_db(lambda: claim(run_id), config.db_retry_s, "claim"):
-        log.info("run %s is not pending; message ignored", run_id)
+    session = db.session()
+    # Loaded rows stay loaded across this run's commits: each write is a statement of its own,
+    # and reloading the run and parser after every commit cost a round trip apiece.
+    expire_on_commit, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        return _claim_and_execute(run_id, config, retry)
+    finally:
+        session.expire_on_commit = expire_on_commit
+
+
+def _claim_and_execute(run_id: int, config: Config, retry: bool) -> RunStatus | None:
+    run = retry_db(lambda: _claim_and_load(run_id), config.db_retry_s, "claim")
+    if run is None:
+        if not retry_db(lambda: _not_due_yet(run_id), config.db_retry_s, "due check"):
+            log.info("run %s is not pending; message ignored", run_id)
         return None
     workdir = config.runs_dir / str(run_id)
     try:
-        run = retry_db(lambda: get_run(run_id), config.db_retry_s)
         status = _execute(run, config, workdir, retry)
     except Exception as exc:
         db.session.rollback()
-        if retry_db(lambda: db.session.get(Run, run_id) is None, config.db_retry_s):
+        if retry_db(lambda: not _exists(run_id), config.db_retry_s):
             log.info("run %s was deleted while it ran", run_id)
             return None
         message = exc.message if isinstance(exc, ParseqError) else f"internal error: {exc!r}"
@@ -254,6 +297,10 @@ def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
     return status
 
 
+def _exists(run_id: int) -> bool:
+    return db.session.execute(db.select(Run.id).where(Run.id == run_id)).first() is not None
+
+
 def _not_due_yet(run_id: int) -> bool:
     """A retry whose backoff has not passed (its message came early: redelivered, resent after
     a restart) goes back to the broker for the time left."""
@@ -261,7 +308,7 @@ def _not_due_yet(run_id: int) -> bool:
     if run is None or run.status is not RunStatus.PENDING or run.not_before is None:
         return False
     left_s = (run.not_before - utcnow()).total_seconds()
-    if left_s <= 0.5:
+    if left_s <= EARLY_S:
         return False
     from parseq.tasks import send_run
 
@@ -318,7 +365,6 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         # the worker's own user's (a desktop session, say), not the parser's.
         limits = dataclasses.replace(limits, processes=0)
     run_id, parser_id, name, parser_kind = run.id, run.parser_id, parser.name, parser.kind
-    db.session.commit()  # hold no connection (nor transaction) while the parser runs
     try:
         rlimits = sandbox.rlimits(limits)
         proc = runner.spawn(argv, env, cwd=dirs["work"], limits=rlimits, user=user)
@@ -329,6 +375,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             config.heartbeat_interval_s,
             progress_file,
             secrets.values(),
+            first_values={"env_key": run.env_key},
         )
         watchdog.start()
         try:
@@ -344,26 +391,29 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             )
         finally:
             watchdog.stop()
+        retry_db(
+            lambda: record_progress(get_run(run_id), progress_file, secrets.values()),
+            config.db_retry_s,
+        )
+        if parser_kind is ParserKind.NOTEBOOK:
+            redact_json_file(dirs["output"] / notebooks.OUTPUT_NOTEBOOK, secrets.values())
+        files = collect_files(dirs["output"], log_path)
+        pending = uploads.Pending(
+            run_id,
+            outcome.status.value,
+            outcome.exit_code,
+            redact_text(outcome.error, secrets.values()),
+            uploads.relative_files(workdir, files),
+            retry=retry,
+        )
+        return uploads.store_and_finish(config, workdir, files, pending)
     finally:
+        # After the run's end is recorded (off the path to "completed"); the process is gone.
         if user is not None:
-            others = retry_db(lambda: _others_running(run_id, parser_id), config.db_retry_s)
-            sandbox.release_state(state_dir, others_running=others)
-    retry_db(
-        lambda: record_progress(get_run(run_id), progress_file, secrets.values()),
-        config.db_retry_s,
-    )
-    if parser_kind is ParserKind.NOTEBOOK:
-        redact_json_file(dirs["output"] / notebooks.OUTPUT_NOTEBOOK, secrets.values())
-    files = collect_files(dirs["output"], log_path)
-    pending = uploads.Pending(
-        run_id,
-        outcome.status.value,
-        outcome.exit_code,
-        redact_text(outcome.error, secrets.values()),
-        uploads.relative_files(workdir, files),
-        retry=retry,
-    )
-    return uploads.store_and_finish(config, workdir, files, pending)
+            sandbox.release_state(
+                state_dir,
+                lambda: retry_db(lambda: _others_running(run_id, parser_id), config.db_retry_s),
+            )
 
 
 def mark_waiting(run_id: int, message: str) -> None:
@@ -387,12 +437,7 @@ def record_files_and_finish(
 
     def record() -> tuple[RunStatus, bool]:
         run = get_run(run_id)
-        known = {f.name for f in run.files}
-        for f in stored:
-            if f.name not in known:
-                run.files.append(
-                    RunFile(name=f.name, size=f.size, sha256=f.sha256, storage_key=f.storage_key)
-                )
+        _add_files(run_id, stored)
         if run.progress_message and run.progress_message.startswith("waiting for storage"):
             run.progress_message = None
         db.session.flush()
@@ -407,6 +452,17 @@ def record_files_and_finish(
     if decided and pending.retry:
         schedule_retry(get_run(run_id), config)
     return status
+
+
+def _add_files(run_id: int, stored: list[uploads.StoredFile]) -> None:
+    """Record the stored files; ones recorded already (a retried write) are left as they are."""
+    rows = [{"run_id": run_id, **dataclasses.asdict(f)} for f in stored]
+    if not rows:
+        return
+    # PostgreSQL and SQLite (the two databases Parseq runs on) both have ON CONFLICT.
+    postgres = db.session.get_bind().dialect.name == "postgresql"
+    insert = pg_insert if postgres else sqlite_insert
+    db.session.execute(insert(RunFile).values(rows).on_conflict_do_nothing())
 
 
 def _others_running(run_id: int, parser_id: int) -> bool:
@@ -457,6 +513,21 @@ def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | Non
     """Record how the run ended; False if it had ended already. A cancel request explains any
     end but success; a run the reaper already finished (its heartbeat went stale) keeps the
     reaper's verdict, since the reaper may have started its next attempt."""
+    end = {"status": status, "exit_code": exit_code, "error": error, "finished_at": utcnow()}
+    if run.env_key is not None:
+        end["env_key"] = run.env_key  # in case the watchdog's first beat could not write it
+    # Usually the run is still running: one conditional update, no read first.
+    result = db.session.execute(
+        db.update(Run)
+        .where(Run.id == run.id, Run.status == RunStatus.RUNNING)
+        .values(**end)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        db.session.commit()
+        for name, value in end.items():
+            set_committed_value(run, name, value)
+        return True
     db.session.refresh(run)
     if run.status.is_final and run.status is not RunStatus.CANCELLED:
         log.warning("run %s was already %s; outcome %s dropped", run.id, run.status, status)

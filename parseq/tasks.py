@@ -8,8 +8,11 @@ hold several apps in one process. The actor is thin: it enters the app context a
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import dramatiq
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from parseq.workers import Heartbeat
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ACTOR_NAME = "execute_run"
 # Parseq enforces run timeouts itself by killing the process group; Dramatiq's time limit
@@ -74,15 +78,43 @@ def init_broker(app: Flask, config: Config) -> tuple[Broker, Actor]:
     return broker, actor
 
 
+class BrokerThread:
+    """Runs the app's broker calls on one long-lived thread of this process.
+
+    Dramatiq's RabbitMQ broker opens a connection per calling thread and keeps it until the
+    broker closes: called from a thread-per-request web server, every request would open one
+    (about 6 ms) and leak it. Here all calls share one connection, which also keeps a
+    connection's publisher confirms in order. Created per process, so a fork (gunicorn) gets
+    its own thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the broker thread; its exception is raised here."""
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parseq-broker")
+                self._pid = os.getpid()
+            pool = self._pool
+        return pool.submit(fn, *args, **kwargs).result()
+
+
 def send_run(run_id: int, delay_s: float = 0.0) -> None:
     """Enqueue a run for the workers, held back ``delay_s`` seconds by the broker; raise
     :class:`BrokerError` when the broker is down."""
-    actor = current_app.extensions["parseq"].actor
+    state = current_app.extensions["parseq"]
     try:
         if delay_s > 0:
-            actor.send_with_options(args=(run_id,), delay=int(delay_s * 1000))  # Dramatiq: ms
+            # Dramatiq takes the delay in ms.
+            state.broker_thread.call(
+                state.actor.send_with_options, args=(run_id,), delay=int(delay_s * 1000)
+            )
         else:
-            actor.send(run_id)
+            state.broker_thread.call(state.actor.send, run_id)
     except Exception as exc:
         raise BrokerError(f"could not enqueue run {run_id}: {exc}", run_id=run_id) from exc
 

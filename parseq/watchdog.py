@@ -30,6 +30,7 @@ class Watchdog(threading.Thread):
         interval_s: float,
         progress_file: Path | None = None,
         secrets: Iterable[str] = (),
+        first_values: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name=f"watchdog-{run_id}", daemon=True)
         self.app = app
@@ -38,20 +39,28 @@ class Watchdog(threading.Thread):
         self.progress_file = progress_file
         self.secrets = tuple(secrets)
         self._progress_mtime: int | None = None
+        #: Columns written by the first beat, at once (the run's env key): off the worker's
+        #: path to starting the parser.
+        self._first_values = dict(first_values or {})
         self.cancel = threading.Event()
         self._stopped = threading.Event()
 
     def run(self) -> None:
         with self.app.app_context():
+            if self._first_values:
+                self._beat_logged()
             while not self._stopped.wait(self.interval_s):
-                try:
-                    self.beat()
-                except Exception:  # the database may blip; the run goes on
-                    log.exception("heartbeat of run %s failed", self.run_id)
-                    db.session.rollback()
+                self._beat_logged()
+
+    def _beat_logged(self) -> None:
+        try:
+            self.beat()
+        except Exception:  # the database may blip; the run goes on
+            log.exception("heartbeat of run %s failed", self.run_id)
+            db.session.rollback()
 
     def beat(self) -> None:
-        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        values: dict[str, Any] = {"heartbeat_at": utcnow(), **self._first_values}
         values.update(self._new_progress())
         result = db.session.execute(
             db.update(Run)
@@ -59,6 +68,7 @@ class Watchdog(threading.Thread):
             .values(**values)
         )
         db.session.commit()
+        self._first_values = {}
         if result.rowcount == 0:
             status = db.session.execute(db.select(Run.status).where(Run.id == self.run_id)).scalar()
             if status is None or status.is_final:

@@ -38,3 +38,48 @@ def test_run_now_on_rabbitmq_and_download_from_s3(
     page = client.get(f"/admin/runs/details/?id={run_id}").data.decode()
     assert "hello rabbit" in page and "status-completed" in page
     assert client.get(f"/admin/runs/{run_id}/files/output.txt").data == b"hello rabbit\n"
+
+
+def test_runs_list_numbers_pages_from_the_estimate_on_a_big_table(
+    services_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``estimate_count_above`` runs, the unfiltered list takes PostgreSQL's row estimate
+    instead of count(*) (a full scan of a million rows); filtered lists still count."""
+    from sqlalchemy import event, text
+
+    from parseq.admin_runs import RunView, estimated_runs
+
+    with services_app.app_context():
+        parser = add_parser(f"many-{uuid.uuid4().hex[:8]}", "echo_env.py")
+        parser_id = parser.id
+        db.session.add_all([Run(parser=parser) for _ in range(120)])
+        db.session.commit()
+        db.session.execute(text("ANALYZE runs"))
+        db.session.commit()
+        estimate = estimated_runs()
+        exact = db.session.execute(db.select(db.func.count(Run.id))).scalar()
+        assert estimate is not None and estimate > 100
+        engine = db.engine
+    monkeypatch.setattr(RunView, "estimate_count_above", 100)
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement.lower())
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        client = admin_client(services_app)
+        statements.clear()
+        page = client.get("/admin/runs/").data.decode()
+        assert "pg_class" in " ".join(statements)
+        assert not [s for s in statements if "count(" in s and "from runs" in s]
+        last_page = -(-estimate // RunView.page_size)
+        assert f"page={last_page - 1}" in page  # the pager's last link, from the estimate
+
+        statements.clear()
+        filtered = client.get(f"/admin/runs/?flt0_0={parser_id}")
+        assert filtered.status_code == 200
+        assert [s for s in statements if "count(" in s and "from runs" in s]
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert exact >= 120

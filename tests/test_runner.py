@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
 import sys
 import threading
 import time
@@ -11,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from parseq import runner
+from parseq import runner, sandbox
+from parseq.config import Config
 from parseq.errors import ValidationError
 from parseq.models import RunStatus
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -115,6 +120,79 @@ def _run_code(tmp_path: Path, code: str, **kwargs):  # type: ignore[no-untyped-d
     proc = runner.spawn([sys.executable, str(script)], {"PATH": os.environ["PATH"]}, tmp_path)
     kwargs.setdefault("timeout_s", 20)
     return runner.supervise(proc, tmp_path / "run.log", **kwargs)
+
+
+PROBE_IDENTITY = (
+    "import json, os, resource\n"
+    "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'groups': os.getgroups(),\n"
+    "    'nofile': resource.getrlimit(resource.RLIMIT_NOFILE),\n"
+    "    'cpu': resource.getrlimit(resource.RLIMIT_CPU), 'sid': os.getsid(0) == os.getpid()}))\n"
+)
+
+
+@pytest.mark.parametrize("launcher", ["auto", None], ids=["prlimit-setpriv", "preexec_fn"])
+def test_spawn_applies_limits_and_user_with_either_launcher(
+    tmp_path: Path, launcher: str | None
+) -> None:
+    if launcher == "auto" and runner.default_launcher() is None:
+        pytest.skip("prlimit/setpriv are not installed")
+    tmp_path.chmod(0o755)
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE_IDENTITY)
+    user = sandbox.SandboxUser("nobody", 65534, 65534) if os.geteuid() == 0 else None
+    limits = [(resource.RLIMIT_NOFILE, 77, 77), (resource.RLIMIT_CPU, 30, 35)]
+    python = sandbox.parser_python(Config())  # one the sandbox user can run
+    proc = runner.spawn(
+        [python, str(script)],
+        {"PATH": os.environ["PATH"]},
+        tmp_path,
+        limits=limits,
+        user=user,
+        launcher=launcher,  # type: ignore[arg-type]
+    )
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    seen = json.loads(out)
+    assert seen["nofile"] == [77, 77]
+    assert seen["cpu"] == [30, 35]
+    assert seen["sid"] is True  # its own session, so its own process group
+    if user is not None:
+        assert (seen["uid"], seen["gid"], seen["groups"]) == (65534, 65534, [])
+
+
+@pytest.mark.parametrize("launcher", ["auto", None], ids=["prlimit-setpriv", "preexec_fn"])
+def test_the_child_dies_with_the_process_that_spawned_it(
+    tmp_path: Path, launcher: str | None
+) -> None:
+    """A SIGKILLed worker takes its parsers along (parent-death signal)."""
+    if launcher == "auto" and runner.default_launcher() is None:
+        pytest.skip("prlimit/setpriv are not installed")
+    middle = (
+        "import os, sys, time\n"
+        "from parseq import runner\n"
+        f"proc = runner.spawn(['sleep', '60'], {{'PATH': '/usr/bin:/bin'}}, '/', "
+        f"launcher={launcher!r})\n"
+        "print(proc.pid, flush=True)\n"
+        "time.sleep(0.5)\n"  # sleep is running (setpriv has exec'd it)
+        "os.kill(os.getpid(), 9)\n"
+    )
+    parent = subprocess.run(
+        [sys.executable, "-c", middle], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    child = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan may wait for init to reap it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def test_exit_zero_is_completed_and_both_streams_are_logged(tmp_path: Path) -> None:

@@ -56,6 +56,51 @@ def test_rlimits_maps_limits_to_setrlimit_calls(
     assert sandbox.rlimits(limits) == expected
 
 
+def test_clamp_rlimits_never_raises_a_limit_above_the_current_hard_one() -> None:
+    current = {resource.RLIMIT_NOFILE: (1024, 4096), resource.RLIMIT_AS: (-1, -1)}
+    wanted = [(resource.RLIMIT_NOFILE, 8192, 8192), (resource.RLIMIT_AS, 2**30, 2**30)]
+    assert sandbox.clamp_rlimits(wanted, current.__getitem__) == [
+        (resource.RLIMIT_NOFILE, 4096, 4096),
+        (resource.RLIMIT_AS, 2**30, 2**30),
+    ]
+
+
+def test_launcher_argv_sets_the_limits_then_the_user_and_the_parent_death_signal() -> None:
+    launcher = sandbox.Launcher("/usr/bin/prlimit", "/usr/bin/setpriv")
+    limits = [(resource.RLIMIT_CPU, 61, 66), (resource.RLIMIT_NOFILE, 256, resource.RLIM_INFINITY)]
+    nobody = sandbox.SandboxUser("nobody", 65534, 65533)
+    assert sandbox.launcher_argv(launcher, limits, nobody) == [
+        "/usr/bin/prlimit",
+        "--cpu=61:66",
+        "--nofile=256:unlimited",
+        "--",
+        "/usr/bin/setpriv",
+        "--reuid=65534",
+        "--regid=65533",
+        "--clear-groups",
+        "--pdeathsig=KILL",
+        "--",
+    ]
+    assert sandbox.launcher_argv(launcher, [], None) == [
+        "/usr/bin/prlimit",
+        "--",
+        "/usr/bin/setpriv",
+        "--pdeathsig=KILL",
+        "--",
+    ]
+
+
+def test_find_launcher_needs_both_tools(tmp_path: Path) -> None:
+    (tmp_path / "prlimit").write_text("#!/bin/sh\n")
+    (tmp_path / "prlimit").chmod(0o755)
+    assert sandbox.find_launcher((str(tmp_path),)) is None
+    (tmp_path / "setpriv").write_text("#!/bin/sh\n")
+    (tmp_path / "setpriv").chmod(0o755)
+    assert sandbox.find_launcher((str(tmp_path),)) == sandbox.Launcher(
+        f"{tmp_path}/prlimit", f"{tmp_path}/setpriv"
+    )
+
+
 @pytest.mark.parametrize(
     ("setting", "euid", "expected"),
     [("nobody", 0, "nobody"), ("nobody", 1000, None), ("none", 0, None), ("", 0, None)],
