@@ -209,8 +209,8 @@ _env_leases: dict[int, envs.Env] = {}
 
 def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
     """The absolute path of the Python that runs the parser (script or notebook): its cached
-    virtualenv's, built on first use. With ``run``, the env key is set on the run (for the
-    caller to write: the run's watchdog does) and the env stays in use until
+    virtualenv's, built on first use. With ``run``, the env key is set on the run (written by
+    the run's first heartbeat or its end) and the env stays in use until
     :func:`release_env`; a failed build stores ``env-build.log``."""
     config: Config = current_app.extensions["parseq"].config
     requirements = reqs.for_parser(config, parser, resolve_script(config, parser))
@@ -375,7 +375,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             config.heartbeat_interval_s,
             progress_file,
             secrets.values(),
-            first_values={"env_key": run.env_key},
+            extra_values={"env_key": run.env_key},
         )
         watchdog.start()
         try:
@@ -515,7 +515,7 @@ def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | Non
     reaper's verdict, since the reaper may have started its next attempt."""
     end = {"status": status, "exit_code": exit_code, "error": error, "finished_at": utcnow()}
     if run.env_key is not None:
-        end["env_key"] = run.env_key  # in case the watchdog's first beat could not write it
+        end["env_key"] = run.env_key  # a run shorter than a heartbeat has it written here
     # Usually the run is still running: one conditional update, no read first.
     result = db.session.execute(
         db.update(Run)

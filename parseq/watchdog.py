@@ -30,7 +30,7 @@ class Watchdog(threading.Thread):
         interval_s: float,
         progress_file: Path | None = None,
         secrets: Iterable[str] = (),
-        first_values: dict[str, Any] | None = None,
+        extra_values: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name=f"watchdog-{run_id}", daemon=True)
         self.app = app
@@ -39,16 +39,14 @@ class Watchdog(threading.Thread):
         self.progress_file = progress_file
         self.secrets = tuple(secrets)
         self._progress_mtime: int | None = None
-        #: Columns written by the first beat, at once (the run's env key): off the worker's
-        #: path to starting the parser.
-        self._first_values = dict(first_values or {})
+        #: Columns the next successful beat writes too (the run's env key): a short run is
+        #: spared the write, its end records them (``runs._finish``).
+        self._extra_values = dict(extra_values or {})
         self.cancel = threading.Event()
         self._stopped = threading.Event()
 
     def run(self) -> None:
         with self.app.app_context():
-            if self._first_values:
-                self._beat_logged()
             while not self._stopped.wait(self.interval_s):
                 self._beat_logged()
 
@@ -60,7 +58,7 @@ class Watchdog(threading.Thread):
             db.session.rollback()
 
     def beat(self) -> None:
-        values: dict[str, Any] = {"heartbeat_at": utcnow(), **self._first_values}
+        values: dict[str, Any] = {"heartbeat_at": utcnow(), **self._extra_values}
         values.update(self._new_progress())
         result = db.session.execute(
             db.update(Run)
@@ -68,7 +66,7 @@ class Watchdog(threading.Thread):
             .values(**values)
         )
         db.session.commit()
-        self._first_values = {}
+        self._extra_values = {}
         if result.rowcount == 0:
             status = db.session.execute(db.select(Run.status).where(Run.id == self.run_id)).scalar()
             if status is None or status.is_final:

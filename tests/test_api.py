@@ -178,7 +178,9 @@ def test_cancel_running_run_kills_its_group(client, embedded_app: Flask) -> None
     first_beat = running.heartbeat_at
     time.sleep(1.5)
     db.session.expire_all()
-    assert db.session.get(Run, run_id).heartbeat_at > first_beat  # the watchdog beats
+    beaten = db.session.get(Run, run_id)
+    assert beaten.heartbeat_at > first_beat  # the watchdog beats
+    assert beaten.env_key  # and its first beat records the env the run uses
 
     asked = time.monotonic()
     resp = client.post(f"/api/v1/runs/{run_id}/cancel")
