@@ -12,6 +12,30 @@ import psutil
 from bench.stack import Stack
 
 
+def services() -> dict[str, list[psutil.Process]]:
+    """The machine's PostgreSQL and RabbitMQ processes, to report their CPU too."""
+    found: dict[str, list[psutil.Process]] = {"PostgreSQL": [], "RabbitMQ": []}
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        if name.startswith("postgres"):
+            found["PostgreSQL"].append(proc)
+        elif name.startswith("beam"):
+            found["RabbitMQ"].append(proc)
+    return found
+
+
+def cpu_s(procs: list[psutil.Process]) -> float:
+    """User + system CPU seconds of ``procs`` (ones gone meanwhile count 0)."""
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=1000, help="runs")
@@ -36,6 +60,12 @@ def main(argv: list[str] | None = None) -> float:
             ).scalar():
                 db.session.rollback()
                 time.sleep(0.01)
+            others = {
+                **services(),
+                "S3 endpoint (moto)": [psutil.Process(stack.moto.pid)],
+                "enqueueing (this process)": [psutil.Process()],
+            }
+            others_cpu0 = {name: cpu_s(ps) for name, ps in others.items()}
             cpu0 = [p.cpu_times() for p in procs]
             t0 = time.perf_counter()
             ids = [runs.create_run(parser).id for _ in range(opts.n)]
@@ -51,6 +81,7 @@ def main(argv: list[str] | None = None) -> float:
                 time.sleep(0.05)
             elapsed = time.perf_counter() - t0
             cpu1 = [p.cpu_times() for p in procs]
+            others_cpu = {name: cpu_s(ps) - others_cpu0[name] for name, ps in others.items()}
             failed = db.session.execute(
                 db.select(db.func.count()).where(Run.id.in_(ids), Run.status != RunStatus.COMPLETED)
             ).scalar()
@@ -69,7 +100,14 @@ def main(argv: list[str] | None = None) -> float:
         f"  CPU per run: Parseq worker {own / opts.n * 1000:.1f} ms, "
         f"script {child / opts.n * 1000:.1f} ms"
     )
-    print("  (enqueueing, PostgreSQL, RabbitMQ and the S3 endpoint run on the same 2 cores)")
+    print("  CPU per run elsewhere on the same cores:")
+    for name, seconds in others_cpu.items():
+        print(f"    {name:26} {seconds / opts.n * 1000:5.1f} ms")
+    total = own + child + sum(others_cpu.values())
+    print(
+        f"  all CPU per run {total / opts.n * 1000:.1f} ms: at most "
+        f"{(os.cpu_count() or 1) * opts.n / total:.0f} runs/s on {os.cpu_count()} cores"
+    )
     return rate
 
 
