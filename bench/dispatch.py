@@ -33,14 +33,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--warmup", type=int, default=10)
     opts = ap.parse_args(argv)
 
-    from parseq import runs
+    from parseq import execution, runs
     from parseq.models import Parser, db
 
     with Stack(workers=1, threads=2) as stack:
         with stack.app.app_context():
             db.session.add(Parser(name="hello", path="hello.py"))
             db.session.commit()
-            python = str(runs.interpreter_for(runs.get_parser("hello")))
+            python = str(execution.interpreter_for(runs.get_parser("hello")))
         headers = {"Content-Type": "application/json", **stack.auth_headers()}
         http_conn = http.client.HTTPConnection("127.0.0.1", stack.server.server_port)
         storage = stack.app.extensions["parseq"].storage

@@ -1,56 +1,31 @@
-"""The run lifecycle: create and enqueue a run, then claim, execute and record it.
+"""The run lifecycle: create and enqueue a run, find it, cancel it.
 
 Every entry point (API, admin, CLI, scheduler) creates runs through :func:`create_run`; every
-worker executes them through :func:`execute_run`, so status transitions live in one place.
+worker executes them through :func:`parseq.execution.execute_run`, so status transitions live in
+these two modules.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
-import shutil
-import socket
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-import sqlalchemy.orm as sa_orm
 from flask import current_app
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import envs, notebooks, runner, sandbox, sdk, uploads
-from parseq import requirements as reqs
-from parseq.config import Config
-from parseq.errors import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    ParseqError,
-    ScriptNotFound,
-    ValidationError,
-)
-from parseq.models import Parser, ParserKind, Run, RunFile, RunStatus, RunTrigger, db, utcnow
-from parseq.reconnect import retry_db
-from parseq.redaction import redact_json_file, redact_text
-from parseq.registry import resolve_script
-from parseq.retries import schedule_retry
-from parseq.watchdog import Watchdog, record_progress
+from parseq import runner
+from parseq.errors import BadRequest, Conflict, NotFound, ValidationError
+from parseq.models import Parser, Run, RunStatus, RunTrigger, db, utcnow
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FILE = "output.txt"
 LOG_FILE = "run.log"
-ENV_BUILD_LOG = "env-build.log"
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-#: A retry whose backoff ends within this many seconds may start now.
-EARLY_S = 0.5
 
 
 def get_parser(name: str) -> Parser:
@@ -167,312 +142,6 @@ def enqueue_runs(batch: Sequence[Run]) -> int:
     return len(sent)
 
 
-def claim(run_id: int) -> bool:
-    """Atomically move a due run from ``pending`` to ``running``; False if it is not pending
-    or its retry backoff has more than :data:`EARLY_S` to go.
-
-    This makes the actor idempotent: a redelivered message for a run that already started or
-    finished changes nothing.
-    """
-    claimed = _claim(run_id)
-    db.session.commit()
-    return claimed
-
-
-def _claim(run_id: int) -> bool:
-    """:func:`claim`'s update, in the session's transaction."""
-    now = utcnow()
-    due = sa.or_(Run.not_before.is_(None), Run.not_before <= now + timedelta(seconds=EARLY_S))
-    result = db.session.execute(
-        db.update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.PENDING, due)
-        .values(status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker_id=WORKER_ID)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
-
-
-def _claim_and_load(run_id: int) -> Run | None:
-    """Claim the run and load it with its parser, in one transaction; None if not claimed."""
-    if not _claim(run_id):
-        db.session.rollback()
-        return None
-    query = db.select(Run).options(sa_orm.joinedload(Run.parser)).where(Run.id == run_id)
-    run = db.session.execute(query).scalar_one()
-    db.session.commit()  # with expire_on_commit off (execute_run), the run stays loaded
-    return run
-
-
-#: Envs held in use (safe from eviction) by the runs executing in this process.
-_env_leases: dict[int, envs.Env] = {}
-
-
-def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
-    """The absolute path of the Python that runs the parser (script or notebook): its cached
-    virtualenv's, built on first use. With ``run``, the env key is set on the run (written by
-    the run's first heartbeat or its end) and the env stays in use until
-    :func:`release_env`; a failed build stores ``env-build.log``."""
-    config: Config = current_app.extensions["parseq"].config
-    requirements = reqs.for_parser(config, parser, resolve_script(config, parser))
-    # A first build can take minutes: keep the run's heartbeat going meanwhile.
-    watchdog = None
-    if run is not None:
-        watchdog = Watchdog(current_app._get_current_object(), run.id, config.heartbeat_interval_s)
-        watchdog.start()
-    try:
-        env = envs.acquire(config, requirements.lines)
-    except envs.EnvBuildFailed as exc:
-        if run is not None:
-            run.env_key = exc.key
-            log_path = config.runs_dir / str(run.id) / ENV_BUILD_LOG
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_text(exc.build_log)
-            uploads.store_files(run, {ENV_BUILD_LOG: log_path})
-        raise
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
-    if run is None:
-        env.release()
-    else:
-        _env_leases[run.id] = env
-        set_committed_value(run, "env_key", env.key)
-    log.info("parser %s uses env %s (%s)", parser.name, env.key, "built" if env.built else "cached")
-    return env.python
-
-
-def release_env(run_id: int) -> None:
-    """Let the env of a finished run be evicted again."""
-    env = _env_leases.pop(run_id, None)
-    if env is not None:
-        env.release()
-
-
-def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
-    """Execute a pending run end to end; return its final status (``running`` while its files
-    wait for storage), or None if not claimed. A failure the parser allows retries for enqueues
-    the next attempt (unless ``retry`` is False). Database writes ride out a database restart
-    (:func:`reconnect.retry_db`)."""
-    config: Config = current_app.extensions["parseq"].config
-    session = db.session()
-    # Loaded rows stay loaded across this run's commits: each write is a statement of its own,
-    # and reloading the run and parser after every commit cost a round trip apiece.
-    expire_on_commit, session.expire_on_commit = session.expire_on_commit, False
-    try:
-        return _claim_and_execute(run_id, config, retry)
-    finally:
-        session.expire_on_commit = expire_on_commit
-
-
-def _claim_and_execute(run_id: int, config: Config, retry: bool) -> RunStatus | None:
-    run = retry_db(lambda: _claim_and_load(run_id), config.db_retry_s, "claim")
-    if run is None:
-        if not retry_db(lambda: _not_due_yet(run_id), config.db_retry_s, "due check"):
-            log.info("run %s is not pending; message ignored", run_id)
-        return None
-    workdir = config.runs_dir / str(run_id)
-    try:
-        status = _execute(run, config, workdir, retry)
-    except Exception as exc:
-        db.session.rollback()
-        if retry_db(lambda: not _exists(run_id), config.db_retry_s):
-            log.info("run %s was deleted while it ran", run_id)
-            return None
-        message = exc.message if isinstance(exc, ParseqError) else f"internal error: {exc!r}"
-        if not isinstance(exc, ParseqError):
-            log.exception("run %s failed inside Parseq", run_id)
-        retryable = not isinstance(exc, ScriptNotFound)  # a missing file will stay missing
-
-        def fail() -> bool:
-            return _finish(get_run(run_id), RunStatus.ERROR, None, message)
-
-        if retry_db(fail, config.db_retry_s) and retry:
-            schedule_retry(get_run(run_id), config, retryable=retryable)
-        status = RunStatus.ERROR
-    finally:
-        release_env(run_id)
-        if not config.keep_workdirs and not uploads.is_pending(workdir):
-            shutil.rmtree(workdir, ignore_errors=True)
-    log.info("run %s finished: %s", run_id, status.value)
-    return status
-
-
-def _exists(run_id: int) -> bool:
-    return db.session.execute(db.select(Run.id).where(Run.id == run_id)).first() is not None
-
-
-def _not_due_yet(run_id: int) -> bool:
-    """A retry whose backoff has not passed (its message came early: redelivered, resent after
-    a restart) goes back to the broker for the time left."""
-    run = db.session.get(Run, run_id)
-    if run is None or run.status is not RunStatus.PENDING or run.not_before is None:
-        return False
-    left_s = (run.not_before - utcnow()).total_seconds()
-    if left_s <= EARLY_S:
-        return False
-    from parseq.tasks import send_run
-
-    send_run(run_id, delay_s=left_s)
-    return True
-
-
-def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> RunStatus:
-    parser = run.parser
-    script = resolve_script(config, parser)
-    # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
-    dirs = {name: workdir / name for name in ("work", "output", "home", "tmp", "progress")}
-    state_dir = config.state_dir / parser.name
-    for path in [*dirs.values(), state_dir]:
-        path.mkdir(parents=True, exist_ok=True)
-    progress_file = dirs["progress"] / sdk.PROGRESS_FILE
-    secrets = dict(parser.secrets or {})  # raises SecretsKeyError when the key is wrong
-    interpreter = interpreter_for(parser, run)
-    sdk_path = sdk.install_sdk(config.sdk_dir)
-    user = sandbox.sandbox_user(config)
-    if user is not None:
-        sandbox.check_reachable(user, interpreter)
-        sandbox.check_reachable(user, script, need=0o4)
-        sandbox.harden_var(config, config.database_url)
-        config.sdk_dir.chmod(0o755)  # nosec B103  # the sandbox user reads its copy
-        sandbox.make_readable(sdk_path)
-        workdir.chmod(0o711)
-        sandbox.prepare_dirs(user, list(dirs.values()), state_dir)
-    if parser.kind is ParserKind.NOTEBOOK:
-        output_nb = dirs["output"] / notebooks.OUTPUT_NOTEBOOK
-        argv = notebooks.build_command(interpreter, script, output_nb, run.args or {})
-    else:
-        argv = runner.build_command(interpreter, script, run.args or {})
-    env = runner.build_env(
-        base_env=config.child_env,
-        run_id=run.id,
-        parser=parser.name,
-        args=run.args or {},
-        secrets=secrets,
-        output_dir=dirs["output"],
-        state_dir=state_dir,
-        home_dir=dirs["home"],
-        tmp_dir=dirs["tmp"],
-        extra={
-            "PYTHONPATH": str(sdk_path),
-            "PARSEQ_PROGRESS_FILE": str(progress_file),
-        },
-    )
-    timeout_s = parser.timeout_s or config.default_timeout_s
-    log_path = workdir / LOG_FILE
-    limits = sandbox.build_limits(parser, config)
-    if user is None:
-        # RLIMIT_NPROC counts every process of the user: without a sandbox user it would count
-        # the worker's own user's (a desktop session, say), not the parser's.
-        limits = dataclasses.replace(limits, processes=0)
-    run_id, parser_id, name, parser_kind = run.id, run.parser_id, parser.name, parser.kind
-    try:
-        rlimits = sandbox.rlimits(limits)
-        proc = runner.spawn(argv, env, cwd=dirs["work"], limits=rlimits, user=user)
-        log.info("run %s of %s started pid=%d", run_id, name, proc.pid)
-        watchdog = Watchdog(
-            current_app._get_current_object(),
-            run_id,
-            config.heartbeat_interval_s,
-            progress_file,
-            secrets.values(),
-            extra_values={"env_key": run.env_key},
-        )
-        watchdog.start()
-        try:
-            outcome = runner.supervise(
-                proc,
-                log_path,
-                timeout_s=timeout_s,
-                kill_grace_s=config.kill_grace_s,
-                max_log_bytes=config.max_log_bytes,
-                error_tail_bytes=config.error_tail_bytes,
-                cancel=watchdog.cancel,
-                secrets=list(secrets.values()),
-            )
-        finally:
-            watchdog.stop()
-        retry_db(
-            lambda: record_progress(get_run(run_id), progress_file, secrets.values()),
-            config.db_retry_s,
-        )
-        if parser_kind is ParserKind.NOTEBOOK:
-            redact_json_file(dirs["output"] / notebooks.OUTPUT_NOTEBOOK, secrets.values())
-        files = collect_files(dirs["output"], log_path)
-        pending = uploads.Pending(
-            run_id,
-            outcome.status.value,
-            outcome.exit_code,
-            redact_text(outcome.error, secrets.values()),
-            uploads.relative_files(workdir, files),
-            retry=retry,
-        )
-        return uploads.store_and_finish(config, workdir, files, pending)
-    finally:
-        # After the run's end is recorded (off the path to "completed"); the process is gone.
-        if user is not None:
-            sandbox.release_state(
-                state_dir,
-                lambda: retry_db(lambda: _others_running(run_id, parser_id), config.db_retry_s),
-            )
-
-
-def mark_waiting(run_id: int, message: str) -> None:
-    """Say on the run that its files wait for storage, and heartbeat it meanwhile."""
-
-    def mark() -> None:
-        db.session.execute(
-            db.update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-            .values(progress_message=message, heartbeat_at=utcnow())
-        )
-        db.session.commit()
-
-    retry_db(mark, current_app.extensions["parseq"].config.db_retry_s, "mark waiting")
-
-
-def record_files_and_finish(
-    run_id: int, stored: list[uploads.StoredFile], pending: uploads.Pending
-) -> RunStatus:
-    """Record the stored files and the run's end together (safe to run again)."""
-
-    def record() -> tuple[RunStatus, bool]:
-        run = get_run(run_id)
-        _add_files(run_id, stored)
-        if run.progress_message and run.progress_message.startswith("waiting for storage"):
-            run.progress_message = None
-        db.session.flush()
-        decided = _finish(run, RunStatus(pending.status), pending.exit_code, pending.error)
-        if not decided:
-            db.session.commit()  # the files are kept even when the run had ended already
-        return run.status, decided
-
-    config = current_app.extensions["parseq"].config
-    status, decided = retry_db(record, config.db_retry_s, "record run")
-    # Not when the reaper finished the run first: the reaper handles its retry.
-    if decided and pending.retry:
-        schedule_retry(get_run(run_id), config)
-    return status
-
-
-def _add_files(run_id: int, stored: list[uploads.StoredFile]) -> None:
-    """Record the stored files; ones recorded already (a retried write) are left as they are."""
-    rows = [{"run_id": run_id, **dataclasses.asdict(f)} for f in stored]
-    if not rows:
-        return
-    # PostgreSQL and SQLite (the two databases Parseq runs on) both have ON CONFLICT.
-    postgres = db.session.get_bind().dialect.name == "postgresql"
-    insert = pg_insert if postgres else sqlite_insert
-    db.session.execute(insert(RunFile).values(rows).on_conflict_do_nothing())
-
-
-def _others_running(run_id: int, parser_id: int) -> bool:
-    """Whether another run of the same parser is executing (it still needs the state dir)."""
-    query = db.select(Run.id).where(
-        Run.parser_id == parser_id, Run.status == RunStatus.RUNNING, Run.id != run_id
-    )
-    return db.session.execute(query.limit(1)).first() is not None
-
-
 def cancel_run(run: Run) -> Run:
     """Cancel a run: a pending one never starts; a running one's worker kills its process
     group within about ``heartbeat_interval_s + kill_grace_s``. Final runs are a conflict."""
@@ -494,56 +163,10 @@ def cancel_run(run: Run) -> Run:
     return run
 
 
-def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
-    """Result files by name: everything in the output folder, ``output.txt`` (created empty if
-    the parser wrote none) and the run log."""
-    out = output_dir / OUTPUT_FILE
-    if not out.exists():
-        out.touch()
-    files = {
-        p.relative_to(output_dir).as_posix(): p
-        for p in sorted(output_dir.rglob("*"))
-        if p.is_file() and not p.is_symlink() and not p.name.startswith(sdk.TMP_PREFIX)
-    }
-    files[LOG_FILE] = log_path
-    return files
-
-
-def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> bool:
-    """Record how the run ended; False if it had ended already. A cancel request explains any
-    end but success; a run the reaper already finished (its heartbeat went stale) keeps the
-    reaper's verdict, since the reaper may have started its next attempt."""
-    end = {"status": status, "exit_code": exit_code, "error": error, "finished_at": utcnow()}
-    if run.env_key is not None:
-        end["env_key"] = run.env_key  # a run shorter than a heartbeat has it written here
-    # Usually the run is still running: one conditional update, no read first.
-    result = db.session.execute(
-        db.update(Run)
-        .where(Run.id == run.id, Run.status == RunStatus.RUNNING)
-        .values(**end)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 1:
-        db.session.commit()
-        for name, value in end.items():
-            set_committed_value(run, name, value)
-        return True
-    db.session.refresh(run)
-    if run.status.is_final and run.status is not RunStatus.CANCELLED:
-        log.warning("run %s was already %s; outcome %s dropped", run.id, run.status, status)
-        return False
-    if run.status is RunStatus.CANCELLED and status is not RunStatus.COMPLETED:
-        status, error = RunStatus.CANCELLED, "cancelled"
-    run.status = status
-    run.exit_code = exit_code
-    run.error = error
-    run.finished_at = utcnow()
-    db.session.commit()
-    return True
-
-
 def run_now(parser: Parser, args: Mapping[str, Any] | None = None) -> Run:
     """Create and execute a run in this process (``parseq run``), bypassing the broker."""
+    from parseq.execution import execute_run  # the worker side builds on this module
+
     run = create_run(parser, args, RunTrigger.MANUAL, enqueue=False)
     execute_run(run.id, retry=False)  # no worker here to take a delayed retry
     db.session.refresh(run)

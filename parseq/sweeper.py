@@ -3,7 +3,7 @@
 ``runs.create_run`` records ``enqueued_at`` when the broker accepts a run's message. A run left
 ``pending`` without it (the broker was down) is sent again once the broker is back, so a broker
 outage delays runs and never loses them. A run that got sent twice still executes once: a
-worker claims it atomically (``runs.claim``).
+worker claims it atomically (``execution.claim``).
 """
 
 from __future__ import annotations

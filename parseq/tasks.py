@@ -2,7 +2,7 @@
 
 Each app gets its own broker and actor (no global broker), so tests and the embedded mode can
 hold several apps in one process. The actor is thin: it enters the app context and delegates to
-:func:`parseq.runs.execute_run`, which is idempotent.
+:func:`parseq.execution.execute_run`, which is idempotent.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def init_broker(app: Flask, config: Config) -> tuple[Broker, Actor]:
     broker.add_middleware(Housekeeping(app))
 
     def execute_run(run_id: int) -> None:
-        from parseq.runs import execute_run as run_it
+        from parseq.execution import execute_run as run_it
 
         with app.app_context():
             run_it(run_id)
@@ -132,7 +132,7 @@ class ParseqWorker(dramatiq.Worker):
 
 def start_worker(app: Flask, threads: int | None = None) -> dramatiq.Worker:
     """Start worker threads in this process consuming the app's queue; call ``.stop()`` after."""
-    from parseq.runs import WORKER_ID
+    from parseq.execution import WORKER_ID
     from parseq.workers import Heartbeat
 
     state = app.extensions["parseq"]

@@ -147,7 +147,7 @@ def _locked(workdir: Path) -> Iterator[bool]:
 
 def retry_pending(app: Flask) -> int:
     """One pass over the runs waiting for storage; returns how many got finished."""
-    from parseq import runs  # runs uses this module; imported late to keep the cycle lazy
+    from parseq import execution  # which uses this module: imported late, the cycle is lazy
 
     state = app.extensions["parseq"]
     config = state.config
@@ -164,9 +164,9 @@ def retry_pending(app: Flask) -> int:
                 stored = upload_files(state.storage, pending.run_id, files)
             except StorageError as exc:
                 defer(workdir, pending)
-                runs.mark_waiting(pending.run_id, waiting_message(exc, pending.attempts))
+                execution.mark_waiting(pending.run_id, waiting_message(exc, pending.attempts))
                 continue
-            runs.record_files_and_finish(pending.run_id, stored, pending)
+            execution.record_files_and_finish(pending.run_id, stored, pending)
             marker.unlink()
         if not config.keep_workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -180,7 +180,7 @@ def store_and_finish(
 ) -> RunStatus:
     """Upload the files, then record them with the run's final status in one transaction. If
     storage stays down, the run stays ``running`` and waits for the worker's upload retrier."""
-    from parseq import runs
+    from parseq import execution
 
     storage = current_app.extensions["parseq"].storage
     try:
@@ -192,9 +192,9 @@ def store_and_finish(
         log.warning(
             "run %s: storage unreachable, files kept in %s: %s", pending.run_id, workdir, exc
         )
-        runs.mark_waiting(pending.run_id, waiting_message(exc, config.upload_attempts))
+        execution.mark_waiting(pending.run_id, waiting_message(exc, config.upload_attempts))
         return RunStatus.RUNNING
-    return runs.record_files_and_finish(pending.run_id, stored, pending)
+    return execution.record_files_and_finish(pending.run_id, stored, pending)
 
 
 def store_files(run: Run, files: Mapping[str, Path]) -> None:

@@ -40,7 +40,7 @@ class Watchdog(threading.Thread):
         self.secrets = tuple(secrets)
         self._progress_mtime: int | None = None
         #: Columns the next successful beat writes too (the run's env key): a short run is
-        #: spared the write, its end records them (``runs._finish``).
+        #: spared the write, its end records them (``execution._finish``).
         self._extra_values = dict(extra_values or {})
         self.cancel = threading.Event()
         self._stopped = threading.Event()

@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq import runs
+from parseq import execution, runs
 from parseq.models import Parser, ParserKind, Run, RunStatus, RunTrigger, User, db, utcnow
 from tests.conftest import FIXTURE_PARSERS, add_parser, admin_client, csrf_from, web_client
 
@@ -443,7 +443,7 @@ def test_runs_list_filters_by_parser_status_and_date(client: FlaskClient) -> Non
 
 def test_running_runs_show_a_progress_bar(client: FlaskClient) -> None:
     run = runs.create_run(runs.get_parser("echo"), enqueue=False)
-    runs.claim(run.id)
+    execution.claim(run.id)
     run.progress_done, run.progress_total, run.progress_message = 3, 4, "page 3 of 4"
     db.session.commit()
     page = client.get("/admin/runs/").data.decode()

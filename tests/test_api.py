@@ -8,7 +8,7 @@ import time
 import pytest
 from flask import Flask
 
-from parseq import runs
+from parseq import execution, runs
 from parseq.models import Run, RunStatus, db
 from tests.conftest import add_parser, api_client, wait_for_run, wait_for_status
 
@@ -210,7 +210,7 @@ def test_cancelled_pending_run_never_starts(client) -> None:  # type: ignore[no-
     resp = client.post(f"/api/v1/runs/{run.id}/cancel")
     assert resp.json["status"] == "cancelled"
     assert resp.json["error"] == "cancelled before it started"
-    assert runs.execute_run(run.id) is None
+    assert execution.execute_run(run.id) is None
     db.session.expire_all()
     assert db.session.get(Run, run.id).started_at is None
 

@@ -11,8 +11,8 @@ from flask import Flask
 from parseq import runs
 from parseq.app import create_app, init_db
 from parseq.config import Config
+from parseq.execution import WORKER_ID
 from parseq.models import db, utcnow
-from parseq.runs import WORKER_ID
 from parseq.workers import Heartbeat, Worker, beat
 from tests.conftest import add_parser, api_client, free_port
 

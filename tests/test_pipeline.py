@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs
+from parseq import execution, runs
 from parseq.app import create_app, init_db
 from parseq.config import Config
 from parseq.models import Run, RunStatus, db
@@ -97,7 +97,7 @@ def test_redelivered_message_for_a_finished_run_does_nothing(
         assert run.status is RunStatus.COMPLETED
         finished_at, n_files = run.finished_at, len(run.files)
         services_app.extensions["parseq"].actor.send(run.id)  # as RabbitMQ would redeliver
-        assert runs.execute_run(run.id) is None  # and as a second worker would see it
+        assert execution.execute_run(run.id) is None  # and as a second worker would see it
         time.sleep(1.0)
         db.session.expire_all()
         again = db.session.get(Run, run.id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs
+from parseq import execution, runs
 from parseq.app import create_app
 from parseq.config import Config
 from parseq.models import Run, RunStatus, db, utcnow
@@ -90,7 +90,7 @@ def test_redelivered_message_for_a_run_another_worker_executes_is_ignored(
     assert wait_for_status(run.id, RunStatus.RUNNING).status is RunStatus.RUNNING
     started_at, worker_id = run.started_at, run.worker_id
     embedded_app.extensions["parseq"].actor.send(run.id)  # as RabbitMQ would redeliver
-    assert runs.execute_run(run.id) is None  # and as a second worker would see it
+    assert execution.execute_run(run.id) is None  # and as a second worker would see it
     done = wait_for_run(run.id)
     assert done.status is RunStatus.TIMEOUT  # the first worker's outcome, recorded once
     assert (done.started_at, done.worker_id) == (started_at, worker_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs
+from parseq import execution, runs
 from parseq.config import Config
 from parseq.models import Run, RunStatus, db
 from parseq.retries import backoff_s, should_retry
@@ -148,5 +148,5 @@ def test_a_retry_that_comes_early_waits_for_its_backoff(sqlite_app: Flask) -> No
     run = runs.create_run(parser, enqueue=False)
     run.not_before = utcnow() + timedelta(seconds=60)
     db.session.commit()
-    assert runs.execute_run(run.id) is None  # sent back to the broker for the time left
+    assert execution.execute_run(run.id) is None  # sent back to the broker for the time left
     assert runs.get_run(run.id).status is RunStatus.PENDING

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs, uploads
+from parseq import execution, runs, uploads
 from parseq.errors import StorageError
 from parseq.models import RunStatus
 from parseq.storage import LocalStorage
@@ -108,15 +108,15 @@ def test_recording_the_files_again_keeps_one_row_each(
     app: Flask = request.getfixturevalue(app_fixture)
     with app.app_context():
         run = runs.create_run(add_parser(f"files-{app_fixture}", "echo_env.py"), enqueue=False)
-        runs.claim(run.id)
+        execution.claim(run.id)
         stored = [
             uploads.StoredFile("output.txt", 3, "a" * 64, f"runs/{run.id}/output.txt"),
             uploads.StoredFile("run.log", 0, "b" * 64, f"runs/{run.id}/run.log"),
         ]
         pending = uploads.Pending(run.id, "completed", 0, None, {}, retry=False)
-        assert runs.record_files_and_finish(run.id, stored, pending) is RunStatus.COMPLETED
+        assert execution.record_files_and_finish(run.id, stored, pending) is RunStatus.COMPLETED
         again = [*stored, uploads.StoredFile("extra.csv", 1, "c" * 64, "k")]
-        assert runs.record_files_and_finish(run.id, again, pending) is RunStatus.COMPLETED
+        assert execution.record_files_and_finish(run.id, again, pending) is RunStatus.COMPLETED
         runs.db.session.expire_all()
         files = runs.get_run(run.id).files
         assert [(f.name, f.size) for f in files] == [
