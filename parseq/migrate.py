@@ -78,10 +78,14 @@ def revision(app: Flask, message: str) -> Path:
         config = _alembic_config(conn)
         ruff = Path(sys.executable).with_name("ruff")
         if ruff.exists():  # a dev install: write it formatted as the rest of the code
-            config.set_main_option("hooks", "ruff")
-            config.set_main_option("ruff.type", "exec")
-            config.set_main_option("ruff.executable", str(ruff))
-            config.set_main_option("ruff.options", "format REVISION_SCRIPT_FILENAME")
+            hooks = {
+                "hooks": "ruff",
+                "ruff.type": "exec",
+                "ruff.executable": str(ruff),
+                "ruff.options": "format REVISION_SCRIPT_FILENAME",
+            }
+            for name, value in hooks.items():
+                config.set_section_option("post_write_hooks", name, value)
         try:
             made = command.revision(config, message=message, autogenerate=True, rev_id=rev_id)
         except CommandError as exc:
@@ -143,11 +147,20 @@ def _locked_connection(app: Flask) -> Iterator[sa.Connection]:
             with conn.begin():
                 yield conn
         finally:
-            if dialect == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))
-            elif dialect == "sqlite":
-                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-            conn.commit()
+            _release(conn)
+
+
+def _release(conn: sa.Connection) -> None:
+    """Undo what ``_locked_connection`` set; a connection that cannot is closed instead, as
+    it must not go back to the pool holding the lock or with SQLite's foreign keys off."""
+    try:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        conn.commit()
+    except sa.exc.DBAPIError:
+        conn.invalidate()
 
 
 def _table_names(conn: sa.Connection) -> set[str]:
