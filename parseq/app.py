@@ -119,9 +119,10 @@ def _security_headers(response: Response) -> Response:
 
 
 def init_db(app: Flask) -> None:
-    """Create the tables that do not exist yet."""
-    with app.app_context():
-        db.create_all()
+    """Bring the database to this release's schema: create it, or run the migrations it lacks."""
+    from parseq.migrate import ensure_schema
+
+    ensure_schema(app)
 
 
 def _engine_options(url: str) -> dict[str, Any]:

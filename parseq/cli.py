@@ -30,6 +30,13 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:
             click.echo(f"parseq: error: {exc}", err=True)
             sys.exit(1)
+        except Exception as exc:
+            if type(exc).__module__ != "sqlalchemy.exc":
+                raise
+            # The driver's first line says it ("connection ... refused"); the rest is SQL.
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            click.echo(f"parseq: error: database: {detail}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -58,8 +65,9 @@ def main() -> None:
 @main.command("init-db")
 @_one_line_errors
 def init_db_cmd() -> None:
-    """Create the database tables, register the parsers shipped in parsers/ and, when there
-    are no users yet, the admin user (PARSEQ_ADMIN_PASSWORD, or a random password printed once)."""
+    """Create the database tables (or migrate them to this release), register the parsers
+    shipped in parsers/ and, when there are no users yet, the admin user (PARSEQ_ADMIN_PASSWORD,
+    or a random password printed once)."""
     from parseq.app import init_db
     from parseq.auth import ensure_admin
     from parseq.registry import sync_shipped
@@ -81,6 +89,52 @@ def _echo_admin_password(password: str | None) -> None:
             f"  admin login: user 'admin', password {password}\n"
             "  (shown only this once; change it with: parseq create-user admin --reset)"
         )
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema migrations (Alembic; every start also migrates, as init-db does)."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="heads")
+@_one_line_errors
+def db_upgrade(revision: str) -> None:
+    """Migrate the database schema up to REVISION (default: this release's newest)."""
+    from parseq import migrate
+
+    app = _build_app()
+    migrate.upgrade(app, revision)
+    click.echo(f"database schema at {_revisions(migrate.current(app))}")
+
+
+@db_group.command("current")
+@_one_line_errors
+def db_current() -> None:
+    """Print the revision the database schema is at, and whether it is this release's newest."""
+    from parseq import migrate
+
+    at, heads = migrate.current(_build_app()), migrate.heads()
+    if set(at) == set(heads):
+        click.echo(f"{_revisions(at)} (head)")
+    else:
+        click.echo(f"{_revisions(at)} (head is {_revisions(heads)}: run 'parseq db upgrade')")
+
+
+@db_group.command("revision")
+@click.option("-m", "--message", required=True, help="What the migration changes.")
+@_one_line_errors
+def db_revision(message: str) -> None:
+    """For developers: write a migration from what the models have and the database (at head)
+    lacks, into parseq/migrations/versions/. Review it before committing."""
+    from parseq import migrate
+
+    path = migrate.revision(_build_app(), message)
+    click.echo(f"wrote {path}")
+
+
+def _revisions(revs: tuple[str, ...]) -> str:
+    return ", ".join(revs) or "none"
 
 
 @main.command("rotate-secrets")

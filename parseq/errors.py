@@ -104,3 +104,9 @@ class ScriptNotFound(RunFailed):
     """The parser's script or notebook file is missing or outside its root."""
 
     code = "script_not_found"
+
+
+class MigrationError(ParseqError):
+    """The database schema cannot be brought to this release's (``parseq.migrate``)."""
+
+    code = "migration_error"
