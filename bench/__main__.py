@@ -1,7 +1,8 @@
 """Run the benchmarks: ``python -m bench [name ...]`` (``make bench``); no names = all.
 
 Each benchmark is a module of this package with a ``main(argv)``; arguments after ``--`` go
-to every selected benchmark. They need the services the tests use (``scripts/services.sh``).
+to every selected benchmark, each ignoring the options it does not know. They need the
+services the tests use (``scripts/services.sh``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=100, help="measured runs")
     ap.add_argument("--warmup", type=int, default=10)
-    opts = ap.parse_args(argv)
+    # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
+    opts, _ = ap.parse_known_args(argv)
 
     from parseq import execution, runs
     from parseq.models import Parser, db

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="cold uv builds to take the median of")
     ap.add_argument("--hits", type=int, default=2000, help="cache hits to time")
     ap.add_argument("--no-pip", action="store_true", help="skip the (slow) pip comparison")
-    opts = ap.parse_args(argv)
+    # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
+    opts, _ = ap.parse_known_args(argv)
 
     hits = hit_overhead_ms(PACKAGES, opts.hits)
     p95 = statistics.quantiles(hits, n=20)[-1]

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--papermill-repeat", type=int, default=5)
-    opts = ap.parse_args(argv)
+    # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
+    opts, _ = ap.parse_known_args(argv)
     with tempfile.TemporaryDirectory(prefix="parseq-bench-nb-") as tmp:
         root = Path(tmp)
         nb = new_notebook(cells=[new_code_cell(c) for c in CELLS])

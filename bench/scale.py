@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=1_000_000)
     ap.add_argument("-n", type=int, default=30, help="requests per case")
-    opts = ap.parse_args(argv)
+    # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
+    opts, _ = ap.parse_known_args(argv)
 
     with Stack(workers=0) as stack:
         seconds = seed(stack.app, opts.runs)

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--parsers", type=int, default=1000)
     ap.add_argument("--minutes", type=int, default=2)
     ap.add_argument("--database-url", default="")
-    args = ap.parse_args(argv)
+    # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
+    args, _ = ap.parse_known_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="parseq-bench-"))
     (tmp / "parsers").mkdir()

@@ -150,7 +150,8 @@ def parseq_runs(source: Path, n: int) -> list[float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=5, help="jobs per Scrapyd setting")
-    opts = ap.parse_args(argv)
+    # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
+    opts, _ = ap.parse_known_args(argv)
     python = ensure_venv()
     folder = Path(tempfile.mkdtemp())
     folder.chmod(0o755)  # parsers run as an unprivileged user when we are root

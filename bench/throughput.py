@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("-n", type=int, default=1000, help="runs")
     ap.add_argument("--workers", type=int, default=2, help="worker processes")
     ap.add_argument("--threads", type=int, default=4, help="threads per worker")
-    opts = ap.parse_args(argv)
+    # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
+    opts, _ = ap.parse_known_args(argv)
 
     from parseq import runs
     from parseq.models import Parser, Run, RunStatus, db

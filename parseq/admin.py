@@ -18,8 +18,8 @@ from flask_wtf import FlaskForm
 from markupsafe import Markup
 from werkzeug.datastructures import FileStorage
 from werkzeug.wrappers import Response
+from wtforms import SelectChoice, fields, widgets
 from wtforms import ValidationError as FormValidationError
-from wtforms import fields, widgets
 from wtforms.validators import NumberRange, Optional
 
 from parseq import admin_tokens, auth, notebooks, registry, runner, runs
@@ -113,12 +113,12 @@ def parse_secrets(text: str) -> dict[str, str]:
     return found
 
 
-def _script_choices() -> list[tuple[str, str]]:
+def _script_choices() -> list[SelectChoice]:
     config = current_app.extensions["parseq"].config
-    choices = [("", "(upload a file below)")]
+    choices = [SelectChoice("", "(upload a file below)")]
     for kind, rel in registry.list_files(config):
         root = registry.root_for(config, kind).name
-        choices.append((f"{kind.value}:{rel}", f"{root}/{rel}"))
+        choices.append(SelectChoice(f"{kind.value}:{rel}", f"{root}/{rel}"))
     return choices
 
 
@@ -298,11 +298,11 @@ class ParserView(auth.LoginRequired, ModelView):
     def _prepare(self, form: Any, parser: Parser | None) -> Any:
         form.script.choices = _script_choices()
         current = parser and f"{parser.kind.value}:{parser.path}"
-        if current and current not in dict(form.script.choices):
-            form.script.choices.append((current, f"{parser.path} (current)"))
+        if current and current not in {choice.value for choice in form.script.choices}:
+            form.script.choices.append(SelectChoice(current, f"{parser.path} (current)"))
         names = sorted((parser and parser.secrets) or {})
         if names:
-            form.secrets_remove.choices = [(n, n) for n in names]
+            form.secrets_remove.choices = [SelectChoice(n) for n in names]
         else:
             del form["secrets_remove"]  # nothing to remove: no empty box on the page
         if parser is not None and request.method == "GET":

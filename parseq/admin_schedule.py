@@ -10,7 +10,7 @@ from typing import Any
 
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.form import DateTimeField
-from wtforms import fields
+from wtforms import SelectChoice, fields
 from wtforms.validators import Optional
 
 from parseq import auth
@@ -81,13 +81,13 @@ SCHEDULE_FORM_ARGS: dict[str, dict[str, Any]] = {
     },
     "schedule_type": {
         "description": _SCHEDULE_HELP["schedule_type"],
-        "choices": [("", "(none)"), *((t.value, t.value) for t in ScheduleType)],
+        "choices": [SelectChoice("", "(none)"), *(SelectChoice(t.value) for t in ScheduleType)],
         "coerce": _option_value,
         "validators": [Optional()],
     },
     "overlap": {
         "description": _SCHEDULE_HELP["overlap"],
-        "choices": [(p.value, p.value) for p in OverlapPolicy],
+        "choices": [SelectChoice(p.value) for p in OverlapPolicy],
         "coerce": _option_value,
         "validators": [Optional()],
     },

@@ -282,9 +282,10 @@ def scheduler() -> None:
 @_one_line_errors
 def worker(threads: int | None) -> None:
     """A worker: executes runs from the broker's queue until stopped."""
-    from parseq.tasks import start_worker
+    from parseq.tasks import start_worker, warn_if_runs_outlast_consumer_timeout
 
     app = _build_app(worker_threads=threads)
+    warn_if_runs_outlast_consumer_timeout(app.extensions["parseq"].config)
     w = start_worker(app)
     click.echo(f"Parseq worker on {app.extensions['parseq'].config.broker_url} (Ctrl+C stops)")
     try:

@@ -10,7 +10,6 @@ safe, since each run is taken by one conditional UPDATE.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 
 from flask import Flask
@@ -62,20 +61,3 @@ def _reap(run_id: int, cutoff: datetime, config: Config) -> bool:
         log.exception("could not schedule a retry of lost run %s", run.id)
         db.session.rollback()
     return True
-
-
-def start_reaper(app: Flask, stop: threading.Event | None = None) -> threading.Event:
-    """Run :func:`reap_once` every ``reaper_interval_s`` in a daemon thread until the returned
-    event is set."""
-    stop = stop or threading.Event()
-    interval_s = app.extensions["parseq"].config.reaper_interval_s
-
-    def loop() -> None:
-        while not stop.wait(interval_s):
-            try:
-                reap_once(app)
-            except Exception:  # the database may be down for a while; try again next time
-                log.exception("reaper pass failed")
-
-    threading.Thread(target=loop, name="parseq-reaper", daemon=True).start()
-    return stop

@@ -65,3 +65,25 @@ def test_compose_commands_are_real_parseq_commands(compose: dict) -> None:
             command = shlex.split(command)
         if command and command[0] == "parseq":
             assert command[1] in cli.commands, f"{name}: unknown command parseq {command[1]}"
+
+
+def _rabbitmq_conf(compose: dict) -> dict[str, str]:
+    """The settings of the RabbitMQ config files the compose file mounts (key = value lines)."""
+    settings: dict[str, str] = {}
+    for volume in compose["services"]["rabbitmq"].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith(".") and target.startswith("/etc/rabbitmq/"):
+            for line in (REPO / source).read_text().splitlines():
+                if "=" in line and not line.lstrip().startswith("#"):
+                    key, value = line.split("=", 1)
+                    settings[key.strip()] = value.strip()
+    return settings
+
+
+def test_rabbitmq_consumer_timeout_exceeds_the_default_run_timeout(compose: dict) -> None:
+    """RabbitMQ closes the channel of a worker whose run outlasts consumer_timeout (30 min by
+    default); the deployment sets it well above the default run timeout."""
+    settings = _rabbitmq_conf(compose)
+    assert "consumer_timeout" in settings, "compose mounts no RabbitMQ consumer_timeout"
+    consumer_timeout_s = int(settings["consumer_timeout"]) / 1000
+    assert consumer_timeout_s > 2 * Config().default_timeout_s

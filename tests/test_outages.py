@@ -8,9 +8,12 @@ a restart does. S3 is a moto server of the test's own, stopped and started on it
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,71 @@ def _env(services_env: dict[str, str], tmp_path: Path, **changes: str) -> dict[s
     return env
 
 
+#: The service setting that names each port a test may put a proxy in front of.
+PROXIED_URLS = {5432: "PARSEQ_DATABASE_URL", 5672: "PARSEQ_BROKER_URL"}
+
+
+@dataclass
+class Stack:
+    """One test's Parseq: its settings, its app (tables created), the proxy in front of a
+    service if any, and the processes it started (stopped after the test)."""
+
+    env: dict[str, str]
+    app: Flask
+    logs: Path
+    proxy: TcpProxy | None = None
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_worker(
+        self, log_name: str = "worker.log", threads: int = 2
+    ) -> subprocess.Popen[bytes]:
+        """A real ``parseq worker`` with this stack's settings, once it consumes."""
+        self.processes.append(start_worker_process(self.env, self.logs / log_name, threads))
+        return self.processes[-1]
+
+    def start_scheduler(self, log_name: str = "scheduler.log") -> subprocess.Popen[bytes]:
+        """A real ``parseq scheduler`` with this stack's settings."""
+        with (self.logs / log_name).open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "parseq.cli", "scheduler"],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        self.processes.append(proc)
+        return proc
+
+
+@pytest.fixture
+def outage_stack(
+    services_env: dict[str, str], tmp_path: Path, tcp_proxy: Callable[[int], TcpProxy]
+) -> Iterator[Callable[..., Stack]]:
+    """Make this test's :class:`Stack`: ``outage_stack(proxied=5432, PARSEQ_X="1")`` reaches
+    the service on that port (PostgreSQL or RabbitMQ) through a :class:`TcpProxy`. After the
+    test: its processes stopped, its connections closed, its queues deleted (then the proxy)."""
+    made: list[Stack] = []
+
+    def make(proxied: int | None = None, **changes: str) -> Stack:
+        proxy = None
+        if proxied is not None:
+            proxy = tcp_proxy(proxied)
+            name = PROXIED_URLS[proxied]
+            changes[name] = services_env[name].replace(f":{proxied}/", f":{proxy.port}/")
+        env = _env(services_env, tmp_path, **changes)
+        app = create_app(Config.from_env(environ=env))
+        init_db(app)
+        made.append(Stack(env, app, tmp_path, proxy))
+        return made[-1]
+
+    yield make
+    for stack in made:
+        for proc in stack.processes:
+            stop_process(proc)
+        with stack.app.app_context():
+            db.engine.dispose()
+        delete_rabbit_queues(stack.env["PARSEQ_QUEUE_NAME"])
+
+
 def _wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -71,75 +139,55 @@ def _count(app: Flask, status: RunStatus, run_ids: list[int]) -> int:
 
 
 def test_postgres_restart_while_runs_execute(
-    services_env: dict[str, str], pg_url: str, tmp_path: Path, tcp_proxy
-) -> None:  # type: ignore[no-untyped-def]
-    proxy: TcpProxy = tcp_proxy(5432)
-    env = _env(
-        services_env,
-        tmp_path,
-        PARSEQ_DATABASE_URL=pg_url.replace(":5432/", f":{proxy.port}/"),
-    )
-    app = create_app(Config.from_env(environ=env))
-    init_db(app)
+    outage_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = outage_stack(proxied=5432)
+    app, proxy = stack.app, stack.proxy
+    assert proxy is not None
     name = f"nap-{uuid.uuid4().hex[:8]}"
     with app.app_context():
         parser = add_parser(name, "nap.py")
         ids = [runs.create_run(parser, {"seconds": 1.0}).id for _ in range(4)]
-    worker = start_worker_process(env, tmp_path / "worker.log", threads=2)
-    try:
-        state = tmp_path / "var" / "state" / name
-        _wait_until("two parsers start", lambda: _lines(state / "started.log") >= 2, 60)
-        # The database stays down until two runs have ended (their parsers write seen.log) and
-        # a little longer: their results must be recorded, and the next two claimed, through
-        # the outage.
-        client = api_client(app)
-        with proxy.outage():
-            down = client.get(f"/api/v1/runs/{ids[0]}")
-            assert down.status_code == 503
-            assert down.json["error"]["code"] == "database_unavailable"
-            _wait_until("two parsers end", lambda: _lines(state / "seen.log") >= 2, 30)
-            time.sleep(1.5)
-        assert proxy.cut_connections > 0
+    worker = stack.start_worker(threads=2)
+    state = tmp_path / "var" / "state" / name
+    _wait_until("two parsers start", lambda: _lines(state / "started.log") >= 2, 60)
+    # The database stays down until two runs have ended (their parsers write seen.log) and
+    # a little longer: their results must be recorded, and the next two claimed, through
+    # the outage.
+    client = api_client(app)
+    with proxy.outage():
+        down = client.get(f"/api/v1/runs/{ids[0]}")
+        assert down.status_code == 503
+        assert down.json["error"]["code"] == "database_unavailable"
+        _wait_until("two parsers end", lambda: _lines(state / "seen.log") >= 2, 30)
+        time.sleep(1.5)
+    assert proxy.cut_connections > 0
 
-        # The web side reconnects by itself (pool pre-ping).
-        assert client.get("/api/v1/health").status_code == 200
-        with app.app_context():
-            db.session.remove()
-            for run_id in ids:
-                run = wait_for_run(run_id, timeout_s=60)
-                assert run.status is RunStatus.COMPLETED, run.error
-                assert {f.name for f in run.files} == {"output.txt", "data.bin", "run.log"}
+    # The web side reconnects by itself (pool pre-ping).
+    assert client.get("/api/v1/health").status_code == 200
+    with app.app_context():
+        db.session.remove()
         for run_id in ids:
-            assert client.get(f"/api/v1/runs/{run_id}").json["status"] == "completed"
-        assert worker.poll() is None
-        assert b"database unreachable during" in (tmp_path / "worker.log").read_bytes()
-        seen = (tmp_path / "var" / "state" / name / "seen.log").read_text().split()
-        assert sorted(map(int, seen)) == sorted(ids)
-    finally:
-        stop_process(worker)
-        with app.app_context():
-            db.engine.dispose()
-        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])
+            run = wait_for_run(run_id, timeout_s=60)
+            assert run.status is RunStatus.COMPLETED, run.error
+            assert {f.name for f in run.files} == {"output.txt", "data.bin", "run.log"}
+    for run_id in ids:
+        assert client.get(f"/api/v1/runs/{run_id}").json["status"] == "completed"
+    assert worker.poll() is None
+    assert b"database unreachable during" in (tmp_path / "worker.log").read_bytes()
+    seen = (tmp_path / "var" / "state" / name / "seen.log").read_text().split()
+    assert sorted(map(int, seen)) == sorted(ids)
 
 
 @pytest.mark.timeout(360)  # 200 real runs: slow when the shared machine is busy
 def test_scheduler_keeps_firing_after_a_postgres_restart(
-    services_env: dict[str, str], pg_url: str, tmp_path: Path, tcp_proxy
-) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-    import sys
-
+    outage_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
     from parseq.models import OverlapPolicy, ScheduleType
 
-    proxy: TcpProxy = tcp_proxy(5432)
-    env = _env(
-        services_env,
-        tmp_path,
-        PARSEQ_DATABASE_URL=pg_url.replace(":5432/", f":{proxy.port}/"),
-        PARSEQ_SCHEDULER_SYNC_INTERVAL_S="0.3",
-    )
-    app = create_app(Config.from_env(environ=env))
-    init_db(app)
+    stack = outage_stack(proxied=5432, PARSEQ_SCHEDULER_SYNC_INTERVAL_S="0.3")
+    app, proxy = stack.app, stack.proxy
+    assert proxy is not None
     with app.app_context():
         parser = add_parser(
             f"tick-{uuid.uuid4().hex[:8]}",
@@ -156,90 +204,65 @@ def test_scheduler_keeps_firing_after_a_postgres_restart(
                 db.select(db.func.count(Run.id)).where(Run.parser_id == parser_id)
             ).scalar_one()
 
-    log_path = tmp_path / "scheduler.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "parseq.cli", "scheduler"], env=env, stdout=log, stderr=log
-        )
-    try:
-        _wait_until("the scheduler fires", lambda: created() >= 2, 30)
-        with proxy.outage():
-            time.sleep(3.0)
-        assert proxy.cut_connections > 0
-        after_outage = created()
-        _wait_until("it fires again", lambda: created() >= after_outage + 2, 30)
-        assert proc.poll() is None, log_path.read_text()
-    finally:
-        stop_process(proc)
-        with app.app_context():
-            db.engine.dispose()
-        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])
+    proc = stack.start_scheduler()
+    _wait_until("the scheduler fires", lambda: created() >= 2, 30)
+    with proxy.outage():
+        time.sleep(3.0)
+    assert proxy.cut_connections > 0
+    after_outage = created()
+    _wait_until("it fires again", lambda: created() >= after_outage + 2, 30)
+    assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
 
 
 def test_rabbitmq_restart_during_a_burst_of_200_runs(
-    services_env: dict[str, str], tmp_path: Path, tcp_proxy
-) -> None:  # type: ignore[no-untyped-def]
-    proxy: TcpProxy = tcp_proxy(5672)
-    env = _env(
-        services_env,
-        tmp_path,
-        PARSEQ_BROKER_URL=RABBIT_URL.replace(":5672/", f":{proxy.port}/"),
-    )
-    app = create_app(Config.from_env(environ=env))
-    init_db(app)
+    outage_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = outage_stack(proxied=5672)
+    app, proxy = stack.app, stack.proxy
+    assert proxy is not None
     name = f"burst-{uuid.uuid4().hex[:8]}"
-    workers = []
-    try:
-        with app.app_context():
-            parser = add_parser(name, "nap.py", default_args={"seconds": 0})
-            ids = [runs.create_run(parser).id for _ in range(200)]
-        workers = [
-            start_worker_process(env, tmp_path / f"worker{i}.log", threads=3) for i in range(2)
-        ]
-        _wait_until("some runs completed", lambda: _count(app, RunStatus.COMPLETED, ids) >= 20, 60)
-        client = api_client(app)
-        with proxy.outage():
-            # Enqueued while the broker is down: accepted, kept pending, resent by the sweeper.
-            resp = client.post(f"/api/v1/parsers/{name}/runs", json={})
-            assert resp.status_code == 202
-            ids.append(resp.json["id"])
-            with app.app_context():
-                assert db.session.get(Run, ids[-1]).enqueued_at is None
-            time.sleep(2.0)
-        assert proxy.cut_connections >= 2
-        assert _count(app, RunStatus.COMPLETED, ids) < 200, "the outage came too late to matter"
-
-        assert sweep_pending(app, older_than_s=0) == 1  # as the scheduler does periodically
-        # The web side enqueues again once the broker is back.
+    with app.app_context():
+        parser = add_parser(name, "nap.py", default_args={"seconds": 0})
+        ids = [runs.create_run(parser).id for _ in range(200)]
+    workers = [stack.start_worker(f"worker{i}.log", threads=3) for i in range(2)]
+    _wait_until("some runs completed", lambda: _count(app, RunStatus.COMPLETED, ids) >= 20, 60)
+    client = api_client(app)
+    with proxy.outage():
+        # Enqueued while the broker is down: accepted, kept pending, resent by the sweeper.
         resp = client.post(f"/api/v1/parsers/{name}/runs", json={})
         assert resp.status_code == 202
         ids.append(resp.json["id"])
-        try:
-            _wait_until(
-                "every run completed", lambda: _count(app, RunStatus.COMPLETED, ids) == 202, 240
-            )
-        except AssertionError:
-            with app.app_context():
-                stuck = db.session.execute(
-                    db.select(Run.id, Run.status, Run.enqueued_at, Run.error)
-                    .where(Run.id.in_(ids), Run.status != RunStatus.COMPLETED)
-                    .limit(10)
-                ).all()
-            logs = "".join(
-                (tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(len(workers))
-            )
-            raise AssertionError(f"runs not completed: {stuck}\n{logs}") from None
-        seen = (tmp_path / "var" / "state" / name / "seen.log").read_text().split()
-        executions = collections.Counter(map(int, seen))
-        assert sorted(executions) == sorted(ids)
-        assert set(executions.values()) == {1}, "some run executed more than once"
-        assert all(w.poll() is None for w in workers)
-    finally:
-        for w in workers:
-            stop_process(w)
         with app.app_context():
-            db.engine.dispose()
-        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])
+            assert db.session.get(Run, ids[-1]).enqueued_at is None
+        time.sleep(2.0)
+    assert proxy.cut_connections >= 2
+    assert _count(app, RunStatus.COMPLETED, ids) < 200, "the outage came too late to matter"
+
+    assert sweep_pending(app, older_than_s=0) == 1  # as the scheduler does periodically
+    # The web side enqueues again once the broker is back.
+    resp = client.post(f"/api/v1/parsers/{name}/runs", json={})
+    assert resp.status_code == 202
+    ids.append(resp.json["id"])
+    try:
+        _wait_until(
+            "every run completed", lambda: _count(app, RunStatus.COMPLETED, ids) == 202, 240
+        )
+    except AssertionError:
+        with app.app_context():
+            stuck = db.session.execute(
+                db.select(Run.id, Run.status, Run.enqueued_at, Run.error)
+                .where(Run.id.in_(ids), Run.status != RunStatus.COMPLETED)
+                .limit(10)
+            ).all()
+        logs = "".join(
+            (tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(len(workers))
+        )
+        raise AssertionError(f"runs not completed: {stuck}\n{logs}") from None
+    seen = (tmp_path / "var" / "state" / name / "seen.log").read_text().split()
+    executions = collections.Counter(map(int, seen))
+    assert sorted(executions) == sorted(ids)
+    assert set(executions.values()) == {1}, "some run executed more than once"
+    assert all(w.poll() is None for w in workers)
 
 
 def test_queues_are_durable_and_messages_persistent(services_env: dict[str, str]) -> None:
@@ -264,7 +287,7 @@ def test_queues_are_durable_and_messages_persistent(services_env: dict[str, str]
 
 
 def test_s3_outage_at_upload_keeps_files_and_completes_later(
-    services_env: dict[str, str], tmp_path: Path
+    outage_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
     import boto3
     from moto.server import ThreadedMotoServer
@@ -282,20 +305,17 @@ def test_s3_outage_at_upload_keeps_files_and_completes_later(
         region_name="us-east-1",
     )
     client.create_bucket(Bucket=bucket)
-    env = _env(
-        services_env,
-        tmp_path,
-        PARSEQ_STORAGE_URL=f"s3://{bucket}/results",
-        PARSEQ_S3_ENDPOINT_URL=endpoint,
-        PARSEQ_UPLOAD_ATTEMPTS="2",
-        PARSEQ_UPLOAD_BACKOFF_S="0.2",
-        PARSEQ_RETRY_INTERVAL_S="0.5",
-    )
-    app = create_app(Config.from_env(environ=env))
-    init_db(app)
-    worker = start_worker_process(env, tmp_path / "worker.log", threads=1)
     running = True
     try:
+        stack = outage_stack(
+            PARSEQ_STORAGE_URL=f"s3://{bucket}/results",
+            PARSEQ_S3_ENDPOINT_URL=endpoint,
+            PARSEQ_UPLOAD_ATTEMPTS="2",
+            PARSEQ_UPLOAD_BACKOFF_S="0.2",
+            PARSEQ_RETRY_INTERVAL_S="0.5",
+        )
+        app = stack.app
+        worker = stack.start_worker(threads=1)
         with app.app_context():
             parser = add_parser(f"nap-{uuid.uuid4().hex[:8]}", "nap.py")
             run_id = runs.create_run(parser, {"seconds": 2.0}).id
@@ -332,9 +352,5 @@ def test_s3_outage_at_upload_keeps_files_and_completes_later(
         _wait_until("the kept files are removed", lambda: not workdir.exists(), 10)
         assert worker.poll() is None
     finally:
-        stop_process(worker)
         if running:
             s3.stop()
-        with app.app_context():
-            db.engine.dispose()
-        delete_rabbit_queues(env["PARSEQ_QUEUE_NAME"])

@@ -19,7 +19,7 @@ from parseq import execution, runs
 from parseq.app import create_app
 from parseq.config import Config
 from parseq.models import Run, RunStatus, db, utcnow
-from parseq.reaper import WORKER_LOST, reap_once, start_reaper
+from parseq.reaper import WORKER_LOST, reap_once
 from tests.conftest import add_parser, delete_rabbit_queues, wait_for_run, wait_for_status
 from tests.test_runner import _alive
 
@@ -65,21 +65,6 @@ def test_reaper_requeues_a_lost_run_as_a_new_attempt_when_retries_are_allowed(
     # The retry message waits in the broker's delay queue for its backoff.
     broker = sqlite_app.extensions["parseq"].broker
     assert broker.queues[f"{sqlite_app.extensions['parseq'].config.queue_name}.DQ"].qsize() == 1
-
-
-def test_reaper_thread_reaps_on_its_own(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(make_config(heartbeat_timeout_s=2.0, reaper_interval_s=0.1))
-    from parseq.app import init_db
-
-    init_db(app)
-    with app.app_context():
-        run = _running(runs.create_run(add_parser("echo", "echo_env.py"), enqueue=False), 10)
-        stop = start_reaper(app)
-        try:
-            assert wait_for_run(run.id, timeout_s=10).status is RunStatus.ERROR
-        finally:
-            stop.set()
-        db.engine.dispose()
 
 
 def test_redelivered_message_for_a_run_another_worker_executes_is_ignored(
