@@ -25,6 +25,9 @@ class Config:
     database_url: str = ""
     #: ``memory://`` (in-process), ``amqp://user:pass@host:5672/vhost`` or ``redis://host:6379/0``.
     broker_url: str = "memory://"
+    #: The broker's ``consumer_timeout`` (RabbitMQ: 30 min unless raised, as docker-compose
+    #: does), in seconds: a worker warns at start when runs may outlast it.
+    broker_consumer_timeout_s: float = 1800.0
     #: Dramatiq queue that runs are sent to; workers consume the same name.
     queue_name: str = "parseq"
     #: ``file:///abs/path`` or ``s3://bucket/prefix``.

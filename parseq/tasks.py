@@ -34,8 +34,6 @@ ACTOR_NAME = "execute_run"
 # Parseq enforces run timeouts itself by killing the process group; Dramatiq's time limit
 # cannot interrupt a wait on a child process, so it is set out of the way (7 days, in ms).
 ACTOR_TIME_LIMIT_MS = 7 * 24 * 3600 * 1000
-#: RabbitMQ's default ``consumer_timeout`` (since 3.8.15), in seconds.
-RABBITMQ_CONSUMER_TIMEOUT_S = 30 * 60
 
 
 def make_broker(config: Config) -> Broker:
@@ -59,16 +57,17 @@ def make_broker(config: Config) -> Broker:
 
 
 def warn_if_runs_outlast_consumer_timeout(config: Config) -> None:
-    """Log a warning when the default run timeout exceeds RabbitMQ's default
-    ``consumer_timeout``: a broker left at its default would close the channel of a worker
+    """Log a warning when the default run timeout exceeds the broker's ``consumer_timeout``
+    (``PARSEQ_BROKER_CONSUMER_TIMEOUT_S``): RabbitMQ would close the channel of a worker
     executing a longer run (its message is unacknowledged until the run ends) and redeliver it."""
     scheme = urlparse(config.broker_url).scheme
-    if scheme in ("amqp", "amqps") and config.default_timeout_s > RABBITMQ_CONSUMER_TIMEOUT_S:
+    if scheme in ("amqp", "amqps") and config.default_timeout_s > config.broker_consumer_timeout_s:
         log.warning(
-            "PARSEQ_DEFAULT_TIMEOUT_S is %g s, above RabbitMQ's default consumer_timeout "
-            "(30 min): make sure the broker's consumer_timeout exceeds the longest run timeout "
-            "(see README, Deployment)",
+            "PARSEQ_DEFAULT_TIMEOUT_S is %g s, above the broker's consumer_timeout (%g s, "
+            "PARSEQ_BROKER_CONSUMER_TIMEOUT_S): raise RabbitMQ's consumer_timeout above the "
+            "longest run timeout and say so here (see README, Deployment)",
             config.default_timeout_s,
+            config.broker_consumer_timeout_s,
         )
 
 

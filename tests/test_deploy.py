@@ -87,3 +87,6 @@ def test_rabbitmq_consumer_timeout_exceeds_the_default_run_timeout(compose: dict
     assert "consumer_timeout" in settings, "compose mounts no RabbitMQ consumer_timeout"
     consumer_timeout_s = int(settings["consumer_timeout"]) / 1000
     assert consumer_timeout_s > 2 * Config().default_timeout_s
+    # ... and tells the workers, so they do not warn about it.
+    told = compose["x-parseq"]["environment"]["PARSEQ_BROKER_CONSUMER_TIMEOUT_S"]
+    assert float(told) == consumer_timeout_s

@@ -179,7 +179,6 @@ def test_postgres_restart_while_runs_execute(
     assert sorted(map(int, seen)) == sorted(ids)
 
 
-@pytest.mark.timeout(360)  # 200 real runs: slow when the shared machine is busy
 def test_scheduler_keeps_firing_after_a_postgres_restart(
     outage_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
@@ -214,6 +213,7 @@ def test_scheduler_keeps_firing_after_a_postgres_restart(
     assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
 
 
+@pytest.mark.timeout(360)  # 200 real runs: slow when the shared machine is busy
 def test_rabbitmq_restart_during_a_burst_of_200_runs(
     outage_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:

@@ -73,4 +73,8 @@ def test_worker_warns_when_runs_may_outlast_rabbitmqs_consumer_timeout(
         warn_if_runs_outlast_consumer_timeout(
             Config(broker_url="redis://127.0.0.1:6379/0", default_timeout_s=3600)
         )
+        # A broker whose consumer_timeout was raised (docker-compose's) and said so.
+        warn_if_runs_outlast_consumer_timeout(
+            Config(broker_url=amqp, default_timeout_s=3600, broker_consumer_timeout_s=90000)
+        )
     assert caplog.records == []
