@@ -161,7 +161,14 @@ class Config:
 
     @property
     def state_dir(self) -> Path:
-        """Per-parser directories that persist between runs (``PARSEQ_STATE_DIR``)."""
+        """Per-parser folders that persist between runs (``PARSEQ_STATE_DIR``), named by the
+        parser's id, so renaming a parser keeps its state."""
+        return self.var_dir / "parser-state"
+
+    @property
+    def legacy_state_dir(self) -> Path:
+        """Where parser state was kept, by parser name, before it was kept by id (moved on
+        first use: ``execution.state_dir_for``)."""
         return self.var_dir / "state"
 
     @property

@@ -7,6 +7,7 @@ idempotent, so a redelivered message changes nothing. Runs are created, listed a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -197,7 +198,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
     script = resolve_script(config, parser)
     # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
     dirs = {name: workdir / name for name in ("work", "output", "home", "tmp", "progress")}
-    state_dir = config.state_dir / parser.name
+    state_dir = state_dir_for(config, parser)
     for path in [*dirs.values(), state_dir]:
         path.mkdir(parents=True, exist_ok=True)
     progress_file = dirs["progress"] / sdk.PROGRESS_FILE
@@ -290,6 +291,19 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
                 state_dir,
                 lambda: retry_db(lambda: _others_running(run_id, parser_id), config.db_retry_s),
             )
+
+
+def state_dir_for(config: Config, parser: Parser) -> Path:
+    """The parser's state folder. One that an earlier release kept under the parser's name is
+    moved here on first use (atomically: of two workers racing, one moves it)."""
+    path = config.state_dir / str(parser.id)
+    legacy = config.legacy_state_dir / parser.name
+    if not path.exists() and legacy.is_dir() and not legacy.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # the other worker moved it
+            legacy.rename(path)
+            log.info("state of parser %s moved from %s to %s", parser.name, legacy, path)
+    return path
 
 
 def mark_waiting(run_id: int, message: str) -> None:

@@ -15,7 +15,9 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +38,9 @@ MARKER = "upload_pending.json"
 LOCK = ".upload.lock"
 
 
-#: Parallel uploads per run (boto3 clients are thread-safe).
-UPLOAD_THREADS = 4
+#: Upload threads per worker process at most (boto3 clients are thread-safe); started as
+#: needed, so a few runs uploading at once cost a few.
+UPLOAD_THREADS = 32
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,24 @@ def upload_files(
 
     if len(files) <= 1:
         return [upload(name, path) for name, path in files.items()]
-    with ThreadPoolExecutor(max_workers=min(len(files), UPLOAD_THREADS)) as pool:
-        futures = [pool.submit(upload, name, path) for name, path in files.items()]
-        return [f.result() for f in futures]  # in order; the first failure is raised
+    futures = [_pool().submit(upload, name, path) for name, path in files.items()]
+    return [f.result() for f in futures]  # in order; the first failure is raised
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The upload threads of this process, shared by its runs (not started per run); one per
+    process id, since a fork (gunicorn) does not inherit threads."""
+    with _pools_lock:
+        pool = _pools.get(os.getpid())
+        if pool is None:
+            pool = _pools[os.getpid()] = ThreadPoolExecutor(
+                max_workers=UPLOAD_THREADS, thread_name_prefix="parseq-upload"
+            )
+        return pool
 
 
 def defer(workdir: Path, pending: Pending) -> None:

@@ -167,11 +167,12 @@ def test_health_reports_database_and_storage(client) -> None:  # type: ignore[no
 def test_cancel_running_run_kills_its_group(client, embedded_app: Flask) -> None:  # type: ignore[no-untyped-def]
     from tests.test_runner import _alive
 
-    add_parser("sleeper", "sleeper.py")
+    sleeper = add_parser("sleeper", "sleeper.py")
     run_id = client.post("/api/v1/parsers/sleeper/runs").json["id"]
     running = wait_for_status(run_id, RunStatus.RUNNING)
     assert running.status is RunStatus.RUNNING
-    state = embedded_app.extensions["parseq"].config.state_dir / "sleeper" / "child.pid"
+    config = embedded_app.extensions["parseq"].config
+    state = config.state_dir / str(sleeper.id) / "child.pid"
     deadline = time.monotonic() + 10
     while not state.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -180,10 +180,11 @@ def test_delete_without_active_runs_needs_no_flag(client) -> None:  # type: igno
 
 def test_cascade_delete_stops_a_running_run(embedded_app: Flask) -> None:
     client = api_client(embedded_app)
-    add_parser("sleeper", "sleeper.py")
+    sleeper = add_parser("sleeper", "sleeper.py")
     run_id = client.post("/api/v1/parsers/sleeper/runs").json["id"]
     assert wait_for_status(run_id, RunStatus.RUNNING).status is RunStatus.RUNNING
-    state = embedded_app.extensions["parseq"].config.state_dir / "sleeper" / "child.pid"
+    config = embedded_app.extensions["parseq"].config
+    state = config.state_dir / str(sleeper.id) / "child.pid"
     deadline = time.monotonic() + 10
     while not state.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -148,8 +148,8 @@ def test_postgres_restart_while_runs_execute(
     with app.app_context():
         parser = add_parser(name, "nap.py")
         ids = [runs.create_run(parser, {"seconds": 1.0}).id for _ in range(4)]
+        state = tmp_path / "var" / "parser-state" / str(parser.id)
     worker = stack.start_worker(threads=2)
-    state = tmp_path / "var" / "state" / name
     _wait_until("two parsers start", lambda: _lines(state / "started.log") >= 2, 60)
     # The database stays down until two runs have ended (their parsers write seen.log) and
     # a little longer: their results must be recorded, and the next two claimed, through
@@ -175,7 +175,7 @@ def test_postgres_restart_while_runs_execute(
         assert client.get(f"/api/v1/runs/{run_id}").json["status"] == "completed"
     assert worker.poll() is None
     assert b"database unreachable during" in (tmp_path / "worker.log").read_bytes()
-    seen = (tmp_path / "var" / "state" / name / "seen.log").read_text().split()
+    seen = (state / "seen.log").read_text().split()
     assert sorted(map(int, seen)) == sorted(ids)
 
 
@@ -224,6 +224,7 @@ def test_rabbitmq_restart_during_a_burst_of_200_runs(
     with app.app_context():
         parser = add_parser(name, "nap.py", default_args={"seconds": 0})
         ids = [runs.create_run(parser).id for _ in range(200)]
+        state = tmp_path / "var" / "parser-state" / str(parser.id)
     workers = [stack.start_worker(f"worker{i}.log", threads=3) for i in range(2)]
     _wait_until("some runs completed", lambda: _count(app, RunStatus.COMPLETED, ids) >= 20, 60)
     client = api_client(app)
@@ -258,7 +259,7 @@ def test_rabbitmq_restart_during_a_burst_of_200_runs(
             (tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(len(workers))
         )
         raise AssertionError(f"runs not completed: {stuck}\n{logs}") from None
-    seen = (tmp_path / "var" / "state" / name / "seen.log").read_text().split()
+    seen = (state / "seen.log").read_text().split()
     executions = collections.Counter(map(int, seen))
     assert sorted(executions) == sorted(ids)
     assert set(executions.values()) == {1}, "some run executed more than once"

@@ -81,7 +81,8 @@ def test_timeout_on_the_worker_kills_the_grandchild(services_app: Flask, worker_
         assert run.status is RunStatus.TIMEOUT
         assert "timed out after 1 s" in run.error
         config = services_app.extensions["parseq"].config
-    pid = int((config.state_dir / name / "child.pid").read_text())
+        state = config.state_dir / str(parser.id)
+    pid = int((state / "child.pid").read_text())
     deadline = time.monotonic() + 5
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)

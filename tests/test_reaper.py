@@ -149,7 +149,7 @@ def test_kill_9_of_the_worker_mid_run_is_reaped_and_a_fresh_worker_drains_the_qu
             echo = add_parser(f"echo-{tag}", "echo_env.py")
             assert wait_for_status(doomed.id, RunStatus.RUNNING).status is RunStatus.RUNNING
             rest = [runs.create_run(echo).id for _ in range(3)] + [runs.create_run(timing_out).id]
-            pid_file = app.extensions["parseq"].config.state_dir / doomed.parser.name / "pid"
+            pid_file = app.extensions["parseq"].config.state_dir / str(doomed.parser_id) / "pid"
             deadline = time.monotonic() + 15
             while not pid_file.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)  # the parser is really executing

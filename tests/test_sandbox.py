@@ -239,8 +239,9 @@ def test_parser_runs_unprivileged_and_cannot_write_the_database_code_or_other_st
     app: Flask,
 ) -> None:
     config = app.extensions["parseq"].config
-    assert _run("other", "probe.py", {"targets": {}}).status is RunStatus.COMPLETED
-    other_state = config.state_dir / "other" / "mine.txt"
+    other = _run("other", "probe.py", {"targets": {}})
+    assert other.status is RunStatus.COMPLETED
+    other_state = config.state_dir / str(other.parser_id) / "mine.txt"
     assert other_state.read_text() == "kept"
     targets = {
         "database": config.database_url.split(":///", 1)[1],
@@ -257,9 +258,10 @@ def test_parser_runs_unprivileged_and_cannot_write_the_database_code_or_other_st
     assert {k: report[k] for k in targets} == dict.fromkeys(targets, "PermissionError")
     assert other_state.read_text() == "kept"
     # Its own state persists, and is root's again between runs.
-    assert (config.state_dir / "probe" / "mine.txt").read_text() == "kept"
-    assert (config.state_dir / "probe").stat().st_uid == 0
-    assert oct((config.state_dir / "probe").stat().st_mode & 0o777) == "0o700"
+    own_state = config.state_dir / str(run.parser_id)
+    assert (own_state / "mine.txt").read_text() == "kept"
+    assert own_state.stat().st_uid == 0
+    assert oct(own_state.stat().st_mode & 0o777) == "0o700"
     assert oct(Path(targets["database"]).stat().st_mode & 0o777) == "0o600"
 
 

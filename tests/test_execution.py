@@ -1,0 +1,61 @@
+"""The worker's side of a run (``parseq.execution``): where a parser's state lives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from parseq import execution, runs
+from parseq.config import Config
+from parseq.models import Parser, RunStatus, db
+from tests.conftest import running
+
+COUNTER = (
+    "import os, pathlib\n"
+    "seen = pathlib.Path(os.environ['PARSEQ_STATE_DIR'], 'runs.txt')\n"
+    "count = int(seen.read_text()) + 1 if seen.exists() else 1\n"
+    "seen.write_text(str(count))\n"
+    "pathlib.Path(os.environ['PARSEQ_OUTPUT_DIR'], 'output.txt').write_text(f'{count}\\n')\n"
+)
+
+
+def test_state_dir_is_named_by_id_and_takes_over_the_old_folder_named_after_the_parser(
+    tmp_path: Path,
+) -> None:
+    config = Config(var_dir=tmp_path / "var").resolved()
+    old = config.legacy_state_dir / "quotes"
+    old.mkdir(parents=True)
+    (old / "state.json").write_text('{"cursor": 3}')
+    parser = Parser(id=7, name="quotes", path="quotes.py")
+
+    path = execution.state_dir_for(config, parser)
+    assert path == config.state_dir / "7"
+    assert (path / "state.json").read_text() == '{"cursor": 3}'
+    assert not old.exists()
+    # A folder by the old name that turns up later is left alone: the state by id wins.
+    old.mkdir()
+    assert execution.state_dir_for(config, parser) == path
+    assert (path / "state.json").exists() and old.exists()
+
+
+def test_a_renamed_parser_keeps_its_state(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    parsers = tmp_path / "parsers"
+    parsers.mkdir(mode=0o755)
+    (parsers / "counter.py").write_text(COUNTER)
+    (parsers / "counter.py").chmod(0o644)
+    with running(make_config(parsers_dir=parsers)) as app:
+        parser = Parser(name="counter", path="counter.py")
+        db.session.add(parser)
+        db.session.commit()
+        outputs = []
+        for new_name in ("counter", "renamed", "renamed-again"):
+            parser.name = new_name
+            db.session.commit()
+            run = runs.run_now(parser)
+            assert run.status is RunStatus.COMPLETED, run.error
+            storage = app.extensions["parseq"].storage
+            key = run.file("output.txt").storage_key
+            outputs.append(b"".join(storage.iter_bytes(key)).decode().strip())
+        assert outputs == ["1", "2", "3"]
