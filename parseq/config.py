@@ -17,6 +17,11 @@ from parseq.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Bounds of ``run_as_uid_base``: above system and login users, below 2**31 with room for ids.
+MIN_UID_BASE = 100_000
+MAX_UID_BASE = 2**31 - 2**24
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings of one Parseq process. Build with :meth:`from_env`; override with ``replace``."""
@@ -87,6 +92,10 @@ class Config:
     #: When the worker runs as root, parsers run as this user (no write access to Parseq's code,
     #: database or other parsers' state). ``none`` runs them as the worker's own user.
     run_as_user: str = "nobody"
+    #: When set (and the worker runs as root), each parser runs as a user id of its own, this
+    #: number + the parser's id (no passwd entry needed), instead of ``run_as_user``: parsers
+    #: running at the same moment cannot reach each other's files. 0 = off.
+    run_as_uid_base: int = 0
     #: Python that runs parsers without a virtualenv of their own; empty = the one running
     #: Parseq. With ``run_as_user`` it must be readable by that user (not under a 0700 /root).
     python: str = ""
@@ -232,6 +241,11 @@ class Config:
                 raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
         if self.schedule_grace_s < 0:
             raise ConfigError("PARSEQ_SCHEDULE_GRACE_S must be >= 0")
+        if self.run_as_uid_base and not MIN_UID_BASE <= self.run_as_uid_base <= MAX_UID_BASE:
+            raise ConfigError(
+                f"PARSEQ_RUN_AS_UID_BASE must be 0 (off) or between {MIN_UID_BASE} and "
+                f"{MAX_UID_BASE}: above the machine's users, with room for every parser id"
+            )
         return replace(self, **changes)
 
 

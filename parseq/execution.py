@@ -205,7 +205,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
     secrets = dict(parser.secrets or {})  # raises SecretsKeyError when the key is wrong
     interpreter = interpreter_for(parser, run)
     sdk_path = sdk.install_sdk(config.sdk_dir)
-    user = sandbox.sandbox_user(config)
+    user = sandbox.sandbox_user(config, parser_id=parser.id)
     if user is not None:
         sandbox.check_reachable(user, interpreter)
         sandbox.check_reachable(user, script, need=0o4)
@@ -232,6 +232,8 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         extra={
             "PYTHONPATH": str(sdk_path),
             "PARSEQ_PROGRESS_FILE": str(progress_file),
+            # Who ``getpass.getuser()`` says it is: a uid of its own has no passwd entry.
+            **({"USER": user.name, "LOGNAME": user.name} if user is not None else {}),
         },
     )
     timeout_s = parser.timeout_s or config.default_timeout_s

@@ -162,12 +162,20 @@ def launcher_argv(launcher: Launcher, limits: list[RLimit], user: SandboxUser | 
     return [*argv, "--pdeathsig=KILL", "--"]
 
 
-def sandbox_user(config: Config, euid: int | None = None) -> SandboxUser | None:
-    """The user parsers run as: ``run_as_user`` when this process is root, else None (a
-    non-root worker cannot switch users, and its parsers already lack root's rights)."""
+def sandbox_user(
+    config: Config, euid: int | None = None, parser_id: int | None = None
+) -> SandboxUser | None:
+    """The user a parser runs as when this process is root: a uid of the parser's own with
+    ``run_as_uid_base``, else ``run_as_user``. None when not root (a non-root worker cannot
+    switch users, and its parsers already lack root's rights)."""
     euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        return None
+    if config.run_as_uid_base and parser_id is not None:
+        uid = config.run_as_uid_base + parser_id
+        return SandboxUser(f"parseq-{parser_id}", uid, uid)
     name = config.run_as_user.strip()
-    if euid != 0 or name.lower() in NO_USER:
+    if name.lower() in NO_USER:
         return None
     try:
         entry = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -118,6 +119,20 @@ def test_sandbox_user_refuses_unknown_users_and_root(setting: str) -> None:
         sandbox.sandbox_user(Config(run_as_user=setting), euid=0)
 
 
+def test_run_as_uid_base_gives_each_parser_a_uid_of_its_own() -> None:
+    config = Config(run_as_uid_base=200_000)
+    user = sandbox.sandbox_user(config, euid=0, parser_id=7)
+    assert user == sandbox.SandboxUser("parseq-7", 200_007, 200_007)
+    assert sandbox.sandbox_user(config, euid=1000, parser_id=7) is None  # not root: no switch
+    assert sandbox.sandbox_user(config, euid=0).name == "nobody"  # no parser: the shared one
+
+
+@pytest.mark.parametrize("base", [-1, 1000, 2**31])
+def test_run_as_uid_base_out_of_range_is_refused(base: int) -> None:
+    with pytest.raises(ConfigError, match="PARSEQ_RUN_AS_UID_BASE"):
+        Config(run_as_uid_base=base).resolved()
+
+
 def test_check_reachable_names_the_folder_in_the_way(tmp_path: Path) -> None:
     hidden = tmp_path / "hidden"
     hidden.mkdir(mode=0o700)
@@ -149,6 +164,13 @@ SCRIPTS = {
         "pathlib.Path(os.environ['PARSEQ_STATE_DIR'], 'mine.txt').write_text('kept')\n"
         "out = pathlib.Path(os.environ['PARSEQ_OUTPUT_DIR'], 'report.json')\n"
         "out.write_text(json.dumps(report))\n"
+    ),
+    "holder.py": (
+        "import os, pathlib, time\n"
+        "state = pathlib.Path(os.environ['PARSEQ_STATE_DIR'])\n"
+        "(state / 'secret.txt').write_text('mine')\n"
+        "(state / 'ready').write_text(str(os.getuid()))\n"
+        "time.sleep(30)\n"  # until cancelled
     ),
     "binary.py": (
         "import sys\n"
@@ -263,6 +285,34 @@ def test_parser_runs_unprivileged_and_cannot_write_the_database_code_or_other_st
     assert own_state.stat().st_uid == 0
     assert oct(own_state.stat().st_mode & 0o777) == "0o700"
     assert oct(Path(targets["database"]).stat().st_mode & 0o777) == "0o600"
+
+
+@as_root
+def test_with_uids_of_their_own_parsers_running_together_cannot_reach_each_others_state(
+    make_config: Callable[..., Config], parsers_dir: Path
+) -> None:
+    """Under one shared user, a parser could open the state of another one running at the
+    same moment; with ``run_as_uid_base`` each has its own uid and its folders are 0700."""
+    with running(make_config(parsers_dir=parsers_dir, run_as_uid_base=300_000)) as app:
+        config = app.extensions["parseq"].config
+        holder = add_parser("holder", "holder.py")
+        held = runs.create_run(holder)
+        ready = config.state_dir / str(holder.id) / "ready"
+        deadline = time.monotonic() + 20
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.read_text() == str(300_000 + holder.id)
+        target = str(config.state_dir / str(holder.id) / "secret.txt")
+        probe = _run("prober", "probe.py", {"targets": {"holders_state": target}})
+        assert probe.status is RunStatus.COMPLETED, probe.error
+        storage = app.extensions["parseq"].storage
+        report = json.loads(b"".join(storage.iter_bytes(probe.file("report.json").storage_key)))
+        assert report["uid"] == 300_000 + probe.parser_id
+        assert report["holders_state"] == "PermissionError"
+        db.session.expire_all()
+        assert db.session.get(Run, held.id).status is RunStatus.RUNNING  # at the same moment
+        runs.cancel_run(db.session.get(Run, held.id))
+        assert wait_for_run(held.id).status is RunStatus.CANCELLED
 
 
 def test_script_path_escaping_the_parsers_root_is_refused(app: Flask) -> None:
