@@ -122,6 +122,14 @@ def _run_code(tmp_path: Path, code: str, **kwargs):  # type: ignore[no-untyped-d
     return runner.supervise(proc, tmp_path / "run.log", **kwargs)
 
 
+@pytest.fixture(params=["auto", None], ids=["prlimit-setpriv", "preexec_fn"])
+def launcher(request: pytest.FixtureRequest) -> str | None:
+    """Both ways of applying the sandbox: the prlimit/setpriv prefix and a preexec_fn."""
+    if request.param == "auto" and runner.default_launcher() is None:
+        pytest.skip("prlimit/setpriv are not installed")
+    return request.param
+
+
 PROBE_IDENTITY = (
     "import json, os, resource\n"
     "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'groups': os.getgroups(),\n"
@@ -130,12 +138,9 @@ PROBE_IDENTITY = (
 )
 
 
-@pytest.mark.parametrize("launcher", ["auto", None], ids=["prlimit-setpriv", "preexec_fn"])
 def test_spawn_applies_limits_and_user_with_either_launcher(
     tmp_path: Path, launcher: str | None
 ) -> None:
-    if launcher == "auto" and runner.default_launcher() is None:
-        pytest.skip("prlimit/setpriv are not installed")
     tmp_path.chmod(0o755)
     script = tmp_path / "probe.py"
     script.write_text(PROBE_IDENTITY)
@@ -160,13 +165,10 @@ def test_spawn_applies_limits_and_user_with_either_launcher(
         assert (seen["uid"], seen["gid"], seen["groups"]) == (65534, 65534, [])
 
 
-@pytest.mark.parametrize("launcher", ["auto", None], ids=["prlimit-setpriv", "preexec_fn"])
 def test_the_child_dies_with_the_process_that_spawned_it(
     tmp_path: Path, launcher: str | None
 ) -> None:
     """A SIGKILLed worker takes its parsers along (parent-death signal)."""
-    if launcher == "auto" and runner.default_launcher() is None:
-        pytest.skip("prlimit/setpriv are not installed")
     middle = (
         "import os, sys, time\n"
         "from parseq import runner\n"
