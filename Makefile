@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format check bench bench-envs clean
+.PHONY: run test lint format check bench bench-envs clean lock
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+## Re-pin requirements.txt / requirements-dev.txt from the .in files (after editing those).
+lock: | $(BIN)/uv
+	$(BIN)/uv pip compile requirements.in --no-header --no-annotate --python-version 3.11 -o requirements.txt
+	$(BIN)/uv pip compile requirements-dev.in --no-header --no-annotate --python-version 3.11 -o requirements-dev.txt
 
 ## Benchmarks (on demand, never in the test suite): make bench  or  make bench BENCH="dispatch scale"
 bench: $(VENV)/.installed-dev

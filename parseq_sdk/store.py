@@ -2,17 +2,25 @@
 ``checkpoint()``: resumable pagination on top of it.
 
 The store is one file, ``state.json`` in ``PARSEQ_STATE_DIR``, rewritten atomically on every
-change, so a run that is killed mid-way leaves the last complete state for the next run.
+change, so a run that is killed mid-way leaves the last complete state for the next run. A
+change is made under a lock on the file as it is then (re-read), so two runs of one parser at
+the same moment keep each other's keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from parseq_sdk._atomic import write_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows, in local mode: one process at a time is the usual case there
+    fcntl = None  # type: ignore[assignment]
 from parseq_sdk.run_context import context
 
 STATE_FILE = "state.json"
@@ -34,18 +42,19 @@ class State(MutableMapping[str, Any]):
     def _load(self) -> dict[str, Any]:
         path = self.path
         if self._loaded_from != path:
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                data = {}
-            self._data = data if isinstance(data, dict) else {}
+            self._data = _read(path)
             self._loaded_from = path
         return self._data
 
-    def _save(self, data: dict[str, Any]) -> None:
-        text = json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True)
-        write_atomic(self.path, text.encode("utf-8"))
-        self._data = data
+    def _change(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply ``change`` to the file's current contents, under the lock, and write it."""
+        path = self.path
+        with _locked(path):
+            data = _read(path)
+            change(data)
+            text = json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True)
+            write_atomic(path, text.encode("utf-8"))
+        self._data, self._loaded_from = data, path
 
     def __getitem__(self, key: str) -> Any:
         return self._load()[key]
@@ -53,17 +62,16 @@ class State(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise TypeError(f"state keys are strings, got {key!r}")
-        data = {**self._load(), key: value}
         try:
             json.dumps(value)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"state[{key!r}] must be JSON-serializable: {exc}") from None
-        self._save(data)
+        self._change(lambda data: data.__setitem__(key, value))
 
     def __delitem__(self, key: str) -> None:
-        data = dict(self._load())
-        del data[key]
-        self._save(data)
+        if key not in self._load():
+            raise KeyError(key)
+        self._change(lambda data: data.pop(key, None))
 
     def __iter__(self) -> Iterator[str]:
         return iter(dict(self._load()))
@@ -77,6 +85,29 @@ class State(MutableMapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"State({self._load()!r})"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside ``path`` (the file itself is replaced on every write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 state = State()

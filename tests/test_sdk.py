@@ -220,6 +220,28 @@ def test_state_persists_between_instances(run_env: dict[str, Path]) -> None:
     assert "bad" not in State()
 
 
+def test_two_processes_writing_state_at_once_keep_each_others_keys(tmp_path: Path) -> None:
+    """Two runs of one parser at the same moment (overlap "allow"): every key either wrote is
+    in the file after, where whole-file rewrites of a stale copy would drop some."""
+    path = tmp_path / "state.json"
+    writer = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from parseq_sdk.store import State\n"
+        "store = State(Path(sys.argv[1]))\n"
+        "for i in range(150):\n"
+        "    store[f'{sys.argv[2]}{i}'] = i\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", writer, str(path), prefix], cwd=REPO)
+        for prefix in ("a", "b")
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    data = json.loads(path.read_text())
+    assert len(data) == 300
+    assert data["a149"] == data["b149"] == 149
+
+
 def test_checkpoint_resumes_and_restarts(run_env: dict[str, Path]) -> None:
     store = State()
     first = [p for p in Checkpoint("p", max_pages=2, store=store)]
