@@ -80,7 +80,6 @@ def _claim_and_load(run_id: int) -> Run | None:
 
 
 #: Envs held in use (safe from eviction) by the runs executing in this process.
-#: Envs held in use (safe from eviction) by the runs executing in this process.
 _env_leases: dict[int, envs.Env] = {}
 
 
