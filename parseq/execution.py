@@ -209,8 +209,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         sandbox.check_reachable(user, interpreter)
         sandbox.check_reachable(user, script, need=0o4)
         sandbox.harden_var(config, config.database_url)
-        config.sdk_dir.chmod(0o755)  # nosec B103  # the sandbox user reads its copy
-        sandbox.make_readable(sdk_path)
+        sandbox.share_sdk(config.sdk_dir, sdk_path)
         workdir.chmod(0o711)
         sandbox.prepare_dirs(user, list(dirs.values()), state_dir)
     if parser.kind is ParserKind.NOTEBOOK:

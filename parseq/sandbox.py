@@ -242,6 +242,19 @@ def harden_var(config: Config, db_url: str) -> None:
                 path.chmod(0o600)
 
 
+_shared: set[Path] = set()
+
+
+def share_sdk(sdk_dir: Path, sdk_path: Path) -> None:
+    """Let the sandbox user read the SDK copy at ``sdk_path``: once per process, as a copy is
+    named by its content and never changes."""
+    if sdk_path in _shared:
+        return
+    sdk_dir.chmod(0o755)  # nosec B103  # the sandbox user reads its copy
+    make_readable(sdk_path)
+    _shared.add(sdk_path)
+
+
 def make_readable(root: Path) -> None:
     """Let every user read ``root``'s tree (code shipped to parsers: the SDK). Paths that
     vanish meanwhile (another worker's staging folder, renamed away) are skipped."""

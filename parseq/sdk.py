@@ -16,6 +16,7 @@ in the run log, and the worker reads one small file per beat however often the p
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -45,16 +46,22 @@ def sdk_sources() -> list[Path]:
     return sorted(p for p in root.glob("*.py"))
 
 
+@functools.cache
+def _sdk_digest() -> str:
+    """The hash of the SDK's sources: they do not change while a process runs."""
+    digest = hashlib.sha256()
+    for path in sdk_sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def install_sdk(sdk_dir: Path) -> Path:
     """Make sure a copy of the SDK exists under ``sdk_dir``; return the folder to put on
-    ``PYTHONPATH`` (it contains only ``parseq_sdk/``). Cheap when it already exists."""
-    sources = sdk_sources()
-    digest = hashlib.sha256()
-    for path in sources:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    target = sdk_dir / digest.hexdigest()[:16]
+    ``PYTHONPATH`` (it contains only ``parseq_sdk/``). One stat when it already exists."""
+    target = sdk_dir / _sdk_digest()
     if (target / SDK_PACKAGE / "__init__.py").is_file():
         return target
+    sources = sdk_sources()
     sdk_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=sdk_dir, prefix=".staging-"))
     try:
