@@ -15,7 +15,7 @@ from typing import Any
 
 import nbformat
 
-from parseq import nbexec, runner
+from parseq import nbdoc, nbexec, runner
 from parseq.config import Config
 from parseq.errors import ValidationError
 
@@ -99,7 +99,7 @@ def describe(nb: Mapping[str, Any]) -> str:
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "markdown":
             continue
-        paragraphs = [p.strip() for p in nbexec.source_of(cell).split("\n\n") if p.strip()]
+        paragraphs = [p.strip() for p in nbdoc.source_of(cell).split("\n\n") if p.strip()]
         prose = [p for p in paragraphs if not p.startswith("#")]
         chosen = prose[0] if prose else paragraphs[0].lstrip("#").strip() if paragraphs else ""
         return " ".join(chosen.split())[:500]

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask, current_app
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from parseq import nbexec, nbsyntax, notebooks, runs
+from parseq import nbdoc, nbsyntax, notebooks, runs
 from parseq.config import PROJECT_ROOT, Config
 from parseq.errors import ValidationError
 from parseq.models import Parser, ParserKind, Run, RunStatus, db
@@ -109,7 +109,7 @@ def test_parameters_are_injected_after_the_tagged_cell_or_at_the_top(
     tagged: tuple[bool, ...], index: int
 ) -> None:
     nb = _cells(*tagged)
-    assert nbexec.inject_parameters(nb, {"n": 3}) == index
+    assert nbdoc.inject_parameters(nb, {"n": 3}) == index
     cell = nb["cells"][index]
     assert cell["metadata"]["tags"] == ["injected-parameters"]
     assert cell["source"].endswith("n = 3\n")
@@ -119,15 +119,15 @@ def test_parameters_are_injected_after_the_tagged_cell_or_at_the_top(
 
 def test_an_earlier_injected_cell_is_replaced_not_stacked() -> None:
     nb = _cells(True, False)
-    nbexec.inject_parameters(nb, {"n": 1})
+    nbdoc.inject_parameters(nb, {"n": 1})
     nb["nbformat_minor"] = 5
-    nbexec.inject_parameters(nb, {"n": 2})
+    nbdoc.inject_parameters(nb, {"n": 2})
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert len(injected) == 1 and "n = 2" in injected[0]["source"] and injected[0]["id"]
 
 
 def test_parameters_source_is_python_for_any_json_and_skips_non_identifiers() -> None:
-    source = nbexec.parameters_source(
+    source = nbdoc.parameters_source(
         {"s": "it's", "n": None, "b": False, "x": [1.5, {"k": float("inf")}], "max-pages": 2}
     )
     assert "max-pages" not in source
