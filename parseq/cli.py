@@ -49,6 +49,15 @@ def _build_app(**overrides: Any):  # type: ignore[no-untyped-def]
     return create_app(config)
 
 
+def _app_with_db(**overrides: Any):  # type: ignore[no-untyped-def]
+    """:func:`_build_app` with its database schema created or migrated (``init_db``)."""
+    from parseq.app import init_db
+
+    app = _build_app(**overrides)
+    init_db(app)
+    return app
+
+
 def _wait_for_signal() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -68,12 +77,10 @@ def init_db_cmd() -> None:
     """Create the database tables (or migrate them to this release), register the parsers
     shipped in parsers/ and, when there are no users yet, the admin user (PARSEQ_ADMIN_PASSWORD,
     or a random password printed once)."""
-    from parseq.app import init_db
     from parseq.auth import ensure_admin
     from parseq.registry import sync_shipped
 
-    app = _build_app()
-    init_db(app)
+    app = _app_with_db()
     with app.app_context():
         config = app.extensions["parseq"].config
         added = sync_shipped(config)
@@ -164,7 +171,6 @@ def rotate_secrets_cmd() -> None:
 @_one_line_errors
 def up(host: str | None, port: int | None, threads: int | None) -> None:
     """All in one process: database, worker threads and the web admin (embedded default)."""
-    from parseq.app import init_db
     from parseq.auth import ensure_admin
     from parseq.models import Run, db
     from parseq.reaper import reap_once
@@ -173,9 +179,8 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     from parseq.scheduler import SchedulerService, sweep_pending
     from parseq.tasks import start_worker
 
-    app = _build_app(host=host, port=port, worker_threads=threads)
+    app = _app_with_db(host=host, port=port, worker_threads=threads)
     config = app.extensions["parseq"].config
-    init_db(app)
     # The in-memory queue starts empty: every run still pending from before must be re-sent.
     sweep_pending(app, older_than_s=0, resend_all=True)
     with app.app_context():
@@ -217,11 +222,9 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
 @_one_line_errors
 def create_user_cmd(username: str, password: str, reset: bool) -> None:
     """Create an admin panel user USERNAME (or reset its password with --reset)."""
-    from parseq.app import init_db
     from parseq.auth import create_user, set_password
 
-    app = _build_app()
-    init_db(app)
+    app = _app_with_db()
     with app.app_context():
         if reset:
             set_password(username, password)
@@ -300,11 +303,9 @@ def worker(threads: int | None) -> None:
 @_one_line_errors
 def create_token_cmd(name: str, read_only: bool) -> None:
     """Create an API token called NAME and print it (it is shown only this once)."""
-    from parseq.app import init_db
     from parseq.tokens import create_token
 
-    app = _build_app()
-    init_db(app)
+    app = _app_with_db()
     with app.app_context():
         _token, plain = create_token(name, read_only=read_only)
     click.echo(plain)
@@ -317,11 +318,9 @@ def create_token_cmd(name: str, read_only: bool) -> None:
 @_one_line_errors
 def revoke_token_cmd(name: str) -> None:
     """Revoke the API token called NAME: requests with it get 401 from now on."""
-    from parseq.app import init_db
     from parseq.tokens import revoke_token
 
-    app = _build_app()
-    init_db(app)
+    app = _app_with_db()
     with app.app_context():
         revoke_token(name)
     click.echo(f"token {name!r} revoked")
@@ -347,12 +346,10 @@ def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any
 @_one_line_errors
 def run_cmd(parser: str, args: dict[str, Any]) -> None:
     """Run PARSER now in this process and print its status and where its files went."""
-    from parseq.app import init_db
     from parseq.registry import sync_shipped
     from parseq.runs import get_parser, run_now
 
-    app = _build_app()
-    init_db(app)
+    app = _app_with_db()
     with app.app_context():
         sync_shipped(app.extensions["parseq"].config)
         run = run_now(get_parser(parser), args)
@@ -397,12 +394,10 @@ def envs_build(parser: str) -> None:
     """Build (or find) the env of PARSER and print its key and interpreter."""
     from parseq import envs as envs_mod
     from parseq import requirements as reqs
-    from parseq.app import init_db
     from parseq.registry import resolve_script, sync_shipped
     from parseq.runs import get_parser
 
-    app = _build_app()
-    init_db(app)
+    app = _app_with_db()
     config = app.extensions["parseq"].config
     with app.app_context():
         sync_shipped(config)

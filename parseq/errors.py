@@ -30,6 +30,20 @@ class ConfigError(ParseqError):
     code = "config_error"
 
 
+class Unauthorized(ParseqError):
+    """No valid bearer token was sent."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ParseqError):
+    """The token is valid but may not do this (a read-only token writing)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ParseqError):
     """A parser, run or file does not exist."""
 

@@ -8,11 +8,8 @@ hold several apps in one process. The actor is thin: it enters the app context a
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import dramatiq
@@ -21,6 +18,7 @@ from flask import Flask, current_app
 
 from parseq.config import Config
 from parseq.errors import BrokerError, ConfigError
+from parseq.pools import ProcessPool
 
 if TYPE_CHECKING:
     from dramatiq import Actor, Broker
@@ -28,7 +26,6 @@ if TYPE_CHECKING:
     from parseq.workers import Heartbeat
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 ACTOR_NAME = "execute_run"
 # Parseq enforces run timeouts itself by killing the process group; Dramatiq's time limit
@@ -93,7 +90,7 @@ def init_broker(app: Flask, config: Config) -> tuple[Broker, Actor]:
     return broker, actor
 
 
-class BrokerThread:
+class BrokerThread(ProcessPool):
     """Runs the app's broker calls on one long-lived thread of this process.
 
     Dramatiq's RabbitMQ broker opens a connection per calling thread and keeps it until the
@@ -104,18 +101,7 @@ class BrokerThread:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` on the broker thread; its exception is raised here."""
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parseq-broker")
-                self._pid = os.getpid()
-            pool = self._pool
-        return pool.submit(fn, *args, **kwargs).result()
+        super().__init__(max_workers=1, name="parseq-broker")
 
 
 def send_run(run_id: int, delay_s: float = 0.0) -> None:

@@ -14,26 +14,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from parseq.errors import Conflict, NotFound, ParseqError, ValidationError
+from parseq.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from parseq.models import NAME_RE, UTCDateTime, _iso, db, utcnow
 
 TOKEN_PREFIX = "pq_"  # nosec B105  # a label in front of tokens, not a secret
 #: ``last_used_at`` is written at most this often per token, so reads stay reads.
 TOUCH_INTERVAL = timedelta(seconds=60)
-
-
-class Unauthorized(ParseqError):
-    """No valid bearer token was sent."""
-
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(ParseqError):
-    """The token is valid but may not do this (a read-only token writing)."""
-
-    status_code = 403
-    code = "forbidden"
 
 
 class ApiToken(db.Model):

@@ -15,12 +15,9 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from flask import Flask, current_app
 from parseq.config import Config
 from parseq.errors import StorageError
 from parseq.models import Run, RunFile, RunStatus, db
+from parseq.pools import ProcessPool
 from parseq.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -41,6 +39,8 @@ LOCK = ".upload.lock"
 #: Upload threads per worker process at most (boto3 clients are thread-safe); started as
 #: needed, so a few runs uploading at once cost a few.
 UPLOAD_THREADS = 32
+#: The upload threads of this process, shared by its runs (not started per run).
+_UPLOADS = ProcessPool(UPLOAD_THREADS, "parseq-upload")
 
 
 @dataclass(frozen=True)
@@ -105,24 +105,8 @@ def upload_files(
 
     if len(files) <= 1:
         return [upload(name, path) for name, path in files.items()]
-    futures = [_pool().submit(upload, name, path) for name, path in files.items()]
+    futures = [_UPLOADS.submit(upload, name, path) for name, path in files.items()]
     return [f.result() for f in futures]  # in order; the first failure is raised
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The upload threads of this process, shared by its runs (not started per run); one per
-    process id, since a fork (gunicorn) does not inherit threads."""
-    with _pools_lock:
-        pool = _pools.get(os.getpid())
-        if pool is None:
-            pool = _pools[os.getpid()] = ThreadPoolExecutor(
-                max_workers=UPLOAD_THREADS, thread_name_prefix="parseq-upload"
-            )
-        return pool
 
 
 def defer(workdir: Path, pending: Pending) -> None:
