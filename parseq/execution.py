@@ -27,7 +27,7 @@ from parseq import envs, notebooks, runner, sandbox, sdk, uploads
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import ParseqError, ScriptNotFound
-from parseq.models import Parser, ParserKind, Run, RunFile, RunStatus, db, utcnow
+from parseq.models import Parser, ParserKind, Run, RunFile, RunStatus, db, kept_loaded, utcnow
 from parseq.reconnect import retry_db
 from parseq.redaction import redact_json_file, redact_text
 from parseq.registry import resolve_script
@@ -75,7 +75,7 @@ def _claim_and_load(run_id: int) -> Run | None:
         return None
     query = db.select(Run).options(sa_orm.joinedload(Run.parser)).where(Run.id == run_id)
     run = db.session.execute(query).scalar_one()
-    db.session.commit()  # with expire_on_commit off (execute_run), the run stays loaded
+    db.session.commit()  # the run stays loaded (execute_run: kept_loaded)
     return run
 
 
@@ -130,14 +130,10 @@ def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
     the next attempt (unless ``retry`` is False). Database writes ride out a database restart
     (:func:`reconnect.retry_db`)."""
     config: Config = current_app.extensions["parseq"].config
-    session = db.session()
-    # Loaded rows stay loaded across this run's commits: each write is a statement of its own,
-    # and reloading the run and parser after every commit cost a round trip apiece.
-    expire_on_commit, session.expire_on_commit = session.expire_on_commit, False
-    try:
+    # The run and parser stay loaded across this run's commits: each write is a statement of
+    # its own, and reloading them after every commit cost a round trip apiece.
+    with kept_loaded():
         return _claim_and_execute(run_id, config, retry)
-    finally:
-        session.expire_on_commit = expire_on_commit
 
 
 def _claim_and_execute(run_id: int, config: Config, retry: bool) -> RunStatus | None:
@@ -403,10 +399,8 @@ def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | Non
         log.warning("run %s was already %s; outcome %s dropped", run.id, run.status, status)
         return False
     if run.status is RunStatus.CANCELLED and status is not RunStatus.COMPLETED:
-        status, error = RunStatus.CANCELLED, "cancelled"
-    run.status = status
-    run.exit_code = exit_code
-    run.error = error
-    run.finished_at = utcnow()
+        end.update(status=RunStatus.CANCELLED, error="cancelled")
+    for name, value in end.items():
+        setattr(run, name, value)
     db.session.commit()
     return True

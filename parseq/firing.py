@@ -26,6 +26,7 @@ from parseq.models import (
     RunTrigger,
     ScheduleSkip,
     db,
+    kept_loaded,
     utcnow,
 )
 
@@ -151,9 +152,8 @@ class OccurrenceQueue(threading.Thread):
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            with self.app.app_context():
-                # Fresh session per batch; not expiring on commit saves a reload per new run.
-                db.session().expire_on_commit = False
+            # A fresh session per batch, not reloading each new run after its commit.
+            with self.app.app_context(), kept_loaded():
                 try:
                     fire_many(batch, self.grace_s)
                 except Exception:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from parseq.crypto import EncryptedJSON
 from parseq.errors import SecretsKeyError
@@ -49,6 +51,18 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+
+@contextlib.contextmanager
+def kept_loaded() -> Iterator[Session]:
+    """``db.session`` with ``expire_on_commit`` off for the block: rows it loaded stay loaded
+    across commits, where the default would reload each on its next use (a round trip)."""
+    session = db.session()
+    before, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        yield session
+    finally:
+        session.expire_on_commit = before
 
 
 class RunStatus(str, enum.Enum):

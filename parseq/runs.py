@@ -20,7 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from parseq import runner
 from parseq.errors import BadRequest, Conflict, NotFound, ValidationError
-from parseq.models import Parser, Run, RunStatus, RunTrigger, db, utcnow
+from parseq.models import Parser, Run, RunStatus, RunTrigger, db, kept_loaded, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +95,15 @@ def create_run(
     parser and due time raises ``sqlalchemy.exc.IntegrityError`` (the session is rolled back).
     """
     run = new_run(parser, args, trigger, scheduled_for)
-    session = db.session()
-    session.add(run)
     # Not expired by the commit: the caller shows the run as it was queued, where a reload
-    # after sending could already see a worker's changes (and would cost a round trip).
-    expire_on_commit, session.expire_on_commit = session.expire_on_commit, False
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise
-    finally:
-        session.expire_on_commit = expire_on_commit
+    # after sending could already see a worker's changes.
+    with kept_loaded() as session:
+        session.add(run)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            raise
     # The columns the INSERT left out are NULL (none has a server default): known, not unloaded.
     state = sa.inspect(run)
     for key in state.unloaded & set(state.mapper.column_attrs.keys()):
