@@ -236,7 +236,7 @@ class Config:
             raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
         if self.env_installer not in ("auto", "uv", "pip"):
             raise ConfigError("PARSEQ_ENV_INSTALLER must be auto, uv or pip")
-        for name in ("scheduler_sync_interval_s", "sweep_interval_s"):
+        for name in ("scheduler_sync_interval_s", "sweep_interval_s", "broker_consumer_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
         if self.schedule_grace_s < 0:

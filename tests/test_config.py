@@ -49,6 +49,9 @@ def test_only_path_and_locale_reach_child_processes() -> None:
         ("PARSEQ_WORKER_THREADS", "0"),
         ("PARSEQ_DEFAULT_TIMEOUT_S", "-1"),
         ("PARSEQ_KEEP_WORKDIRS", "maybe"),
+        ("PARSEQ_BROKER_CONSUMER_TIMEOUT_S", "0"),
+        ("PARSEQ_RUN_AS_UID_BASE", "500"),
+        ("PARSEQ_RUN_AS_UID_BASE", "lots"),
     ],
 )
 def test_bad_values_raise_a_clear_error(name: str, value: str) -> None:
