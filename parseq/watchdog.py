@@ -48,14 +48,11 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         with self.app.app_context():
             while not self._stopped.wait(self.interval_s):
-                self._beat_logged()
-
-    def _beat_logged(self) -> None:
-        try:
-            self.beat()
-        except Exception:  # the database may blip; the run goes on
-            log.exception("heartbeat of run %s failed", self.run_id)
-            db.session.rollback()
+                try:
+                    self.beat()
+                except Exception:  # the database may blip; the run goes on
+                    log.exception("heartbeat of run %s failed", self.run_id)
+                    db.session.rollback()
 
     def beat(self) -> None:
         values: dict[str, Any] = {"heartbeat_at": utcnow(), **self._extra_values}
