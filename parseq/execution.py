@@ -240,7 +240,14 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
     run_id, parser_id, name, parser_kind = run.id, run.parser_id, parser.name, parser.kind
     try:
         rlimits = sandbox.rlimits(limits)
-        proc = runner.spawn(argv, env, cwd=dirs["work"], limits=rlimits, user=user)
+        proc = runner.spawn(
+            argv,
+            env,
+            cwd=dirs["work"],
+            limits=rlimits,
+            user=user,
+            fork_servers=config.fork_servers,
+        )
         log.info("run %s of %s started pid=%d", run_id, name, proc.pid)
         watchdog = Watchdog(
             current_app._get_current_object(),

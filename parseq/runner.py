@@ -10,11 +10,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import itertools
 import json
 import logging
 import os
 import re
+import selectors
 import signal
 import subprocess  # nosec B404  # running parser scripts as child processes is the job
 import threading
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from parseq import forkserver
 from parseq.errors import ValidationError
 from parseq.models import RunStatus
 from parseq.redaction import StreamRedactor
@@ -54,6 +55,9 @@ READ_CHUNK_BYTES = 64 * 1024
 PR_SET_PDEATHSIG = 1
 _PRCTL = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "prctl", None)  # Linux only
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+#: A started parser: a fresh interpreter or a fork server's child.
+Process = subprocess.Popen[bytes] | forkserver.ForkedProcess
 
 #: ``on_line(stream, line)``: called for every output line, ``stream`` is "stdout" or "stderr".
 LineCallback = Callable[[str, bytes], None]
@@ -158,15 +162,27 @@ def spawn(
     limits: list[RLimit] | None = None,
     user: SandboxUser | None = None,
     launcher: Launcher | Literal["auto"] | None = "auto",
-) -> subprocess.Popen[bytes]:
+    fork_servers: int = 0,
+) -> Process:
     """Start the process in a new session, so it and all its children share one group; as
     ``user`` (with no supplementary groups), under ``limits``, and killed if this process dies.
+
+    With ``fork_servers`` (the most kept per worker process), a ``python script`` command is
+    forked from its env's fork server (:mod:`parseq.forkserver`), which sets up the same
+    sandbox without an interpreter start; if that fails, the command starts as below.
 
     With a ``launcher`` (found on the machine by default) that is done by ``prlimit`` and
     ``setpriv`` exec'd in front of ``argv`` and the spawn is a cheap ``vfork()``; with None, by
     a ``preexec_fn`` in a full ``fork()`` of this process.
     """
     limits = clamp_rlimits(list(limits or []))
+    if fork_servers > 0 and forkserver.can_fork(argv, env):
+        try:
+            return forkserver.spawn(
+                argv, env, cwd, limits=limits, user=user, max_servers=fork_servers
+            )
+        except forkserver.ForkServerError as exc:
+            log.warning("%s; starting a fresh interpreter", exc)
     if launcher == "auto":
         launcher = default_launcher()
     popen: dict[str, Any] = {}
@@ -229,7 +245,8 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
 
 class _LogSink:
     """Writes both streams into one capped log and keeps the stderr tail, with the values of
-    ``secrets`` replaced by ``***`` before anything is written, kept or passed on."""
+    ``secrets`` replaced by ``***`` before anything is written, kept or passed on. Output is
+    fed as read; it is cut into lines (or pieces of at most ``READ_CHUNK_BYTES``)."""
 
     def __init__(
         self,
@@ -239,7 +256,6 @@ class _LogSink:
         on_line: LineCallback | None,
         secrets: Iterable[str] = (),
     ) -> None:
-        self.secrets = tuple(secrets)
         self.fh = fh
         self.max_bytes = max_bytes
         self.written = 0
@@ -248,25 +264,39 @@ class _LogSink:
         self.tail_len = 0
         self.tail_bytes = tail_bytes
         self.on_line = on_line
-        self.lock = threading.Lock()
+        secrets = tuple(secrets)
+        self.redactors = {name: StreamRedactor(secrets) for name in ("stdout", "stderr")}
+        self.partial = {"stdout": b"", "stderr": b""}
 
-    def pump(self, stream: IO[bytes], name: str) -> None:
-        redactor = StreamRedactor(self.secrets)
-        chunks = iter(lambda: stream.readline(READ_CHUNK_BYTES), b"")
-        for raw in itertools.chain(chunks, [None]):
-            line = redactor.flush() if raw is None else redactor.feed(raw)
-            if not line:
-                continue
-            if self.on_line is not None:
-                try:
-                    self.on_line(name, line)
-                except Exception:  # a faulty callback must not stop the log
-                    log.exception("line callback failed")
-            with self.lock:
-                self._write(line)
-                if name == "stderr":
-                    self._remember(line)
-        stream.close()
+    def feed(self, name: str, data: bytes) -> None:
+        """``data`` read from stream ``name``; an empty ``data`` is its end."""
+        buf = self.partial[name] + data
+        start = 0
+        while True:
+            end = buf.find(b"\n", start, start + READ_CHUNK_BYTES)
+            if end < 0 and len(buf) - start < READ_CHUNK_BYTES:
+                break
+            end = start + READ_CHUNK_BYTES - 1 if end < 0 else end
+            self._emit(name, self.redactors[name].feed(buf[start : end + 1]))
+            start = end + 1
+        self.partial[name] = buf[start:]
+        if not data:
+            self.partial[name] = b""
+            self._emit(name, self.redactors[name].feed(buf[start:]) if start < len(buf) else b"")
+            self._emit(name, self.redactors[name].flush())
+        self.fh.flush()
+
+    def _emit(self, name: str, line: bytes) -> None:
+        if not line:
+            return
+        if self.on_line is not None:
+            try:
+                self.on_line(name, line)
+            except Exception:  # a faulty callback must not stop the log
+                log.exception("line callback failed")
+        self._write(line)
+        if name == "stderr":
+            self._remember(line)
 
     def _write(self, line: bytes) -> None:
         if self.truncated:
@@ -280,7 +310,6 @@ class _LogSink:
         else:
             self.fh.write(line)
             self.written += len(line)
-        self.fh.flush()
 
     def _remember(self, line: bytes) -> None:
         self.tail.append(line)
@@ -289,14 +318,94 @@ class _LogSink:
             self.tail_len -= len(self.tail.popleft())
 
     def stderr_tail(self) -> str:
-        with self.lock:
-            data = b"".join(self.tail)[-self.tail_bytes :]
+        data = b"".join(self.tail)[-self.tail_bytes :]
         # Binary output must not reach the database: PostgreSQL refuses NUL in text.
         return _CONTROL_CHARS.sub("\ufffd", data.decode("utf-8", "replace")).strip()
 
 
+class _Watch:
+    """One thread's view of a running process: its two output pipes and its exit, multiplexed
+    with ``select``, so supervising a run costs no thread of its own."""
+
+    def __init__(self, proc: Process, sink: _LogSink) -> None:
+        self.proc = proc
+        self.sink = sink
+        self.sel = selectors.DefaultSelector()
+        self.open_streams = 0
+        for name in ("stdout", "stderr"):
+            stream = getattr(proc, name)
+            os.set_blocking(stream.fileno(), False)
+            self.sel.register(stream.fileno(), selectors.EVENT_READ, name)
+            self.open_streams += 1
+        self.exit_fd, self.own_exit_fd = _exit_fd(proc)
+        self.sel.register(self.exit_fd, selectors.EVENT_READ, None)
+        self.exited = False
+        if isinstance(proc, forkserver.ForkedProcess) and proc.exit_reported():
+            self.sel.unregister(self.exit_fd)
+            self.exited = True
+
+    def step(self, timeout_s: float) -> None:
+        """Handle what is ready within ``timeout_s``: output, the end of a stream, the exit."""
+        for key, _ in self.sel.select(max(timeout_s, 0)):
+            if key.data is None:
+                self.sel.unregister(self.exit_fd)
+                self.exited = True
+                continue
+            try:
+                data = os.read(key.fd, READ_CHUNK_BYTES)
+            except BlockingIOError:
+                continue
+            self.sink.feed(key.data, data)
+            if not data:
+                self.sel.unregister(key.fd)
+                self.open_streams -= 1
+
+    def until_exit(self, deadline: float) -> bool:
+        """Pump output until the process exits (True) or ``deadline`` (monotonic) passes."""
+        while not self.exited:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.step(min(left, 60.0))  # the selector takes no infinity
+        return True
+
+    def drain(self, timeout_s: float) -> None:
+        """Read the rest of the output; a grandchild still holding a pipe is given up on."""
+        deadline = time.monotonic() + timeout_s
+        while self.open_streams and time.monotonic() < deadline:
+            self.step(deadline - time.monotonic())
+
+    def close(self) -> None:
+        self.sel.close()
+        if self.own_exit_fd:
+            os.close(self.exit_fd)
+        for name in ("stdout", "stderr"):
+            stream = getattr(self.proc, name)
+            if not stream.closed:
+                stream.close()
+
+
+def _exit_fd(proc: Process) -> tuple[int, bool]:
+    """A file descriptor that becomes readable when ``proc`` exits, and whether it is ours to
+    close: the fork server's report socket, else a pidfd (Linux 5.3+), else a pipe that a
+    thread blocked in ``wait()`` closes."""
+    if isinstance(proc, forkserver.ForkedProcess):
+        return proc.exit_fd(), False
+    try:
+        return os.pidfd_open(proc.pid), True
+    except (AttributeError, OSError):
+        r, w = os.pipe()
+
+        def waiter() -> None:
+            proc.wait()
+            os.close(w)
+
+        threading.Thread(target=waiter, name=f"wait-{proc.pid}", daemon=True).start()
+        return r, True
+
+
 def supervise(
-    proc: subprocess.Popen[bytes],
+    proc: Process,
     log_path: Path,
     *,
     timeout_s: float,
@@ -310,32 +419,32 @@ def supervise(
 ) -> Outcome:
     """Wait for ``proc``, streaming its output into ``log_path``; kill its group on timeout or
     cancel. The group is always killed at the end so no stray child outlives the run. The
-    values of ``secrets`` never reach the log, the error or ``on_line``: they become ``***``."""
+    values of ``secrets`` never reach the log, the error or ``on_line``: they become ``***``.
+    All of it happens in the calling thread."""
     started = time.monotonic()
     deadline = started + timeout_s
     pgid = proc.pid  # start_new_session made the child its group leader
     with log_path.open("wb") as fh:
         sink = _LogSink(fh, max_log_bytes, error_tail_bytes, on_line, secrets)
-        pumps = [
-            threading.Thread(target=sink.pump, args=(proc.stdout, "stdout"), daemon=True),
-            threading.Thread(target=sink.pump, args=(proc.stderr, "stderr"), daemon=True),
-        ]
-        for t in pumps:
-            t.start()
-        reason: RunStatus | None = None
-        exited = _exit_event(proc)
-        while not exited.wait(timeout=min(poll_s, max(deadline - time.monotonic(), 0.001))):
-            if cancel is not None and cancel.is_set():
-                reason = RunStatus.CANCELLED
-            elif time.monotonic() >= deadline:
-                reason = RunStatus.TIMEOUT
-            if reason is not None:
-                _terminate(pgid, exited, kill_grace_s)
-                break
-        proc.wait()
-        kill_group(pgid)  # children left behind by a script that exited
-        for t in pumps:
-            t.join(timeout=2.0)
+        watch = _Watch(proc, sink)
+        try:
+            reason: RunStatus | None = None
+            while not watch.until_exit(min(time.monotonic() + poll_s, deadline)):
+                if cancel is not None and cancel.is_set():
+                    reason = RunStatus.CANCELLED
+                elif time.monotonic() >= deadline:
+                    reason = RunStatus.TIMEOUT
+                if reason is not None:
+                    kill_group(pgid, signal.SIGTERM)
+                    if not watch.until_exit(time.monotonic() + kill_grace_s):
+                        kill_group(pgid, signal.SIGKILL)
+                        watch.until_exit(float("inf"))
+                    break
+            proc.wait()
+            kill_group(pgid)  # children left behind by a script that exited
+            watch.drain(2.0)
+        finally:
+            watch.close()
         duration = time.monotonic() - started
         rc = proc.returncode
         if reason is RunStatus.TIMEOUT:
@@ -348,27 +457,6 @@ def supervise(
             reason = RunStatus.ERROR
             error = sink.stderr_tail() or _describe_exit(rc)
         return Outcome(reason, rc, error, duration, sink.written)
-
-
-def _exit_event(proc: subprocess.Popen[bytes]) -> threading.Event:
-    """An event set the moment the process exits: a blocked ``wait()`` in a helper thread
-    notices the exit at once, where polling ``wait(timeout=...)`` would add up to its sleep."""
-    exited = threading.Event()
-
-    def waiter() -> None:
-        proc.wait()
-        exited.set()
-
-    threading.Thread(target=waiter, name=f"wait-{proc.pid}", daemon=True).start()
-    return exited
-
-
-def _terminate(pgid: int, exited: threading.Event, grace_s: float) -> None:
-    """SIGTERM the group, then SIGKILL what is left after ``grace_s``."""
-    kill_group(pgid, signal.SIGTERM)
-    exited.wait(timeout=grace_s)
-    kill_group(pgid, signal.SIGKILL)
-    exited.wait()
 
 
 _SIGNAL_MEANING = {

@@ -10,10 +10,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from parseq import runner, sandbox
+from parseq import forkserver, runner, sandbox
 from parseq.config import Config
 from parseq.errors import ValidationError
 from parseq.models import RunStatus
@@ -114,20 +115,42 @@ def test_build_env_refuses_secret_names_that_shadow_the_contract(name: str) -> N
 # --- supervise: real subprocesses ----------------------------------------------------------
 
 
-def _run_code(tmp_path: Path, code: str, **kwargs):  # type: ignore[no-untyped-def]
+def _run_code(tmp_path: Path, code: str, fork: bool = False, **kwargs: Any) -> runner.Outcome:
+    """Supervise ``code`` run by a fresh interpreter, or with ``fork`` by a fork server."""
     script = tmp_path / "script.py"
     script.write_text(code)
-    proc = runner.spawn([sys.executable, str(script)], {"PATH": os.environ["PATH"]}, tmp_path)
+    proc = runner.spawn(
+        [sys.executable, str(script)],
+        {"PATH": os.environ["PATH"]},
+        tmp_path,
+        fork_servers=2 if fork else 0,
+    )
+    assert isinstance(proc, forkserver.ForkedProcess) is fork
     kwargs.setdefault("timeout_s", 20)
     return runner.supervise(proc, tmp_path / "run.log", **kwargs)
 
 
-@pytest.fixture(params=["auto", None], ids=["prlimit-setpriv", "preexec_fn"])
+#: Both ways a script starts: a fresh interpreter, a fork server's child.
+fresh_or_forked = pytest.mark.parametrize("fork", [False, True], ids=["fresh", "fork-server"])
+
+
+@pytest.fixture(
+    params=["auto", None, "fork-server"], ids=["prlimit-setpriv", "preexec_fn", "fork-server"]
+)
 def launcher(request: pytest.FixtureRequest) -> str | None:
-    """Both ways of applying the sandbox: the prlimit/setpriv prefix and a preexec_fn."""
+    """The three ways of applying the sandbox: the prlimit/setpriv prefix, a preexec_fn, and
+    a fork server's child setting it up itself."""
     if request.param == "auto" and runner.default_launcher() is None:
         pytest.skip("prlimit/setpriv are not installed")
     return request.param
+
+
+def _spawn_with(launcher: str | None, argv: list[str], **kwargs: Any) -> runner.Process:
+    if launcher == "fork-server":
+        proc = runner.spawn(argv, launcher=None, fork_servers=2, **kwargs)
+        assert isinstance(proc, forkserver.ForkedProcess)
+        return proc
+    return runner.spawn(argv, launcher=launcher, **kwargs)  # type: ignore[arg-type]
 
 
 PROBE_IDENTITY = (
@@ -147,16 +170,16 @@ def test_spawn_applies_limits_and_user_with_either_launcher(
     user = sandbox.SandboxUser("nobody", 65534, 65534) if os.geteuid() == 0 else None
     limits = [(resource.RLIMIT_NOFILE, 77, 77), (resource.RLIMIT_CPU, 30, 35)]
     python = sandbox.parser_python(Config())  # one the sandbox user can run
-    proc = runner.spawn(
+    proc = _spawn_with(
+        launcher,
         [python, str(script)],
-        {"PATH": os.environ["PATH"]},
-        tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        cwd=tmp_path,
         limits=limits,
         user=user,
-        launcher=launcher,  # type: ignore[arg-type]
     )
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.wait(timeout=20) == 0, err
     seen = json.loads(out)
     assert seen["nofile"] == [77, 77]
     assert seen["cpu"] == [30, 35]
@@ -168,14 +191,18 @@ def test_spawn_applies_limits_and_user_with_either_launcher(
 def test_the_child_dies_with_the_process_that_spawned_it(
     tmp_path: Path, launcher: str | None
 ) -> None:
-    """A SIGKILLed worker takes its parsers along (parent-death signal)."""
+    """A SIGKILLed worker takes its parsers along (parent-death signal); with a fork server,
+    the server sees its control socket close and exits, and its children die with it."""
+    sleeper = tmp_path / "sleep.py"
+    sleeper.write_text("import time\ntime.sleep(60)\n")
+    forked = launcher == "fork-server"
     middle = (
         "import os, sys, time\n"
         "from parseq import runner\n"
-        f"proc = runner.spawn(['sleep', '60'], {{'PATH': '/usr/bin:/bin'}}, '/', "
-        f"launcher={launcher!r})\n"
+        f"proc = runner.spawn([sys.executable, {str(sleeper)!r}], {{'PATH': '/usr/bin:/bin'}}, "
+        f"'/', launcher={None if forked else launcher!r}, fork_servers={2 if forked else 0})\n"
         "print(proc.pid, flush=True)\n"
-        "time.sleep(0.5)\n"  # sleep is running (setpriv has exec'd it)
+        "time.sleep(0.5)\n"  # the script is running (setpriv has exec'd it)
         "os.kill(os.getpid(), 9)\n"
     )
     parent = subprocess.run(
@@ -197,9 +224,12 @@ def _running(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def test_exit_zero_is_completed_and_both_streams_are_logged(tmp_path: Path) -> None:
+@fresh_or_forked
+def test_exit_zero_is_completed_and_both_streams_are_logged(tmp_path: Path, fork: bool) -> None:
     outcome = _run_code(
-        tmp_path, "import sys\nprint('out')\nprint('err', file=sys.stderr)\nprint('out2')\n"
+        tmp_path,
+        fork=fork,
+        code="import sys\nprint('out')\nprint('err', file=sys.stderr)\nprint('out2')\n",
     )
     assert outcome.status is RunStatus.COMPLETED
     assert outcome.exit_code == 0
@@ -208,14 +238,15 @@ def test_exit_zero_is_completed_and_both_streams_are_logged(tmp_path: Path) -> N
     assert sorted(log) == ["err", "out", "out2"]
 
 
-def test_nonzero_exit_is_error_with_the_stderr_tail(tmp_path: Path) -> None:
+@fresh_or_forked
+def test_nonzero_exit_is_error_with_the_stderr_tail(tmp_path: Path, fork: bool) -> None:
     code = (
         "import sys\n"
         "for i in range(500): print(f'noise {i}', file=sys.stderr)\n"
         "print('ValueError: layout changed', file=sys.stderr)\n"
         "sys.exit(4)\n"
     )
-    outcome = _run_code(tmp_path, code, error_tail_bytes=200)
+    outcome = _run_code(tmp_path, fork=fork, code=code, error_tail_bytes=200)
     assert outcome.status is RunStatus.ERROR
     assert outcome.exit_code == 4
     assert outcome.error.endswith("ValueError: layout changed")
@@ -223,8 +254,9 @@ def test_nonzero_exit_is_error_with_the_stderr_tail(tmp_path: Path) -> None:
     assert "noise 0\n" not in outcome.error
 
 
-def test_silent_failure_says_the_exit_code(tmp_path: Path) -> None:
-    outcome = _run_code(tmp_path, "raise SystemExit(9)\n")
+@fresh_or_forked
+def test_silent_failure_says_the_exit_code(tmp_path: Path, fork: bool) -> None:
+    outcome = _run_code(tmp_path, fork=fork, code="raise SystemExit(9)\n")
     assert outcome.error == "exited with code 9"
 
 
@@ -236,7 +268,8 @@ def _alive(pid: int) -> bool:
     return stat.split(")")[-1].split()[0] != "Z"  # a zombie is dead, just not yet reaped
 
 
-def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+@fresh_or_forked
+def test_timeout_kills_the_whole_process_group(tmp_path: Path, fork: bool) -> None:
     code = (
         "import subprocess, sys, time\n"
         "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
@@ -245,7 +278,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         "time.sleep(600)\n"
     )
     started = time.monotonic()
-    outcome = _run_code(tmp_path, code, timeout_s=1.0, kill_grace_s=0.3)
+    outcome = _run_code(tmp_path, fork=fork, code=code, timeout_s=1.0, kill_grace_s=0.3)
     assert time.monotonic() - started < 10
     assert outcome.status is RunStatus.TIMEOUT
     assert "timed out after 1 s" in outcome.error
@@ -256,25 +289,27 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert not _alive(child)
 
 
-def test_term_ignoring_process_is_killed_after_the_grace(tmp_path: Path) -> None:
+@fresh_or_forked
+def test_term_ignoring_process_is_killed_after_the_grace(tmp_path: Path, fork: bool) -> None:
     code = (
         "import signal, time\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"
     )
-    outcome = _run_code(tmp_path, code, timeout_s=0.5, kill_grace_s=0.3)
+    outcome = _run_code(tmp_path, fork=fork, code=code, timeout_s=0.5, kill_grace_s=0.3)
     assert outcome.status is RunStatus.TIMEOUT
     assert outcome.exit_code == -9
 
 
-def test_children_left_behind_by_a_finished_script_are_killed(tmp_path: Path) -> None:
+@fresh_or_forked
+def test_children_left_behind_by_a_finished_script_are_killed(tmp_path: Path, fork: bool) -> None:
     code = (
         "import subprocess, sys\n"
         "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
         f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(c.pid))\n"
     )
-    outcome = _run_code(tmp_path, code)
+    outcome = _run_code(tmp_path, fork=fork, code=code)
     assert outcome.status is RunStatus.COMPLETED
     child = int((tmp_path / "child.pid").read_text())
     deadline = time.monotonic() + 5
@@ -283,16 +318,20 @@ def test_children_left_behind_by_a_finished_script_are_killed(tmp_path: Path) ->
     assert not _alive(child)
 
 
-def test_cancel_event_stops_the_run(tmp_path: Path) -> None:
+@fresh_or_forked
+def test_cancel_event_stops_the_run(tmp_path: Path, fork: bool) -> None:
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
-    outcome = _run_code(tmp_path, "import time\ntime.sleep(600)\n", cancel=cancel)
+    outcome = _run_code(tmp_path, fork=fork, code="import time\ntime.sleep(600)\n", cancel=cancel)
     assert outcome.status is RunStatus.CANCELLED
     assert outcome.duration_s < 5
 
 
-def test_log_is_capped_with_a_marker(tmp_path: Path) -> None:
-    outcome = _run_code(tmp_path, "for i in range(10000): print('y' * 99)\n", max_log_bytes=5000)
+@fresh_or_forked
+def test_log_is_capped_with_a_marker(tmp_path: Path, fork: bool) -> None:
+    outcome = _run_code(
+        tmp_path, fork=fork, code="for i in range(10000): print('y' * 99)\n", max_log_bytes=5000
+    )
     assert outcome.status is RunStatus.COMPLETED
     data = (tmp_path / "run.log").read_bytes()
     assert data.startswith(b"y" * 99 + b"\n")
@@ -300,11 +339,13 @@ def test_log_is_capped_with_a_marker(tmp_path: Path) -> None:
     assert len(data) < 5100
 
 
-def test_line_callback_sees_each_line(tmp_path: Path) -> None:
+@fresh_or_forked
+def test_line_callback_sees_each_line(tmp_path: Path, fork: bool) -> None:
     seen: list[tuple[str, bytes]] = []
     _run_code(
         tmp_path,
-        "import sys\nprint('a')\nprint('b', file=sys.stderr)\n",
+        fork=fork,
+        code="import sys\nprint('a')\nprint('b', file=sys.stderr)\n",
         on_line=lambda stream, line: seen.append((stream, line)),
     )
     assert sorted(seen) == [("stderr", b"b\n"), ("stdout", b"a\n")]

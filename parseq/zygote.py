@@ -1,0 +1,231 @@
+"""The fork server of one parser env: ``<env>/bin/python -I -S zygote.py CONTROL_FD``.
+
+A worker (:mod:`parseq.forkserver`) starts it once per env and sends it, for each run, one
+message on the control socket: a socket of the run's own and the write ends of the run's stdout
+and stderr pipes. The server forks at once. The child reads the job (argv, environment, folder,
+limits, user) from the run's socket, so the server never holds a run's arguments or secrets;
+it sets up the sandbox (own session, limits, user, parent-death signal, no inherited files)
+and then runs the script as ``__main__``, as ``python script.py`` would, then exits as the
+interpreter would without tearing down every module (:func:`shut_down`). The server writes
+``P<pid>`` on the run's socket after the fork and ``X<exit code>`` once it has reaped the child.
+
+A run saves the interpreter's start-up (~10 ms of CPU). What it costs in isolation: every run
+shares the server's address-space layout and string-hash seed. The server imports only the
+standard library, and ``-S`` keeps the env's site-packages (the ``.pth`` files of the parser's
+requirements) out of it, as it may run as root: each child adds them after dropping to the
+sandbox user. The server is not dumpable, so a parser running as the same user cannot attach
+to it and tamper with later runs.
+
+Standard library only; nothing of Parseq is importable here.
+"""
+
+import atexit
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import io
+import json
+import os
+import resource
+import selectors
+import signal
+import site  # imported, not run: -S; each child runs site.main() as the sandbox user
+import socket
+import struct
+import sys
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+#: Environment variables the child applies itself; with any other PYTHON* variable the worker
+#: starts a fresh interpreter instead (parseq.forkserver.can_fork).
+APPLIED_ENV = ("PYTHONPATH", "PYTHONUNBUFFERED")
+_prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+
+
+def serve(control: socket.socket) -> dict | None:
+    """Fork a child per run request until the control socket closes (the worker is gone: the
+    children then die by their parent-death signal). Returns the job in a child, None in the
+    server."""
+    sel = selectors.DefaultSelector()
+    sel.register(control, selectors.EVENT_READ, None)
+    running: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, run socket)
+    while True:
+        for key, _ in sel.select():
+            if key.data is not None:
+                pid, run_sock = running.pop(key.fd)
+                sel.unregister(key.fd)
+                os.close(key.fd)
+                _, status = os.waitpid(pid, 0)
+                _report(run_sock, b"X%d\n" % os.waitstatus_to_exitcode(status))
+                run_sock.close()
+                continue
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(control, 16, 3)
+            except OSError:
+                return None
+            if not msg:
+                return None
+            if len(fds) != 3:  # not a request of the worker's: drop it
+                for fd in fds:
+                    os.close(fd)
+                continue
+            run_sock, out_fd, err_fd = socket.socket(fileno=fds[0]), fds[1], fds[2]
+            server_pid = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                sel.close()
+                control.close()
+                for pidfd, (_, other) in running.items():
+                    os.close(pidfd)
+                    other.close()
+                return _child(run_sock, out_fd, err_fd, server_pid)
+            os.close(out_fd)
+            os.close(err_fd)
+            pidfd = os.pidfd_open(pid)
+            running[pidfd] = (pid, run_sock)
+            sel.register(pidfd, selectors.EVENT_READ, pid)
+            _report(run_sock, b"P%d\n" % pid)
+
+
+def _report(run_sock: socket.socket, line: bytes) -> None:
+    with contextlib.suppress(OSError):  # the worker gave up on the run: reaped all the same
+        run_sock.sendall(line)
+
+
+def _child(run_sock: socket.socket, out_fd: int, err_fd: int, server_pid: int) -> dict:
+    """Set up the sandbox in the forked child; any failure ends it with one line on stderr."""
+    try:
+        job = _read_job(run_sock)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        for fd, target in ((devnull, 0), (out_fd, 1), (err_fd, 2)):
+            os.dup2(fd, target)
+        # Limits first: a privileged process may set them as given, the sandbox user may not.
+        for res, soft, hard in job["limits"]:
+            resource.setrlimit(res, (soft, hard))
+        if job["user"] is not None:
+            uid, gid = job["user"]
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        # After the user switch, which clears it (prctl(2)).
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != server_pid:  # the server died before prctl took effect
+            os._exit(1)
+        os.chdir(job["cwd"])
+        os.closerange(3, 2**31 - 1)  # the run socket, the server's other files
+    except Exception as exc:
+        os.write(2, f"parseq: could not start the parser: {exc}\n".encode())
+        os._exit(1)
+    return job
+
+
+def _read_job(run_sock: socket.socket) -> dict:
+    head = _read_exactly(run_sock, 8)
+    return json.loads(_read_exactly(run_sock, struct.unpack("!Q", head)[0]))
+
+
+def _read_exactly(run_sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = run_sock.recv(min(size - len(buf), 1 << 20))
+        if not chunk:
+            raise EOFError("the worker closed the run's socket")
+        buf += chunk
+    return bytes(buf)
+
+
+def prepare(job: dict) -> tuple[str, object]:
+    """Make this child look like ``python script.py args...`` started with the job's
+    environment: variables, argv, sys.path with the env's site-packages, stdio; return the
+    script's path and its compiled code."""
+    env = job["env"]
+    coerced = os.environ.get("LC_CTYPE")
+    os.environ.clear()
+    os.environ.update(env)
+    if coerced and "LC_CTYPE" not in env:
+        # The server's start set it (PEP 538: a C locale coerced to UTF-8), as a fresh start
+        # with the same locale variables would have; the server's were the job's.
+        os.environ["LC_CTYPE"] = coerced
+    script = job["argv"][0]
+    sys.argv = list(job["argv"])
+    sys.orig_argv = [sys.executable, *sys.argv]
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:0] = [os.path.dirname(os.path.realpath(script)), *extra]
+    site.main()
+    if env.get("PYTHONUNBUFFERED"):
+        for fd, name, errors in ((1, "stdout", "strict"), (2, "stderr", "backslashreplace")):
+            stream = io.TextIOWrapper(
+                io.FileIO(fd, "w", closefd=False),
+                encoding=getattr(sys, name).encoding,
+                errors=errors,
+                write_through=True,
+            )
+            setattr(sys, name, stream)
+            setattr(sys, f"__{name}__", stream)
+    with io.open_code(script) as fh:
+        code = compile(fh.read(), script, "exec", dont_inherit=True)
+    return script, code
+
+
+def run(code: object, main_module: object) -> int:
+    """Run the script's code; return its exit status as the interpreter would set it, after
+    reporting an uncaught exception (without this file's frames) or a SystemExit message."""
+    try:
+        exec(code, main_module.__dict__)  # nosec B102  # running the parser is the job here
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code & 0xFF
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+        return -signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1
+    return 0
+
+
+def shut_down(status: int, main_module: object) -> None:
+    """Exit as the interpreter would, less what costs and shows nothing: non-daemon threads
+    are joined, atexit handlers run, the script's objects released (files it left open are
+    flushed and closed), streams flushed; the modules are not torn down one by one."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
+    atexit._run_exitfuncs()
+    main_module.__dict__.clear()
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: nothing to flush to
+            stream.flush()
+    if status == -signal.SIGINT:  # like the interpreter: die by the signal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(status)
+
+
+def main() -> None:
+    control = socket.socket(fileno=int(sys.argv[1]))
+    _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the worker
+    # Children do not collect (and so do not copy, page by page) the server's own objects.
+    gc.freeze()
+    job = serve(control)
+    if job is None:
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    script, code = prepare(job)
+    main_module = type(sys)("__main__")
+    main_module.__file__ = script
+    main_module.__cached__ = None
+    sys.modules["__main__"] = main_module
+    shut_down(run(code, main_module), main_module)
+
+
+if __name__ == "__main__":
+    main()
