@@ -193,7 +193,13 @@ class ForkServer:
         return proc
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        """Not exited, and not exiting: the server never writes on the control socket, so a
+        readable one is at its end."""
+        if self.proc.poll() is not None:
+            return False
+        poll = select.poll()
+        poll.register(self.control, select.POLLIN)
+        return not poll.poll(0)
 
     def stop(self) -> None:
         """Close the control socket: the server exits (and reaps itself in a thread)."""
@@ -224,8 +230,8 @@ def spawn(
 ) -> ForkedProcess:
     """Start ``argv`` (``python script args...``, see :func:`can_fork`) from the fork server
     of its interpreter, started on first use; the least recently used idle servers past
-    ``max_servers`` stop. Raises :class:`ForkServerError` when that fails twice (a server found
-    dead is started again once)."""
+    ``max_servers`` stop. Raises :class:`ForkServerError` when it fails: a dead server is
+    started again once, a live one is kept (with its other runs)."""
     global _servers_pid
     python = argv[0]
     # The server's locale is the child's: it decides the encoding of the child's stdio.
@@ -247,13 +253,15 @@ def spawn(
         try:
             return server.spawn(argv, env, cwd, limits, user)
         except ForkServerError:
+            alive = server.alive()
             with _servers_lock:
                 server.active -= 1
-                if _servers.get(python) is server:
+                if not alive and _servers.get(python) is server:
                     del _servers[python]
-            server.stop()
-            if attempt == 2:
+            # A live server keeps its other runs: only this one starts fresh.
+            if alive or attempt == 2:
                 raise
+            server.stop()
     raise AssertionError("unreachable")
 
 

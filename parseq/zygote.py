@@ -2,12 +2,12 @@
 
 A worker (:mod:`parseq.forkserver`) starts it once per env and sends it, for each run, one
 message on the control socket: a socket of the run's own and the write ends of the run's stdout
-and stderr pipes. The server forks at once. The child reads the job (argv, environment, folder,
-limits, user) from the run's socket, so the server never holds a run's arguments or secrets;
-it sets up the sandbox (own session, limits, user, parent-death signal, no inherited files)
-and then runs the script as ``__main__``, as ``python script.py`` would, then exits as the
-interpreter would without tearing down every module (:func:`shut_down`). The server writes
-``P<pid>`` on the run's socket after the fork and ``X<exit code>`` once it has reaped the child.
+and stderr pipes. The server forks at once. The child takes a session of its own, writes
+``P<pid>`` on the run's socket and reads the job (argv, environment, folder, limits, user)
+from it, so the server never holds a run's arguments or secrets; it sets up the sandbox
+(limits, user, parent-death signal, no inherited files), runs the script as ``__main__`` as
+``python script.py`` would, and exits as the interpreter would, less the module-by-module
+teardown (:func:`shut_down`). The server writes ``X<exit code>`` once it has reaped the child.
 
 A run saves the interpreter's start-up (~10 ms of CPU). What it costs in isolation: every run
 shares the server's address-space layout and string-hash seed. The server imports only the
@@ -37,9 +37,6 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
-#: Environment variables the child applies itself; with any other PYTHON* variable the worker
-#: starts a fresh interpreter instead (parseq.forkserver.can_fork).
-APPLIED_ENV = ("PYTHONPATH", "PYTHONUNBUFFERED")
 _prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
 
 
@@ -50,15 +47,14 @@ def serve(control: socket.socket) -> dict | None:
     sel = selectors.DefaultSelector()
     sel.register(control, selectors.EVENT_READ, None)
     running: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, run socket)
+    server_pid = os.getpid()
     while True:
         for key, _ in sel.select():
             if key.data is not None:
                 pid, run_sock = running.pop(key.fd)
                 sel.unregister(key.fd)
                 os.close(key.fd)
-                _, status = os.waitpid(pid, 0)
-                _report(run_sock, b"X%d\n" % os.waitstatus_to_exitcode(status))
-                run_sock.close()
+                _reap(pid, run_sock)
                 continue
             try:
                 msg, fds, _flags, _addr = socket.recv_fds(control, 16, 3)
@@ -71,8 +67,10 @@ def serve(control: socket.socket) -> dict | None:
                     os.close(fd)
                 continue
             run_sock, out_fd, err_fd = socket.socket(fileno=fds[0]), fds[1], fds[2]
-            server_pid = os.getpid()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:  # out of processes or memory: this run fails, the server stays
+                pid = -1
             if pid == 0:
                 sel.close()
                 control.close()
@@ -82,10 +80,24 @@ def serve(control: socket.socket) -> dict | None:
                 return _child(run_sock, out_fd, err_fd, server_pid)
             os.close(out_fd)
             os.close(err_fd)
-            pidfd = os.pidfd_open(pid)
+            if pid < 0:
+                run_sock.close()  # the worker sees the end of the stream: no run
+                continue
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)
+                _reap(pid, run_sock)
+                continue
             running[pidfd] = (pid, run_sock)
             sel.register(pidfd, selectors.EVENT_READ, pid)
-            _report(run_sock, b"P%d\n" % pid)
+
+
+def _reap(pid: int, run_sock: socket.socket) -> None:
+    """Wait for the exited child and report its exit code to the worker."""
+    _, status = os.waitpid(pid, 0)
+    _report(run_sock, b"X%d\n" % os.waitstatus_to_exitcode(status))
+    run_sock.close()
 
 
 def _report(run_sock: socket.socket, line: bytes) -> None:
@@ -96,8 +108,10 @@ def _report(run_sock: socket.socket, line: bytes) -> None:
 def _child(run_sock: socket.socket, out_fd: int, err_fd: int, server_pid: int) -> dict:
     """Set up the sandbox in the forked child; any failure ends it with one line on stderr."""
     try:
-        job = _read_job(run_sock)
+        # A group of its own before the worker learns the pid: it signals the whole group.
         os.setsid()
+        run_sock.sendall(b"P%d\n" % os.getpid())
+        job = _read_job(run_sock)
         devnull = os.open(os.devnull, os.O_RDONLY)
         for fd, target in ((devnull, 0), (out_fd, 1), (err_fd, 2)):
             os.dup2(fd, target)
@@ -213,6 +227,9 @@ def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
     _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the worker
+    # The first compile() of a process sets up the parser (~2 ms): do it once, here.
+    with io.open_code(__file__) as fh:
+        compile(fh.read(), __file__, "exec", dont_inherit=True)
     # Children do not collect (and so do not copy, page by page) the server's own objects.
     gc.freeze()
     job = serve(control)
