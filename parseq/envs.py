@@ -28,7 +28,8 @@ import subprocess  # nosec B404  # uv builds the envs: a child process by design
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,20 @@ def python_tag(python: str = "") -> str:
     base = os.path.realpath(python or getattr(sys, "_base_executable", sys.executable))
     version = ".".join(map(str, sys.version_info[:3]))
     return f"{sys.implementation.name}-{version}-{platform.machine()}-{base}"
+
+
+#: :func:`sandbox.parser_python`'s answers by the settings it reads and the euid. It checks
+#: up to three interpreters' folders against the sandbox user: asked on every run, that was
+#: half the CPU of finding a cached env. A restart picks up changed folder permissions.
+_base_pythons: dict[tuple[str, str, int], str] = {}
+
+
+def base_python(config: Config) -> str:
+    """The base Python of parser envs (:func:`sandbox.parser_python`), found once per process."""
+    key = (config.python, config.run_as_user, os.geteuid())
+    if key not in _base_pythons:
+        _base_pythons[key] = sandbox.parser_python(config)
+    return _base_pythons[key]
 
 
 def env_key(lines: Sequence[str], extra: Sequence[str] = (), python: str = "") -> str:
@@ -118,12 +133,18 @@ def _exclusive(config: Config, name: str) -> Iterator[None]:
         os.close(fd)
 
 
-def acquire(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> Env:
+def acquire(
+    config: Config,
+    lines: Sequence[str],
+    extra: Sequence[str] = (),
+    while_building: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+) -> Env:
     """The env for this requirement set, built if missing; held in use until released.
 
-    A cache hit is a directory check and a shared flock: no installer runs.
+    A cache hit is a directory check and a shared flock: no installer runs. A build runs
+    inside ``while_building()`` (a run's heartbeat, say), which a cache hit never enters.
     """
-    key = env_key(lines, extra, sandbox.parser_python(config))
+    key = env_key(lines, extra, base_python(config))
     lease = _open_lock(config, f"{key}.use")
     try:
         fcntl.flock(lease, fcntl.LOCK_SH)
@@ -131,7 +152,8 @@ def acquire(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> 
         path = config.envs_dir / key
         built = False
         if not path.is_dir():
-            built = build_env(config, lines, extra)
+            with while_building():
+                built = build_env(config, lines, extra)
         return Env(key, path, built, lease)
     except BaseException:
         os.close(lease)
@@ -141,7 +163,7 @@ def acquire(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> 
 def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> bool:
     """Build the env for ``lines`` (+ trusted ``extra`` lines, e.g. Parseq's SDK) unless it
     exists; True if this call built it. Concurrent callers for one key build it once."""
-    key = env_key(lines, extra, sandbox.parser_python(config))
+    key = env_key(lines, extra, base_python(config))
     final = config.envs_dir / key
     with _exclusive(config, f"{key}.build"):
         if final.is_dir():
@@ -157,7 +179,7 @@ def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -
             _relocate(tmp, final)
             meta = {
                 "key": key,
-                "python": python_tag(sandbox.parser_python(config)),
+                "python": python_tag(base_python(config)),
                 "requirements": list(lines),
                 "extra": list(extra),
                 "installer": builder.installer,
@@ -212,7 +234,7 @@ class _Builder:
                 self._fail(lines, "PARSEQ_ENV_INSTALLER=uv but uv is not installed")
         seed = [] if self.installer == "pip" else ["--no-seed"]
         venv = [sys.executable, "-m", "virtualenv", "--no-download", "--no-periodic-update"]
-        base = sandbox.parser_python(self.config)
+        base = base_python(self.config)
         self.run([*venv, *seed, "--prompt", self.key[:12], "-p", base, str(self.tmp)], lines)
         if not wanted:
             return

@@ -41,6 +41,8 @@ ENV_BUILD_LOG = "env-build.log"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 #: A retry whose backoff ends within this many seconds may start now.
 EARLY_S = 0.5
+#: Files recorded per INSERT (5 parameters each; SQLite takes 32766 in one statement).
+FILE_ROWS_PER_INSERT = 1000
 
 
 def claim(run_id: int) -> bool:
@@ -90,13 +92,15 @@ def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
     :func:`release_env`; a failed build stores ``env-build.log``."""
     config: Config = current_app.extensions["parseq"].config
     requirements = reqs.for_parser(config, parser, resolve_script(config, parser))
-    # A first build can take minutes: keep the run's heartbeat going meanwhile.
-    watchdog = None
-    if run is not None:
-        watchdog = Watchdog(current_app._get_current_object(), run.id, config.heartbeat_interval_s)
-        watchdog.start()
+
+    def heartbeat() -> contextlib.AbstractContextManager[object]:
+        # A first build can take minutes: keep the run's heartbeat going meanwhile.
+        if run is None:
+            return contextlib.nullcontext()
+        return Watchdog(current_app._get_current_object(), run.id, config.heartbeat_interval_s)
+
     try:
-        env = envs.acquire(config, requirements.lines)
+        env = envs.acquire(config, requirements.lines, while_building=heartbeat)
     except envs.EnvBuildFailed as exc:
         if run is not None:
             run.env_key = exc.key
@@ -105,9 +109,6 @@ def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
             log_path.write_text(exc.build_log)
             uploads.store_files(run, {ENV_BUILD_LOG: log_path})
         raise
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
     if run is None:
         env.release()
     else:
@@ -355,8 +356,12 @@ def _add_files(run_id: int, stored: list[uploads.StoredFile]) -> None:
     # PostgreSQL and SQLite (the two databases Parseq runs on) both have ON CONFLICT.
     postgres = db.session.get_bind().dialect.name == "postgresql"
     insert = pg_insert if postgres else sqlite_insert
-    # Rows as parameters (executemany), so the statement compiles once per process.
-    db.session.execute(insert(RunFile).on_conflict_do_nothing(), rows)
+    # Multi-row VALUES statements: as an executemany, ON CONFLICT would cost a round trip per
+    # row (SQLAlchemy batches no executemany with such a clause). Each compiles once per row
+    # count, and a run has few files.
+    for start in range(0, len(rows), FILE_ROWS_PER_INSERT):
+        batch = rows[start : start + FILE_ROWS_PER_INSERT]
+        db.session.execute(insert(RunFile).values(batch).on_conflict_do_nothing())
 
 
 def _others_running(run_id: int, parser_id: int) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from parseq.config import Config
@@ -122,8 +122,18 @@ class S3Storage:
             aws_access_key_id=access_key_id or None,
             aws_secret_access_key=secret_access_key or None,
             region_name=region or None,
-            config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}),
+            config=BotoConfig(
+                retries={"max_attempts": 3, "mode": "standard"},
+                # No CRC32 of every body and download (botocore's default since 1.36, CPU per
+                # request): TLS, or over plain HTTP SigV4's payload hash, guards the bytes, and
+                # some S3-compatible services reject the checksum headers (boto/boto3#4392).
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
         )
+        # botocore sends a file body after an "Expect: 100-continue" exchange, a round trip
+        # of its own per PUT; a single PUT's body is small enough to just send.
+        self.client.meta.events.register("before-sign.s3.PutObject", _send_without_expect)
 
     def _key(self, key: str) -> str:
         key = _check_key(key)
@@ -194,6 +204,12 @@ class S3Storage:
             self.client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"bucket s3://{self.bucket} is not reachable: {exc}") from exc
+
+
+def _send_without_expect(request: Any, **_kwargs: Any) -> None:
+    """botocore ``before-sign`` handler: drop the request's ``Expect: 100-continue`` header
+    (which SigV4 does not sign)."""
+    del request.headers["Expect"]  # an email.message.Message: no error when absent
 
 
 def get_storage(config: Config) -> Storage:

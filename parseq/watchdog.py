@@ -88,6 +88,13 @@ class Watchdog(threading.Thread):
         self._stopped.set()
         self.join(timeout=5)
 
+    def __enter__(self) -> Watchdog:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
 
 def record_progress(run: Run, progress_file: Path, secrets: Iterable[str] = ()) -> None:
     """The parser's last report, which it may have made after the last heartbeat."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from parseq import execution, runs
+import pytest
+
+from parseq import envs, execution, runs, watchdog
 from parseq.config import Config
 from parseq.models import Parser, RunStatus, db
 from tests.conftest import running
@@ -59,3 +62,45 @@ def test_a_renamed_parser_keeps_its_state(
             key = run.file("output.txt").storage_key
             outputs.append(b"".join(storage.iter_bytes(key)).decode().strip())
         assert outputs == ["1", "2", "3"]
+
+
+def test_the_heartbeat_goes_on_while_the_env_builds_and_a_cached_env_needs_none(
+    make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    beat = threading.Event()
+    real_beat, real_build = watchdog.Watchdog.beat, envs.build_env
+    beats_while_building = []
+
+    def beat_and_tell(self: watchdog.Watchdog) -> None:
+        real_beat(self)
+        beat.set()
+
+    def slow_build(*args: object, **kwargs: object) -> bool:
+        beats_while_building.append(beat.wait(timeout=30))
+        return real_build(*args, **kwargs)  # type: ignore[arg-type]
+
+    started = []
+    real_init = watchdog.Watchdog.__init__
+
+    def count_init(self: watchdog.Watchdog, *args: object, **kwargs: object) -> None:
+        started.append(self)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watchdog.Watchdog, "beat", beat_and_tell)
+    monkeypatch.setattr(watchdog.Watchdog, "__init__", count_init)
+    monkeypatch.setattr(envs, "build_env", slow_build)
+    config = make_config(envs_dir=tmp_path / "envs", heartbeat_interval_s=0.1)
+    with running(config):
+        parser = Parser(name="echo", path="echo_env.py")
+        db.session.add(parser)
+        db.session.commit()
+        first = runs.run_now(parser)
+        assert first.status is RunStatus.COMPLETED, first.error
+        assert beats_while_building == [True]
+        watchdogs_of_a_build = len(started)
+        started.clear()
+        again = runs.run_now(parser)
+        assert again.status is RunStatus.COMPLETED, again.error
+        assert beats_while_building == [True]  # no second build
+        # The env's lookup starts no watchdog of its own: only the run's is left.
+        assert len(started) == watchdogs_of_a_build - 1

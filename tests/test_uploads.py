@@ -102,10 +102,11 @@ def test_a_failed_run_waiting_for_storage_keeps_its_error(
 
 @pytest.mark.parametrize("app_fixture", ["sqlite_app", "services_app"])
 def test_recording_the_files_again_keeps_one_row_each(
-    app_fixture: str, request: pytest.FixtureRequest
+    app_fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write retried after a lost commit acknowledgement must not duplicate the files."""
     app: Flask = request.getfixturevalue(app_fixture)
+    monkeypatch.setattr(execution, "FILE_ROWS_PER_INSERT", 2)  # 3 files: 2 statements
     with app.app_context():
         run = runs.create_run(add_parser(f"files-{app_fixture}", "echo_env.py"), enqueue=False)
         execution.claim(run.id)
