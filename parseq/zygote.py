@@ -20,10 +20,12 @@ Standard library only; nothing of Parseq is importable here.
 """
 
 import atexit
+import collections
 import contextlib
 import ctypes
 import ctypes.util
 import gc
+import importlib.machinery
 import io
 import json
 import os
@@ -168,6 +170,7 @@ def prepare(job: dict) -> tuple[str, object]:
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:0] = [os.path.dirname(os.path.realpath(script)), *extra]
     site.main()
+    sys.flags = _fresh_flags()
     if env.get("PYTHONUNBUFFERED"):
         for fd, name, errors in ((1, "stdout", "strict"), (2, "stderr", "backslashreplace")):
             stream = io.TextIOWrapper(
@@ -181,6 +184,16 @@ def prepare(job: dict) -> tuple[str, object]:
     with io.open_code(script) as fh:
         code = compile(fh.read(), script, "exec", dont_inherit=True)
     return script, code
+
+
+def _fresh_flags() -> tuple:
+    """``sys.flags`` as a fresh ``python script.py`` has them, not ``-I -S``: code reads them
+    to start more Pythons alike (``subprocess._args_from_interpreter_flags``, multiprocessing's
+    spawn), which must get the env's site-packages too."""
+    names = type(sys.flags).__match_args__
+    values = dict(zip(names, sys.flags, strict=True))
+    values.update(no_user_site=0, no_site=0, ignore_environment=0, isolated=0, safe_path=False)
+    return collections.namedtuple("flags", names)(**values)
 
 
 def run(code: object, main_module: object) -> int:
@@ -240,6 +253,7 @@ def main() -> None:
     main_module = type(sys)("__main__")
     main_module.__file__ = script
     main_module.__cached__ = None
+    main_module.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
     sys.modules["__main__"] = main_module
     shut_down(run(code, main_module), main_module)
 

@@ -23,8 +23,10 @@ from parseq.models import Parser, RunStatus, db
 from tests.conftest import running
 
 PROBE = """\
-import json, os, sys
+import json, os, subprocess, sys
 print(json.dumps({
+    "flags": list(sys.flags), "python_args": subprocess._args_from_interpreter_flags(),
+    "loader": type(__loader__).__name__,
     "argv": sys.argv, "path": sys.path, "prefix": sys.prefix, "executable": sys.executable,
     "env": dict(os.environ), "cwd": os.getcwd(), "name": __name__, "file": __file__,
     "main": sys.modules["__main__"].__file__, "stdin": sys.stdin.read(),
