@@ -1,6 +1,6 @@
 """A production-shaped Parseq stack for benchmarks: PostgreSQL + RabbitMQ + an S3 endpoint
-(moto's server over HTTP, in a process of its own like any S3 service), the web app on a real
-HTTP port, and ``parseq worker`` processes.
+(moto's S3 app served over HTTP with keep-alive, in processes of its own like any S3 service:
+``bench/moto_app.py``), the web app on a real HTTP port, and ``parseq worker`` processes.
 
 Everything it creates (database, queue, bucket, folders) is its own and removed on exit.
 """
@@ -100,10 +100,13 @@ class Stack:
         conn.cursor().execute(f'CREATE DATABASE "{self.db_name}"')
         conn.close()
         s3_port = free_port()
+        gunicorn = ["--workers", "1", "--worker-class", "gthread", "--threads", "16"]
+        gunicorn += ["--keep-alive", "75", "--bind", f"127.0.0.1:{s3_port}"]
         self.moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+            [sys.executable, "-m", "gunicorn", *gunicorn, "bench.moto_app:app"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=REPO,
         )
         wait_listening(s3_port, self.moto)
         endpoint = f"http://127.0.0.1:{s3_port}"

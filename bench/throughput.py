@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -78,6 +80,17 @@ def produce(app: Any, parser_id: int, n: int, producers: int) -> list[int]:
         return list(pool.map(create, range(n)))
 
 
+def fresh_start_cpu_ms(python: str, n: int = 30) -> float:
+    """CPU of one ``<python> -c pass``: the machine's speed at the moment (it drifts), and what
+    a run forked from a fork server no longer pays."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(n):
+        subprocess.run([python, "-c", "pass"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return spent / n * 1000
+
+
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=1000, help="runs")
@@ -92,7 +105,7 @@ def main(argv: list[str] | None = None) -> float:
     # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
     opts, _ = ap.parse_known_args(argv)
 
-    from parseq import runs
+    from parseq import execution, runs
     from parseq.models import Parser, Run, RunStatus, db
 
     with Stack(workers=opts.workers, threads=opts.threads) as stack:
@@ -110,9 +123,11 @@ def main(argv: list[str] | None = None) -> float:
             ).scalar():
                 db.session.rollback()
                 time.sleep(0.01)
+            python = str(execution.interpreter_for(parser))
+            floor_ms = fresh_start_cpu_ms(python)
             others = {
                 **services(),
-                "S3 endpoint (moto)": [psutil.Process(stack.moto.pid)],
+                "S3 endpoint (moto)": [moto := psutil.Process(stack.moto.pid), *moto.children()],
                 "enqueueing (this process)": [psutil.Process()],
             }
             others_cpu0 = {name: cpu_s(ps) for name, ps in others.items()}
@@ -174,6 +189,7 @@ def main(argv: list[str] | None = None) -> float:
     print("  CPU per run elsewhere on the same cores:")
     for name, seconds in others_cpu.items():
         print(f"    {name:26} {seconds / opts.n * 1000:5.1f} ms")
+    print(f"  a fresh `python -c pass` costs {floor_ms:.1f} ms of CPU here now (machine speed)")
     total = own + server_own + child + sum(others_cpu.values())
     print(
         f"  all CPU per run {total / opts.n * 1000:.1f} ms: at most "
