@@ -208,7 +208,6 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         sandbox.harden_var(config, config.database_url)
         sandbox.share_sdk(config.sdk_dir, sdk_path)
         workdir.chmod(0o711)
-        sandbox.prepare_dirs(user, list(dirs.values()), state_dir)
     if parser.kind is ParserKind.NOTEBOOK:
         output_nb = dirs["output"] / notebooks.OUTPUT_NOTEBOOK
         argv = notebooks.build_command(interpreter, script, output_nb, run.args or {})
@@ -238,8 +237,10 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         # RLIMIT_NPROC counts every process of the user: without a sandbox user it would count
         # the worker's own user's (a desktop session, say), not the parser's.
         limits = dataclasses.replace(limits, processes=0)
-    run_id, parser_id, name, parser_kind = run.id, run.parser_id, parser.name, parser.kind
+    run_id, name, parser_kind = run.id, parser.name, parser.kind
     try:
+        if user is not None:
+            sandbox.prepare_dirs(user, list(dirs.values()), state_dir, run_id)
         rlimits = sandbox.rlimits(limits)
         proc = runner.spawn(
             argv,
@@ -291,10 +292,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
     finally:
         # After the run's end is recorded (off the path to "completed"); the process is gone.
         if user is not None:
-            sandbox.release_state(
-                state_dir,
-                lambda: retry_db(lambda: _others_running(run_id, parser_id), config.db_retry_s),
-            )
+            sandbox.release_state(state_dir, run_id)
 
 
 def state_dir_for(config: Config, parser: Parser) -> Path:
@@ -362,14 +360,6 @@ def _add_files(run_id: int, stored: list[uploads.StoredFile]) -> None:
     for start in range(0, len(rows), FILE_ROWS_PER_INSERT):
         batch = rows[start : start + FILE_ROWS_PER_INSERT]
         db.session.execute(insert(RunFile).values(batch).on_conflict_do_nothing())
-
-
-def _others_running(run_id: int, parser_id: int) -> bool:
-    """Whether another run of the same parser is executing (it still needs the state dir)."""
-    query = db.select(Run.id).where(
-        Run.parser_id == parser_id, Run.status == RunStatus.RUNNING, Run.id != run_id
-    )
-    return db.session.execute(query.limit(1)).first() is not None
 
 
 def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:

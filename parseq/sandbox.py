@@ -268,24 +268,33 @@ def make_readable(root: Path) -> None:
                     os.chmod(path, 0o644)
 
 
-def prepare_dirs(user: SandboxUser, run_dirs: list[Path], state_dir: Path) -> None:
-    """Hand the run's fresh folders and the parser's state folder to ``user`` (mode 0700)."""
+def prepare_dirs(user: SandboxUser, run_dirs: list[Path], state_dir: Path, run_id: int) -> None:
+    """Hand the run's fresh folders and the parser's state folder to ``user`` (mode 0700), and
+    note the run among the state folder's users (:func:`release_state`)."""
     for path in run_dirs:
         os.chown(path, user.uid, user.gid)
         path.chmod(0o700)
     with _state_lock(state_dir):
+        _write_users(state_dir, {*_users(state_dir), (os.getpid(), run_id)})
         _chown_tree(state_dir, user)
         state_dir.chmod(0o700)
 
 
-def release_state(state_dir: Path, others_running: Callable[[], bool]) -> None:
-    """Give the state folder back to root (0700) once no run of its parser is left, so parsers
-    that share the sandbox user cannot reach each other's state between their runs.
+def release_state(state_dir: Path, run_id: int) -> None:
+    """Give the state folder back to root (0700) once no run of its parser is left on this
+    machine, so parsers that share the sandbox user cannot reach each other's state between
+    their runs.
 
-    ``others_running`` is asked under the lock, so a run of the same parser claimed after it
-    answered takes the folder back in its :func:`prepare_dirs`, which waits for the lock."""
+    The runs using the folder are noted in a file beside its lock, as ``<worker pid> <run id>``
+    lines (state folders are machine-local, so are the workers that use them); a dead worker's
+    runs are dropped, so a SIGKILLed worker does not keep the folder handed over. A run of the
+    same parser claimed meanwhile takes the folder back in its :func:`prepare_dirs`, which waits
+    for the lock."""
     with _state_lock(state_dir):
-        if not others_running():
+        left = {(pid, rid) for pid, rid in _users(state_dir) if _alive(pid)}
+        left.discard((os.getpid(), run_id))
+        _write_users(state_dir, left)
+        if not left:
             os.chown(state_dir, 0, 0)
             state_dir.chmod(0o700)
 
@@ -293,13 +302,48 @@ def release_state(state_dir: Path, others_running: Callable[[], bool]) -> None:
 @contextlib.contextmanager
 def _state_lock(state_dir: Path) -> Iterator[None]:
     # Worker processes on one machine share var/: hand-over and take-back must not interleave.
-    lock_path = state_dir.parent / f".{state_dir.name}.lock"
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    fd = os.open(_beside(state_dir, "lock"), os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _beside(state_dir: Path, suffix: str) -> Path:
+    """A file of the worker's beside the state folder, out of the sandbox user's reach."""
+    return state_dir.parent / f".{state_dir.name}.{suffix}"
+
+
+def _users(state_dir: Path) -> set[tuple[int, int]]:
+    """The ``(worker pid, run id)`` of the runs noted as using the state folder."""
+    try:
+        text = _beside(state_dir, "runs").read_text()
+    except FileNotFoundError:
+        return set()
+    users = set()
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):  # a line torn by a crash mid-write
+            pid, run_id = map(int, line.split())
+            users.add((pid, run_id))
+    return users
+
+
+def _write_users(state_dir: Path, users: set[tuple[int, int]]) -> None:
+    path = _beside(state_dir, "runs")
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.writelines(f"{pid} {run_id}\n" for pid, run_id in sorted(users))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
 
 
 def _chown_tree(top: Path, user: SandboxUser) -> None:

@@ -68,11 +68,11 @@ def test_the_heartbeat_goes_on_while_the_env_builds_and_a_cached_env_needs_none(
     make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     beat = threading.Event()
-    real_beat, real_build = watchdog.Watchdog.beat, envs.build_env
+    real_beat, real_build = watchdog.beat, envs.build_env
     beats_while_building = []
 
-    def beat_and_tell(self: watchdog.Watchdog) -> None:
-        real_beat(self)
+    def beat_and_tell(watchdogs: list[watchdog.Watchdog]) -> None:
+        real_beat(watchdogs)
         beat.set()
 
     def slow_build(*args: object, **kwargs: object) -> bool:
@@ -86,7 +86,7 @@ def test_the_heartbeat_goes_on_while_the_env_builds_and_a_cached_env_needs_none(
         started.append(self)
         real_init(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(watchdog.Watchdog, "beat", beat_and_tell)
+    monkeypatch.setattr(watchdog, "beat", beat_and_tell)
     monkeypatch.setattr(watchdog.Watchdog, "__init__", count_init)
     monkeypatch.setattr(envs, "build_env", slow_build)
     config = make_config(envs_dir=tmp_path / "envs", heartbeat_interval_s=0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -313,6 +314,46 @@ def test_with_uids_of_their_own_parsers_running_together_cannot_reach_each_other
         assert db.session.get(Run, held.id).status is RunStatus.RUNNING  # at the same moment
         runs.cancel_run(db.session.get(Run, held.id))
         assert wait_for_run(held.id).status is RunStatus.CANCELLED
+
+
+@as_root
+def test_the_state_folder_goes_back_to_root_when_the_last_run_of_its_parser_on_the_machine_ends(
+    tmp_path: Path,
+) -> None:
+    user = sandbox.SandboxUser("parser", 300_007, 300_007)
+    state = tmp_path / "state" / "7"
+    state.mkdir(parents=True)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    sandbox.prepare_dirs(user, [first], state, run_id=1)
+    sandbox.prepare_dirs(user, [second], state, run_id=2)  # the same parser, at the same time
+    assert state.stat().st_uid == user.uid
+    sandbox.release_state(state, run_id=1)
+    assert state.stat().st_uid == user.uid  # run 2 still uses it
+    sandbox.release_state(state, run_id=2)
+    assert state.stat().st_uid == 0
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
+    sandbox.release_state(state, run_id=2)  # a second release changes nothing
+    assert state.stat().st_uid == 0
+
+
+@as_root
+def test_a_dead_workers_runs_do_not_keep_the_state_folder_handed_over(tmp_path: Path) -> None:
+    user = sandbox.SandboxUser("parser", 300_007, 300_007)
+    state = tmp_path / "state" / "7"
+    state.mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names no process now
+    sandbox.prepare_dirs(user, [work], state, run_id=1)
+    # As a worker SIGKILLed mid-run leaves it: its run is noted and never released.
+    runs_file = state.parent / ".7.runs"
+    runs_file.write_text(runs_file.read_text() + f"{dead.pid} 2\n")
+    sandbox.release_state(state, run_id=1)
+    assert state.stat().st_uid == 0
+    assert runs_file.read_text() == ""
 
 
 def test_script_path_escaping_the_parsers_root_is_refused(app: Flask) -> None:
