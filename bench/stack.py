@@ -78,7 +78,15 @@ def wait_finished(app: Any, run_id: int) -> Any:
 class Stack:
     """Context manager: ``with Stack(workers=2, threads=2) as stack: ...``."""
 
-    def __init__(self, workers: int = 1, threads: int = 2, parsers_dir: Path = BENCH_PARSERS):
+    def __init__(
+        self,
+        workers: int = 1,
+        threads: int = 2,
+        parsers_dir: Path = BENCH_PARSERS,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        """``settings``: more ``PARSEQ_*`` variables for the app and the workers."""
+        self.settings = settings or {}
         self.n_workers = workers
         self.threads = threads
         self.parsers_dir = parsers_dir
@@ -133,6 +141,7 @@ class Stack:
             "PARSEQ_PARSERS_DIR": str(self.parsers_dir),
             "PARSEQ_SECRET_KEY": "bench",
             "PARSEQ_LOG_LEVEL": "WARNING",
+            **self.settings,
         }
         from parseq.app import create_app, init_db
         from parseq.config import Config

@@ -102,13 +102,22 @@ def main(argv: list[str] | None = None) -> float:
         default=4,
         help="threads creating the runs, as several clients and the scheduler would",
     )
+    ap.add_argument(
+        "--fork-servers",
+        type=int,
+        default=None,
+        help="PARSEQ_FORK_SERVERS of the workers (0: a fresh interpreter per run)",
+    )
     # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
     opts, _ = ap.parse_known_args(argv)
 
     from parseq import execution, runs
     from parseq.models import Parser, Run, RunStatus, db
 
-    with Stack(workers=opts.workers, threads=opts.threads) as stack:
+    settings = {}
+    if opts.fork_servers is not None:
+        settings["PARSEQ_FORK_SERVERS"] = str(opts.fork_servers)
+    with Stack(workers=opts.workers, threads=opts.threads, settings=settings) as stack:
         procs = [psutil.Process(p.pid) for p in stack.procs]
         with stack.app.app_context():
             parser = Parser(name="hello", path="hello.py")
