@@ -8,7 +8,8 @@ Papermill and ipykernel are installed with uv into a bench-only virtualenv under
 ``var/bench-venvs/papermill`` (built once, from PyPI); the script and the notebook run in a
 bare virtualenv, ``var/bench-venvs/bare``, as a parser without requirements would. Every
 variant is spawned and supervised by :mod:`parseq.runner` in the same sandboxed environment a
-run gets, so the numbers compare what a worker pays. Prints medians and the ratios the
+run gets, so the numbers compare what a worker pays; the notebook also as a worker starts it by
+default, forked from its env's fork server. Prints medians and the ratios the
 notebooks issue targets: notebook overhead over the script <= 50 ms, and >= 50x faster than
 papermill.
 """
@@ -26,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
+import psutil
 from nbformat.v4 import new_code_cell, new_notebook
 
-from parseq import notebooks, runner
+from parseq import forkserver, notebooks, runner
 from parseq.config import PROJECT_ROOT
 
 CELLS = ["x = 1", "y = x * 2\nprint(y)", "y + 1"]
@@ -54,14 +56,22 @@ def bench_venv(name: str, *packages: str) -> Path:
     return venv
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _children_cpu_s(python: str | None = None) -> float:
+    """CPU of our reaped children, or with ``python`` of its fork server's (its runs)."""
+    if python is None:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+    server = forkserver._servers.get(python)
+    if server is None:  # started by the next spawn
+        return 0.0
+    times = psutil.Process(server.proc.pid).cpu_times()
+    return times.children_user + times.children_system
 
 
-def timed_run(argv: list[str], work: Path) -> tuple[float, float]:
-    """Spawn and supervise ``argv`` as a run would be; wall seconds from spawn to exit, and the
-    CPU seconds the process (and its children) used: steadier on a busy machine."""
+def timed_run(argv: list[str], work: Path, fork: bool = False) -> tuple[float, float]:
+    """Spawn and supervise ``argv`` as a run would be (with ``fork``, from a fork server);
+    wall seconds from spawn to exit, and the CPU seconds the process (and its children) used:
+    steadier on a busy machine."""
     dirs = {name: work / name for name in ("work", "output", "home", "tmp", "state")}
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
@@ -76,23 +86,28 @@ def timed_run(argv: list[str], work: Path) -> tuple[float, float]:
         home_dir=dirs["home"],
         tmp_dir=dirs["tmp"],
     )
-    started, cpu = time.perf_counter(), _children_cpu_s()
-    proc = runner.spawn(argv, env, cwd=dirs["work"])
+    python = argv[0] if fork else None
+    started, cpu = time.perf_counter(), _children_cpu_s(python)
+    proc = runner.spawn(argv, env, cwd=dirs["work"], fork_servers=2 if fork else 0)
     outcome = runner.supervise(proc, work / "run.log", timeout_s=120)
-    elapsed, cpu = time.perf_counter() - started, _children_cpu_s() - cpu
+    elapsed, cpu = time.perf_counter() - started, _children_cpu_s(python) - cpu
     if outcome.status.value != "completed":
         raise SystemExit(f"{argv[:3]} failed: {outcome.error}\n{(work / 'run.log').read_text()}")
     return elapsed, cpu
 
 
 def measure(
-    name: str, repeat: int, make_argv: Callable[[Path], list[str]], root: Path
+    name: str,
+    repeat: int,
+    make_argv: Callable[[Path], list[str]],
+    root: Path,
+    fork: bool = False,
 ) -> tuple[float, float]:
     """Median wall and CPU seconds over ``repeat`` runs, after one warm-up run."""
     walls, cpus = [], []
     for i in range(repeat + 1):
         work = root / f"{name}-{i}"
-        wall, cpu = timed_run(make_argv(work), work)
+        wall, cpu = timed_run(make_argv(work), work, fork)
         if i:  # the first run warms the page cache and .pyc files
             walls.append(wall)
             cpus.append(cpu)
@@ -137,6 +152,14 @@ def main(argv: list[str] | None = None) -> None:
             ),
             root,
         )  # fmt: skip
+        forked = measure(
+            "notebook (forked)", opts.repeat,
+            lambda w: notebooks.build_command(
+                python, root / "trivial.ipynb", w / "output" / "output.ipynb", {"x": 2}
+            ),
+            root,
+            fork=True,
+        )  # fmt: skip
         paper = measure(
             "papermill (kernel)", opts.papermill_repeat,
             lambda w: [str(papermill), "--no-progress-bar", str(root / "trivial.ipynb"),
@@ -151,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             f"     papermill / notebook {paper[i] / notebook[i]:.1f}x (target >= 50x), "
             f"papermill / script {paper[i] / script[i]:.1f}x"
         )
+        print(f"     papermill / notebook forked from a fork server {paper[i] / forked[i]:.1f}x")
 
 
 if __name__ == "__main__":
