@@ -20,7 +20,8 @@ import pytest
 from parseq import forkserver, runner, runs
 from parseq.config import Config
 from parseq.models import Parser, RunStatus, db
-from tests.conftest import running
+from parseq.sandbox import SandboxUser
+from tests.conftest import PARSER_PYTHON, running
 
 PROBE = """\
 import json, os, subprocess, sys
@@ -281,3 +282,28 @@ def test_a_worker_forks_runs_from_its_env_server_unless_turned_off(
         assert python.endswith("/bin/python")
     else:
         assert servers == [{}, {}]
+
+
+def test_a_forked_run_as_the_sandbox_user_starts_processes_of_its_own(tmp_path: Path) -> None:
+    """Subprocesses and a multiprocessing pool (spawn: new Pythons started with the flags of
+    this one) work as in a fresh interpreter, under the sandbox user when we are root."""
+    script = tmp_path / "procs.py"
+    script.write_text(
+        "import multiprocessing, os, subprocess, sys\n"
+        "def prefix():\n"
+        "    return sys.prefix\n"
+        "if __name__ == '__main__':\n"
+        "    print(os.getuid(), flush=True)\n"
+        "    subprocess.run(['echo', 'sub'])\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+        "        print(pool.apply(prefix) == sys.prefix)\n"
+    )
+    script.chmod(0o644)
+    user = SandboxUser("nobody", 65534, 65534) if os.geteuid() == 0 else None
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = _spawn([PARSER_PYTHON, str(script)], env, tmp_path, user=user)
+    assert isinstance(proc, forkserver.ForkedProcess)
+    out, err, rc = _communicate(proc)
+    assert rc == 0, err
+    uid = 65534 if user else os.geteuid()
+    assert out.splitlines() == [str(uid), "sub", "True"]
