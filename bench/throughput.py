@@ -94,8 +94,8 @@ def fresh_start_cpu_ms(python: str, n: int = 30) -> float:
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=1000, help="runs")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes")
-    ap.add_argument("--threads", type=int, default=4, help="threads per worker")
+    ap.add_argument("--workers", type=int, default=4, help="worker processes")
+    ap.add_argument("--threads", type=int, default=2, help="threads per worker")
     ap.add_argument(
         "--producers",
         type=int,
