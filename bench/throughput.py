@@ -31,14 +31,7 @@ def services() -> dict[str, list[psutil.Process]]:
 
 def cpu_s(procs: list[psutil.Process]) -> float:
     """User + system CPU seconds of ``procs`` (ones gone meanwhile count 0)."""
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
+    return cpu_split(procs)[0]
 
 
 def fork_servers(workers: list[psutil.Process]) -> list[psutil.Process]:
@@ -55,7 +48,7 @@ def fork_servers(workers: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def cpu_split(procs: list[psutil.Process]) -> tuple[float, float]:
-    """(own, reaped children's) CPU seconds of ``procs``."""
+    """(own, reaped children's) CPU seconds of ``procs`` (ones gone meanwhile count 0)."""
     own = child = 0.0
     for proc in procs:
         try:
