@@ -30,7 +30,7 @@ import nbformat
 import psutil
 from nbformat.v4 import new_code_cell, new_notebook
 
-from parseq import forkserver, notebooks, runner
+from parseq import forkserver, notebooks, runner, supervisor
 from parseq.config import PROJECT_ROOT
 
 CELLS = ["x = 1", "y = x * 2\nprint(y)", "y + 1"]
@@ -89,7 +89,7 @@ def timed_run(argv: list[str], work: Path, fork: bool = False) -> tuple[float, f
     python = argv[0] if fork else None
     started, cpu = time.perf_counter(), _children_cpu_s(python)
     proc = runner.spawn(argv, env, cwd=dirs["work"], fork_servers=2 if fork else 0)
-    outcome = runner.supervise(proc, work / "run.log", timeout_s=120)
+    outcome = supervisor.supervise(proc, work / "run.log", timeout_s=120)
     elapsed, cpu = time.perf_counter() - started, _children_cpu_s(python) - cpu
     if outcome.status.value != "completed":
         raise SystemExit(f"{argv[:3]} failed: {outcome.error}\n{(work / 'run.log').read_text()}")

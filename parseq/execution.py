@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import envs, notebooks, runner, sandbox, sdk, uploads
+from parseq import envs, notebooks, runner, sandbox, sdk, supervisor, uploads
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import ParseqError, ScriptNotFound
@@ -261,7 +261,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         )
         watchdog.start()
         try:
-            outcome = runner.supervise(
+            outcome = supervisor.supervise(
                 proc,
                 log_path,
                 timeout_s=timeout_s,

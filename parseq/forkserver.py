@@ -6,7 +6,7 @@ used and asks it to fork each run; the child sets up the same sandbox a fresh in
 (its own session, resource limits, the sandbox user, death with its parent, no inherited files,
 a clean environment) and runs the script. See :mod:`parseq.zygote` for what that trades.
 
-:func:`spawn` returns a :class:`ForkedProcess`, which :func:`parseq.runner.supervise` handles
+:func:`spawn` returns a :class:`ForkedProcess`, which :func:`parseq.supervisor.supervise` handles
 like a ``subprocess.Popen``; None when a run needs a fresh interpreter (:func:`can_fork`).
 ``PARSEQ_FORK_SERVERS=0`` turns fork servers off.
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from parseq import forkserver, runner, runs
+from parseq import forkserver, runner, runs, supervisor
 from parseq.config import Config
 from parseq.models import Parser, RunStatus, db
 from parseq.sandbox import SandboxUser
@@ -47,7 +47,7 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: Path, **kwargs):  # type: 
     return runner.spawn(argv, env, cwd, **kwargs)
 
 
-def _communicate(proc: runner.Process) -> tuple[str, str, int]:
+def _communicate(proc: supervisor.Process) -> tuple[str, str, int]:
     out, err = proc.stdout.read(), proc.stderr.read()
     return out.decode(), err.decode(), proc.wait(timeout=20)
 
@@ -216,7 +216,7 @@ def test_idle_servers_past_the_limit_stop_and_busy_ones_stay(tmp_path: Path) -> 
     )
     assert first.poll() is None  # busy: kept although over the limit
     busy_pgid = busy.pid
-    runner.kill_group(busy_pgid)
+    supervisor.kill_group(busy_pgid)
     assert busy.wait(timeout=10) == -signal.SIGKILL
     second = forkserver._servers[str(other)].proc
     assert (
@@ -244,7 +244,7 @@ def test_supervise_handles_a_forked_run_like_a_fresh_one(tmp_path: Path) -> None
     script = tmp_path / "s.py"
     script.write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)\n")
     proc = _spawn([sys.executable, str(script)], {"PATH": "/bin"}, tmp_path)
-    outcome = runner.supervise(proc, tmp_path / "run.log", timeout_s=20)
+    outcome = supervisor.supervise(proc, tmp_path / "run.log", timeout_s=20)
     assert (outcome.status, outcome.exit_code, outcome.error) == (RunStatus.ERROR, 3, "err")
     assert sorted((tmp_path / "run.log").read_text().splitlines()) == ["err", "out"]
 
@@ -257,7 +257,7 @@ def test_a_run_that_ends_at_once_is_seen_ending(tmp_path: Path) -> None:
         proc = _spawn([sys.executable, str(script)], {"PATH": "/bin"}, tmp_path)
         time.sleep(0.01)
         # A missed exit would run into the timeout.
-        outcome = runner.supervise(proc, tmp_path / "run.log", timeout_s=3, poll_s=5)
+        outcome = supervisor.supervise(proc, tmp_path / "run.log", timeout_s=3, poll_s=5)
         assert outcome.status is RunStatus.COMPLETED
 
 

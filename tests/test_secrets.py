@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 from flask import Flask
 
-from parseq import crypto, runner, runs
+from parseq import crypto, runner, runs, supervisor
 from parseq.app import create_app, init_db
 from parseq.cli import main
 from parseq.errors import ConfigError, SecretsKeyError
@@ -88,7 +88,7 @@ def test_supervised_process_printing_its_secret_leaves_only_stars(tmp_path: Path
     )
     proc = runner.spawn([sys.executable, str(FIXTURE_PARSERS / "leak_secret.py")], env, tmp_path)
     lines: list[bytes] = []
-    outcome = runner.supervise(
+    outcome = supervisor.supervise(
         proc,
         tmp_path / "run.log",
         timeout_s=30,
