@@ -173,6 +173,8 @@ def _read_head(key: str) -> tuple[str, bool]:
 def _read(stored: RunFile | None, reader: Any) -> tuple[str | None, bool]:
     if stored is None:
         return None, False
+    if stored.size == 0:  # stored without an object (uploads.upload_files)
+        return "", False
     try:
         return reader(stored.storage_key)
     except ParseqError as exc:

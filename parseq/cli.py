@@ -356,7 +356,8 @@ def run_cmd(parser: str, args: dict[str, Any]) -> None:
         storage_url = app.extensions["parseq"].config.storage_url
         click.echo(f"run {run.id} of {parser}: {run.status.value}")
         for f in run.files:
-            click.echo(f"  {f.name} ({f.size} bytes) -> {storage_url}/{f.storage_key}")
+            where = f"{storage_url}/{f.storage_key}" if f.size else "empty, no object stored"
+            click.echo(f"  {f.name} ({f.size} bytes) -> {where}")
         if run.error:
             click.echo(f"error: {run.error}", err=True)
         elif run.progress_message and run.status.value == "running":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -86,7 +87,7 @@ def serve(stored: RunFile) -> Response:
     filename = stored.name.rsplit("/", 1)[-1]
     content_type = _content_type(filename)
     disposition = _content_disposition(filename)
-    if state.config.s3_presign and hasattr(state.storage, "presigned_url"):
+    if state.config.s3_presign and hasattr(state.storage, "presigned_url") and stored.size:
         url = state.storage.presigned_url(
             stored.storage_key, state.config.s3_presign_expires_s, disposition, content_type
         )
@@ -117,11 +118,18 @@ def serve(stored: RunFile) -> Response:
         start, stop = byte_range
         status, length = 206, stop - start
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{stored.size}"
-    chunks = state.storage.iter_bytes(stored.storage_key, byte_range)
+    chunks = stored_bytes(stored, byte_range)
     headers["Content-Length"] = str(length)
     return Response(
         stream_with_context(chunks), status=status, content_type=content_type, headers=headers
     )
+
+
+def stored_bytes(stored: RunFile, byte_range: ByteRange | None = None) -> Iterator[bytes]:
+    """The file's bytes from storage; an empty file has no object there (``uploads``)."""
+    if stored.size == 0:
+        return iter(())
+    return current_app.extensions["parseq"].storage.iter_bytes(stored.storage_key, byte_range)
 
 
 def requested_range(size: int, sha256: str) -> ByteRange | str | None:
@@ -159,8 +167,7 @@ def _json_lines(stored: RunFile) -> Response:
             f"({config.max_json_output_bytes}); download it raw",
             field="format",
         )
-    storage = current_app.extensions["parseq"].storage
-    data = b"".join(storage.iter_bytes(stored.storage_key))
+    data = b"".join(stored_bytes(stored))
     items = []
     for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():

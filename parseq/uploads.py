@@ -87,9 +87,10 @@ def upload_files(
     pauses; raise the last :class:`StorageError` when a file cannot be stored. Files go up
     in parallel: a run's few small files cost one round trip instead of one each."""
 
-    def upload(name: str, path: Path) -> StoredFile:
+    def upload(name: str, path: Path, size: int) -> StoredFile:
         key = f"runs/{run_id}/{name}"
-        for attempt in range(1, attempts + 1):
+        # An empty file is recorded but needs no object: downloads serve it empty.
+        for attempt in range(1, attempts + 1) if size else ():
             try:
                 storage.put(key, path)
                 break
@@ -101,15 +102,15 @@ def upload_files(
                     "run %s: upload of %s failed (%s); retry in %.1f s", run_id, name, exc, delay
                 )
                 time.sleep(delay)
-        return StoredFile(name, path.stat().st_size, sha256(path), key)
+        return StoredFile(name, size, sha256(path), key)
 
-    if not files:
-        return []
-    (first, first_path), *others = files.items()
-    # The others on the shared threads, the first on this one: a handoff fewer per run.
-    futures = [_UPLOADS.submit(upload, name, path) for name, path in others]
-    stored = upload(first, first_path)
-    return [stored, *(f.result() for f in futures)]  # in order; the first failure is raised
+    jobs = [(name, path, path.stat().st_size) for name, path in files.items()]
+    # Every file to store but one goes up on the shared threads, that one on this thread.
+    to_store = [i for i, (_, _, size) in enumerate(jobs) if size]
+    futures = {i: _UPLOADS.submit(upload, *jobs[i]) for i in to_store[1:]}
+    done = {i: upload(*job) for i, job in enumerate(jobs) if i not in futures}
+    # In order; the first failure is raised.
+    return [done[i] if i in done else futures[i].result() for i in range(len(jobs))]
 
 
 def defer(workdir: Path, pending: Pending) -> None:

@@ -99,6 +99,9 @@ def test_s3_presigned_redirect_serves_exact_bytes_and_ranges(
     ranged = requests.get(location, headers={"Range": "bytes=123-456"}, timeout=10)
     assert ranged.status_code == 206
     assert ranged.content == BLOB[123:457]
+    # An empty file has no object to sign a URL for: it is served, empty, by the API.
+    empty = client.get(f"/api/v1/runs/{blob_run}/files/run.log")
+    assert (empty.status_code, empty.data) == (200, b"")
     # Without a token the API still refuses before it would hand out a URL.
     assert (
         api_client(presign_app, auth=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from flask import Flask
 
@@ -142,3 +144,19 @@ def test_files_are_listed_with_download_urls(client, run: Run, sqlite_app: Flask
     files = client.get(f"/api/v1/runs/{run.id}/files").json["files"]
     assert all(" " not in f["url"] for f in files)
     assert {f["name"] for f in files} == {"blob.bin", "output.txt", "run.log"}
+
+
+def test_an_empty_file_has_no_object_and_downloads_empty(
+    client, run: Run, sqlite_app: Flask
+) -> None:  # type: ignore[no-untyped-def]
+    """The script printed nothing: its log is recorded (size 0, the sha256 of nothing) but
+    stores no object, and downloads as an empty file."""
+    log = run.file("run.log")
+    assert (log.size, log.sha256) == (0, hashlib.sha256(b"").hexdigest())
+    storage = sqlite_app.extensions["parseq"].storage
+    assert not storage.exists(log.storage_key)
+    assert storage.exists(run.file("output.txt").storage_key)
+    resp = client.get(f"/api/v1/runs/{run.id}/files/run.log")
+    assert (resp.status_code, resp.data, resp.headers["Content-Length"]) == (200, b"", "0")
+    ranged = client.get(f"/api/v1/runs/{run.id}/files/run.log", headers={"Range": "bytes=0-"})
+    assert ranged.status_code == 416
