@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> float:
         help="threads creating the runs, as several clients and the scheduler would",
     )
     ap.add_argument(
+        "--prints",
+        action="store_true",
+        help="a hello world that prints a line: its log is stored too (2 PUTs per run, not 1)",
+    )
+    ap.add_argument(
         "--fork-servers",
         type=int,
         default=None,
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> float:
     with Stack(workers=opts.workers, threads=opts.threads, settings=settings) as stack:
         procs = [psutil.Process(p.pid) for p in stack.procs]
         with stack.app.app_context():
-            parser = Parser(name="hello", path="hello.py")
+            parser = Parser(name="hello", path="hello_print.py" if opts.prints else "hello.py")
             db.session.add(parser)
             db.session.commit()
             for _ in range(opts.workers * opts.threads):  # warm up: env, connections, servers
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> float:
     rate = opts.n / elapsed
     print(
         f"throughput on {os.cpu_count()} cores: {opts.workers} workers x {opts.threads} "
-        f"threads, runs created by {opts.producers} threads"
+        f"threads, runs created by {opts.producers} threads, "
+        f"{'a hello world that prints (log stored)' if opts.prints else 'a silent hello world'}"
     )
     print(
         f"  {opts.n} runs in {elapsed:.1f} s = {rate:.1f} runs/s (target >= 60); "
