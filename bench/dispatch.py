@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=100, help="measured runs")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument(
+        "--prints",
+        action="store_true",
+        help="a hello world that prints a line: its log is stored too (2 PUTs per run, not 1)",
+    )
     # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
     opts, _ = ap.parse_known_args(argv)
 
@@ -39,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     with Stack(workers=1, threads=2) as stack:
         with stack.app.app_context():
-            db.session.add(Parser(name="hello", path="hello.py"))
+            script = "hello_print.py" if opts.prints else "hello.py"
+            db.session.add(Parser(name="hello", path=script))
             db.session.commit()
             python = str(execution.interpreter_for(runs.get_parser("hello")))
         headers = {"Content-Type": "application/json", **stack.auth_headers()}
@@ -60,7 +66,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 dones.append(row.finished_at.timestamp() - t0)
         floor = bare_floor(python, opts.n)
 
-    print(f"dispatch latency on {os.cpu_count()} cores (PostgreSQL + RabbitMQ + S3, 1 worker)")
+    what = "a hello world that prints (log stored)" if opts.prints else "a silent hello world"
+    print(
+        f"dispatch latency on {os.cpu_count()} cores (PostgreSQL + RabbitMQ + S3, 1 worker), {what}"
+    )
     print(f"  bare floor  {python} -c pass : {summary(floor)}")
     print(f"  POST -> first script line     : {summary(starts)}   target p50<=40 p99<=100")
     print(f"  POST -> completed, stored     : {summary(dones)}   target p50<=60")
