@@ -7,8 +7,8 @@ used and asks it to fork each run; the child sets up the same sandbox a fresh in
 a clean environment) and runs the script. See :mod:`parseq.zygote` for what that trades.
 
 :func:`spawn` returns a :class:`ForkedProcess`, which :func:`parseq.supervisor.supervise` handles
-like a ``subprocess.Popen``; None when a run needs a fresh interpreter (:func:`can_fork`).
-``PARSEQ_FORK_SERVERS=0`` turns fork servers off.
+like a ``subprocess.Popen``. ``parseq.runner.spawn`` starts a fresh interpreter instead when
+:func:`can_fork` says no or a server fails; ``PARSEQ_FORK_SERVERS=0`` turns fork servers off.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def can_fork(argv: list[str], env: Mapping[str, str]) -> bool:
 
 
 class ForkedProcess:
-    """A run forked by a fork server: the subset of ``subprocess.Popen`` that the runner uses.
+    """A run forked by a fork server: what the supervisor uses of ``subprocess.Popen``.
     Its exit code arrives on its socket, as the server (its parent) reaps it."""
 
     def __init__(self, pid: int, sock: socket.socket, stdout: IO[bytes], stderr: IO[bytes]):
