@@ -1,8 +1,9 @@
 """The sweeper: re-sends pending runs whose message never reached the broker.
 
-``runs.create_run`` records ``enqueued_at`` when the broker accepts a run's message. A run left
-``pending`` without it (the broker was down) is sent again once the broker is back, so a broker
-outage delays runs and never loses them. A run that got sent twice still executes once: a
+``runs`` records ``enqueued_at`` when the broker accepts a run's message (a run created by the
+API or the admin within a fraction of a second, in a batch). A run left ``pending`` without it
+(the broker was down, or the mark was lost with its process) is sent again once the broker is
+back, so a broker outage delays runs and never loses them. A run that got sent twice still executes once: a
 worker claims it atomically (``execution.claim``).
 """
 

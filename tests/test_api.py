@@ -165,7 +165,7 @@ def test_health_reports_database_and_storage(client) -> None:  # type: ignore[no
 
 
 def test_cancel_running_run_kills_its_group(client, embedded_app: Flask) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_runner import _alive
+    from tests.test_supervisor import _alive
 
     sleeper = add_parser("sleeper", "sleeper.py")
     run_id = client.post("/api/v1/parsers/sleeper/runs").json["id"]

@@ -10,7 +10,7 @@ from flask import Flask
 from parseq import runs
 from parseq.models import Parser, Run, RunStatus, db
 from tests.conftest import add_parser, api_client, wait_for_status
-from tests.test_runner import _alive
+from tests.test_supervisor import _alive
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_api_run_on_postgres_rabbitmq_and_s3(
 
 
 def test_timeout_on_the_worker_kills_the_grandchild(services_app: Flask, worker_process) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_runner import _alive
+    from tests.test_supervisor import _alive
 
     with services_app.app_context():
         name = _unique("sleeper")

@@ -21,7 +21,7 @@ from parseq.config import Config
 from parseq.models import Run, RunStatus, db, utcnow
 from parseq.reaper import WORKER_LOST, reap_once
 from tests.conftest import add_parser, delete_rabbit_queues, wait_for_run, wait_for_status
-from tests.test_runner import _alive
+from tests.test_supervisor import _alive
 
 
 def _running(run: Run, beat_age_s: float) -> Run:

@@ -1,0 +1,62 @@
+"""Creating runs (``parseq.runs``): the broker's acceptance is marked in batches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from parseq import runs
+from parseq.models import Run, db, utcnow
+from tests.conftest import add_parser
+
+
+def _marked(run_ids: list[int]) -> list[datetime | None]:
+    db.session.expire_all()
+    rows = db.session.execute(db.select(Run.enqueued_at).where(Run.id.in_(run_ids)))
+    return [row.enqueued_at for row in rows]
+
+
+def test_runs_sent_together_are_marked_enqueued_by_one_update(sqlite_app: Flask) -> None:
+    parser = add_parser("echo", "echo_env.py")
+    updates: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("UPDATE runs SET enqueued_at"):
+            updates.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        created = [runs.create_run(parser) for _ in range(5)]
+        # The caller sees the mark at once; the database gets it with the next batch.
+        assert all(run.enqueued_at is not None for run in created)
+        ids = [run.id for run in created]
+        deadline = time.monotonic() + 10
+        while None in _marked(ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", seen)
+    assert None not in _marked(ids)
+    assert len(updates) == 1
+
+
+def test_a_mark_that_cannot_be_written_is_left_to_the_sweeper(
+    sqlite_app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = runs.create_run(add_parser("echo", "echo_env.py"), enqueue=False)
+
+    def down() -> None:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database is down"))
+
+    marks = runs.EnqueuedMarks(window_s=0)
+    monkeypatch.setattr(type(db.engine), "begin", lambda self: down())
+    with caplog.at_level(logging.WARNING, logger="parseq.runs"):
+        marks.add(sqlite_app, run.id, utcnow())
+        marks._pool.submit(lambda: None).result(timeout=10)  # after the flush
+    monkeypatch.undo()
+    assert "could not record 1 runs as enqueued; the sweeper re-sends them" in caplog.text
+    assert _marked([run.id]) == [None]
