@@ -3,8 +3,8 @@
 ``runs`` records ``enqueued_at`` when the broker accepts a run's message (a run created by the
 API or the admin within a fraction of a second, in a batch). A run left ``pending`` without it
 (the broker was down, or the mark was lost with its process) is sent again once the broker is
-back, so a broker outage delays runs and never loses them. A run that got sent twice still executes once: a
-worker claims it atomically (``execution.claim``).
+back, so a broker outage delays runs and never loses them. A run that got sent twice still
+executes once: a worker claims it atomically (``execution.claim``).
 """
 
 from __future__ import annotations
