@@ -79,6 +79,14 @@ def _alive(pid: int) -> bool:
     return stat.split(")")[-1].split()[0] != "Z"  # a zombie is dead, just not yet reaped
 
 
+def _gone(pid: int, timeout_s: float = 5) -> bool:
+    """Whether ``pid`` is dead within ``timeout_s`` (killing a group is asynchronous)."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
 @fresh_or_forked
 def test_timeout_kills_the_whole_process_group(tmp_path: Path, fork: bool) -> None:
     code = (
@@ -93,11 +101,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path, fork: bool) -> No
     assert time.monotonic() - started < 10
     assert outcome.status is RunStatus.TIMEOUT
     assert "timed out after 1 s" in outcome.error
-    child = int((tmp_path / "child.pid").read_text())
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    assert _gone(int((tmp_path / "child.pid").read_text()))
 
 
 @fresh_or_forked
@@ -122,11 +126,7 @@ def test_children_left_behind_by_a_finished_script_are_killed(tmp_path: Path, fo
     )
     outcome = _run_code(tmp_path, fork=fork, code=code)
     assert outcome.status is RunStatus.COMPLETED
-    child = int((tmp_path / "child.pid").read_text())
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    assert _gone(int((tmp_path / "child.pid").read_text()))
 
 
 @fresh_or_forked
