@@ -19,7 +19,7 @@ from parseq.config import PROJECT_ROOT, Config
 from parseq.errors import ConfigError, ValidationError
 from parseq.models import Parser, ParserKind, Run, RunStatus, db
 from parseq.registry import validate_path
-from parseq.runner import LOG_TRUNCATED_MARKER
+from parseq.supervisor import LOG_TRUNCATED_MARKER
 from tests.conftest import add_parser, api_client, running, wait_for_run
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the user switch needs root")
