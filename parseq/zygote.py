@@ -249,7 +249,20 @@ def main() -> None:
     if job is None:
         return
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    script, code = prepare(job)
+    try:
+        script, code = prepare(job)
+    except SyntaxError as exc:  # reported as the interpreter does: no traceback, exit 1
+        sys.excepthook(type(exc), exc.with_traceback(None), None)
+        sys.stderr.flush()
+        os._exit(1)
+    except OSError as exc:  # an unreadable script, in the interpreter's words
+        print(
+            f"{sys.executable}: can't open file {job['argv'][0]!r}: "
+            f"[Errno {exc.errno}] {exc.strerror}",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(2)
     main_module = type(sys)("__main__")
     main_module.__file__ = script
     main_module.__cached__ = None

@@ -307,3 +307,25 @@ def test_a_forked_run_as_the_sandbox_user_starts_processes_of_its_own(tmp_path: 
     assert rc == 0, err
     uid = 65534 if user else os.geteuid()
     assert out.splitlines() == [str(uid), "sub", "True"]
+
+
+@pytest.mark.parametrize(
+    ("name", "source"),
+    [("syntax.py", "print('a'\nx = 1\n"), ("missing.py", None), ("indent.py", "if True:\nx = 1\n")],
+)
+def test_a_script_that_cannot_run_fails_as_with_a_fresh_start(
+    tmp_path: Path, name: str, source: str | None
+) -> None:
+    script = tmp_path / name
+    if source is not None:
+        script.write_text(source)
+    results = []
+    for fork_servers in (0, 2):
+        proc = _spawn(
+            [sys.executable, str(script)], {"PATH": "/bin"}, tmp_path, fork_servers=fork_servers
+        )
+        assert isinstance(proc, forkserver.ForkedProcess) is bool(fork_servers)
+        results.append(_communicate(proc))
+    fresh, forked = results
+    assert forked == fresh
+    assert forked[2] in (1, 2) and "zygote" not in forked[1]
