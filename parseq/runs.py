@@ -113,17 +113,7 @@ def create_run(
     for key in state.unloaded & set(state.mapper.column_attrs.keys()):
         set_committed_value(run, key, None)
     if enqueue:
-        from parseq.tasks import send_run
-
-        run_id = state.identity[0]
-        try:
-            send_run(run_id)
-        except Exception:
-            log.exception("run %s could not be enqueued; it stays pending", run_id)
-        else:
-            now = utcnow()
-            set_committed_value(run, "enqueued_at", now)
-            _MARKS.add(current_app._get_current_object(), run_id, now)
+        enqueue_runs([run], mark_later=True)
     return run
 
 
@@ -142,11 +132,11 @@ class EnqueuedMarks:
         self._pid = os.getpid()
         self._pool = ProcessPool(1, "enqueued-marks")
 
-    def add(self, app: Flask, run_id: int, when: datetime) -> None:
+    def add(self, app: Flask, run_ids: Sequence[int], when: datetime) -> None:
         with self._lock:
             if self._pid != os.getpid():  # a forked copy: its parent's batch is not ours
                 self._pending, self._scheduled, self._pid = {}, False, os.getpid()
-            self._pending[run_id] = when
+            self._pending.update(dict.fromkeys(run_ids, when))
             if self._scheduled:
                 return
             self._scheduled = True
@@ -172,9 +162,11 @@ class EnqueuedMarks:
 _MARKS = EnqueuedMarks()
 
 
-def enqueue_runs(batch: Sequence[Run]) -> int:
-    """Send committed runs' messages, then record in one update when the broker took them.
-    Stops at the first failure (the broker is down; logged) and returns how many were sent."""
+def enqueue_runs(batch: Sequence[Run], mark_later: bool = False) -> int:
+    """Send committed runs' messages, then record in one update when the broker took them
+    (with ``mark_later``, in a batch of this process's :class:`EnqueuedMarks`: a POST does not
+    wait for it). Stops at the first failure (the broker is down; logged) and returns how many
+    were sent."""
     from parseq.tasks import send_run
 
     sent: list[int] = []
@@ -188,11 +180,14 @@ def enqueue_runs(batch: Sequence[Run]) -> int:
             break
         sent.append(run_id)
     if sent:
-        # Outside the session, so its runs are not expired and reloaded (a worker may have
-        # claimed them by now; callers show the run as it was queued).
         now = utcnow()
-        with db.engine.begin() as conn:
-            conn.execute(db.update(Run).where(Run.id.in_(sent)).values(enqueued_at=now))
+        if mark_later:
+            _MARKS.add(current_app._get_current_object(), sent, now)
+        else:
+            # Outside the session, so its runs are not expired and reloaded (a worker may have
+            # claimed them by now; callers show the run as it was queued).
+            with db.engine.begin() as conn:
+                conn.execute(db.update(Run).where(Run.id.in_(sent)).values(enqueued_at=now))
         for run in batch[: len(sent)]:
             set_committed_value(run, "enqueued_at", now)
     return len(sent)

@@ -55,7 +55,7 @@ def test_a_mark_that_cannot_be_written_is_left_to_the_sweeper(
     marks = runs.EnqueuedMarks(window_s=0)
     monkeypatch.setattr(type(db.engine), "begin", lambda self: down())
     with caplog.at_level(logging.WARNING, logger="parseq.runs"):
-        marks.add(sqlite_app, run.id, utcnow())
+        marks.add(sqlite_app, [run.id], utcnow())
         marks._pool.submit(lambda: None).result(timeout=10)  # after the flush
     monkeypatch.undo()
     assert "could not record 1 runs as enqueued; the sweeper re-sends them" in caplog.text
