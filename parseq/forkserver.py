@@ -56,23 +56,31 @@ class ForkedProcess:
     """A run forked by a fork server: what the supervisor uses of ``subprocess.Popen``.
     Its exit code arrives on its socket, as the server (its parent) reaps it."""
 
-    def __init__(self, pid: int, sock: socket.socket, stdout: IO[bytes], stderr: IO[bytes]):
+    def __init__(
+        self,
+        pid: int,
+        sock: socket.socket,
+        stdout: IO[bytes],
+        stderr: IO[bytes],
+        buf: bytes = b"",
+        server: ForkServer | None = None,
+    ) -> None:
         self.pid = pid
         self.args = ["<fork server>", pid]
         self.stdout = stdout
         self.stderr = stderr
         self.returncode: int | None = None
         self._sock = sock
-        self._buf = b""
+        self._buf = buf  # what arrived after the pid: maybe the exit already
         self._lock = threading.Lock()
-        self._server: ForkServer | None = None
+        self._server = server
 
     def wait(self, timeout: float | None = None) -> int:
         with self._lock:
             if self.returncode is None:
                 self._sock.settimeout(timeout)
                 try:
-                    line = _read_line(self._sock, self)
+                    line, self._buf = _read_line(self._sock, self._buf)
                 except (TimeoutError, BlockingIOError):
                     raise subprocess.TimeoutExpired(self.args, timeout) from None
                 if line is None or not line.startswith(b"X"):
@@ -100,19 +108,16 @@ class ForkedProcess:
             return None
 
 
-def _read_line(sock: socket.socket, holder: ForkedProcess | _Pending) -> bytes | None:
-    """The next ``\\n``-ended line of the server's reports, None at end of stream."""
-    while b"\n" not in holder._buf:
+def _read_line(sock: socket.socket, buf: bytes) -> tuple[bytes | None, bytes]:
+    """The next ``\\n``-ended report line (None at end of stream) after what ``buf`` holds
+    already, and what came after it."""
+    while b"\n" not in buf:
         chunk = sock.recv(64)
         if not chunk:
-            return None
-        holder._buf += chunk
-    line, holder._buf = holder._buf.split(b"\n", 1)
-    return line
-
-
-class _Pending:
-    _buf = b""
+            return None, buf
+        buf += chunk
+    line, rest = buf.split(b"\n", 1)
+    return line, rest
 
 
 class ForkServer:
@@ -173,8 +178,7 @@ class ForkServer:
             poll.register(ours, select.POLLIN)
             poll.register(self.control, select.POLLIN)
             ready = {fd for fd, _ in poll.poll(REPLY_TIMEOUT_S * 1000)}
-            pending = _Pending()
-            line = _read_line(ours, pending) if ours.fileno() in ready else None
+            line, rest = _read_line(ours, b"") if ours.fileno() in ready else (None, b"")
             if line is None or not line.startswith(b"P"):
                 raise ForkServerError("no answer")
             ours.settimeout(None)
@@ -187,10 +191,8 @@ class ForkServer:
             theirs.close()
             os.close(out_w)
             os.close(err_w)
-        proc = ForkedProcess(int(line[1:]), ours, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"))
-        proc._buf = pending._buf
-        proc._server = self
-        return proc
+        stdout, stderr = os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb")
+        return ForkedProcess(int(line[1:]), ours, stdout, stderr, buf=rest, server=self)
 
     def alive(self) -> bool:
         """Not exited, and not exiting: the server never writes on the control socket, so a
@@ -234,8 +236,6 @@ def spawn(
     started again once, a live one is kept (with its other runs)."""
     global _servers_pid
     python = argv[0]
-    # The server's locale is the child's: it decides the encoding of the child's stdio.
-    server_env = {k: v for k, v in env.items() if k == "LANG" or k.startswith("LC_")}
     for attempt in (1, 2):
         with _servers_lock:
             if _servers_pid != os.getpid():  # a forked copy of the worker: not its servers
@@ -246,7 +246,9 @@ def spawn(
                 del _servers[python]
                 server = None
             if server is None:
-                server = _servers[python] = ForkServer(python, server_env)
+                # The server's locale is the child's: it sets the encoding of the child's stdio.
+                locale = {k: v for k, v in env.items() if k == "LANG" or k.startswith("LC_")}
+                server = _servers[python] = ForkServer(python, locale)
             _servers.move_to_end(python)
             _evict(max_servers, keep=python)
             server.active += 1

@@ -155,11 +155,10 @@ class _Watch:
             self.sel.register(stream.fileno(), selectors.EVENT_READ, name)
             self.open_streams += 1
         self.exit_fd, self.own_exit_fd = _exit_fd(proc)
-        self.sel.register(self.exit_fd, selectors.EVENT_READ, None)
-        self.exited = False
-        if isinstance(proc, forkserver.ForkedProcess) and proc.exit_reported():
-            self.sel.unregister(self.exit_fd)
-            self.exited = True
+        # A very short run's exit report may have come with its pid: nothing left to wait for.
+        self.exited = isinstance(proc, forkserver.ForkedProcess) and proc.exit_reported()
+        if not self.exited:
+            self.sel.register(self.exit_fd, selectors.EVENT_READ, None)
 
     def step(self, timeout_s: float) -> None:
         """Handle what is ready within ``timeout_s``: output, the end of a stream, the exit."""
