@@ -87,15 +87,18 @@ def _gone(pid: int, timeout_s: float = 5) -> bool:
     return not _alive(pid)
 
 
-@fresh_or_forked
-def test_timeout_kills_the_whole_process_group(tmp_path: Path, fork: bool) -> None:
-    code = (
+def _starting_a_child(tmp_path: Path) -> str:
+    """Script lines that start a long sleeper and note its pid in ``child.pid``."""
+    return (
         "import subprocess, sys, time\n"
         "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
         f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(c.pid))\n"
-        "print('started', flush=True)\n"
-        "time.sleep(600)\n"
     )
+
+
+@fresh_or_forked
+def test_timeout_kills_the_whole_process_group(tmp_path: Path, fork: bool) -> None:
+    code = _starting_a_child(tmp_path) + "print('started', flush=True)\ntime.sleep(600)\n"
     started = time.monotonic()
     outcome = _run_code(tmp_path, fork=fork, code=code, timeout_s=1.0, kill_grace_s=0.3)
     assert time.monotonic() - started < 10
@@ -119,12 +122,7 @@ def test_term_ignoring_process_is_killed_after_the_grace(tmp_path: Path, fork: b
 
 @fresh_or_forked
 def test_children_left_behind_by_a_finished_script_are_killed(tmp_path: Path, fork: bool) -> None:
-    code = (
-        "import subprocess, sys\n"
-        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(c.pid))\n"
-    )
-    outcome = _run_code(tmp_path, fork=fork, code=code)
+    outcome = _run_code(tmp_path, fork=fork, code=_starting_a_child(tmp_path))
     assert outcome.status is RunStatus.COMPLETED
     assert _gone(int((tmp_path / "child.pid").read_text()))
 
