@@ -52,6 +52,8 @@ def test_only_path_and_locale_reach_child_processes() -> None:
         ("PARSEQ_BROKER_CONSUMER_TIMEOUT_S", "0"),
         ("PARSEQ_RUN_AS_UID_BASE", "500"),
         ("PARSEQ_RUN_AS_UID_BASE", "lots"),
+        ("PARSEQ_FORK_SERVERS", "-1"),
+        ("PARSEQ_FORK_SERVERS", "some"),
     ],
 )
 def test_bad_values_raise_a_clear_error(name: str, value: str) -> None:
