@@ -11,7 +11,9 @@ Layout of ``envs_dir``::
     .failed/<key>.log the log of the last failed build of a key
     .builds.log       one JSON line per build (key, ok, seconds, installer)
 
-A half-built env is never used because only a complete one is renamed to ``<key>/``.
+A half-built env is never used because only a complete one is renamed to ``<key>/``. This
+module is the cache (keys, locks, the build's temp dir and rename, listing, eviction); the
+installer runs in :mod:`parseq.envbuild`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess  # nosec B404  # uv builds the envs: a child process by design
 import sys
 import tempfile
 import time
@@ -34,29 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parseq import requirements as reqs
-from parseq import sandbox
+from parseq import envbuild, sandbox
 from parseq.config import Config
-from parseq.errors import RunFailed
+from parseq.envbuild import EnvBuildFailed  # what acquire raises: callers catch it from here
 
 log = logging.getLogger(__name__)
 
 META_FILE = "parseq-env.json"
 BUILD_LOG = "parseq-build.log"
-REQUIREMENTS_FILE = "parseq-requirements.txt"
 JOURNAL = ".builds.log"
-
-
-class EnvBuildFailed(RunFailed):
-    """Building a parser's env failed; carries the key, the failing requirement and the log."""
-
-    code = "env_build_failed"
-
-    def __init__(self, message: str, key: str, requirement: str | None, build_log: str) -> None:
-        super().__init__(message, tail=build_log[-2000:])
-        self.key = key
-        self.requirement = requirement
-        self.build_log = build_log
 
 
 def python_tag(python: str = "") -> str:
@@ -163,7 +150,8 @@ def acquire(
 def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> bool:
     """Build the env for ``lines`` (+ trusted ``extra`` lines, e.g. Parseq's SDK) unless it
     exists; True if this call built it. Concurrent callers for one key build it once."""
-    key = env_key(lines, extra, base_python(config))
+    python = base_python(config)
+    key = env_key(lines, extra, python)
     final = config.envs_dir / key
     with _exclusive(config, f"{key}.build"):
         if final.is_dir():
@@ -173,13 +161,13 @@ def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=tmp_root))
         started = time.monotonic()
-        builder = _Builder(config, key, tmp)
+        builder = envbuild.Builder(config, key, tmp, python)
         try:
             builder.build(list(lines), list(extra))
-            _relocate(tmp, final)
+            envbuild.relocate(tmp, final)
             meta = {
                 "key": key,
-                "python": python_tag(base_python(config)),
+                "python": python_tag(python),
                 "requirements": list(lines),
                 "extra": list(extra),
                 "installer": builder.installer,
@@ -189,7 +177,7 @@ def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
             (tmp / BUILD_LOG).write_text(builder.text())
-            _make_readable(tmp)
+            envbuild.make_readable(tmp)
             os.rename(tmp, final)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -203,127 +191,6 @@ def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -
     log.info("env %s built in %.2f s (%s)", key, meta["build_s"], builder.installer)
     prune(config, config.envs_max_count or None, config.envs_max_bytes or None)
     return True
-
-
-class _Builder:
-    """Runs virtualenv and the installer into ``tmp``, collecting one build log."""
-
-    def __init__(self, config: Config, key: str, tmp: Path) -> None:
-        self.config = config
-        self.key = key
-        self.tmp = tmp
-        self.installer = "none"
-        self.chunks: list[str] = []
-        self.deadline = time.monotonic() + config.env_build_timeout_s
-
-    def text(self) -> str:
-        return "".join(self.chunks)
-
-    def note(self, line: str) -> None:
-        self.chunks.append(f"[parseq] {line}\n")
-
-    def build(self, lines: list[str], extra: list[str]) -> None:
-        wanted = lines + extra
-        uv = _find_uv() if wanted and self.config.env_installer != "pip" else None
-        if wanted:
-            self.installer = "uv" if uv else "pip"
-            if uv is None and self.config.env_installer == "auto":
-                self.note("uv not found: falling back to pip (much slower)")
-                log.warning("env %s: uv not found, installing with pip (much slower)", self.key)
-            elif uv is None and self.config.env_installer == "uv":
-                self._fail(lines, "PARSEQ_ENV_INSTALLER=uv but uv is not installed")
-        seed = [] if self.installer == "pip" else ["--no-seed"]
-        venv = [sys.executable, "-m", "virtualenv", "--no-download", "--no-periodic-update"]
-        base = base_python(self.config)
-        self.run([*venv, *seed, "--prompt", self.key[:12], "-p", base, str(self.tmp)], lines)
-        if not wanted:
-            return
-        req_file = self.tmp / REQUIREMENTS_FILE
-        req_file.write_text("".join(f"{line}\n" for line in wanted))
-        python = str(self.tmp / "bin" / "python")
-        if uv:
-            cmd = [uv, "pip", "install", "--python", python, "--color", "never", "-r"]
-        else:
-            cmd = [python, "-m", "pip", "install", "--no-input", "--no-color", "-r"]
-        self.run([*cmd, str(req_file)], lines)
-
-    def run(self, cmd: list[str], lines: list[str]) -> None:
-        self.note("$ " + " ".join(cmd))
-        env = {**self.config.installer_env, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
-        env.pop("VIRTUAL_ENV", None)
-        try:
-            # cmd is a list (no shell): uv's path and a requirements file Parseq wrote.
-            proc = subprocess.run(  # nosec B603  # see above
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=max(self.deadline - time.monotonic(), 1),
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            self.chunks.append((exc.output or b"").decode("utf-8", "replace"))
-            limit = self.config.env_build_timeout_s
-            self._fail(lines, f"timed out after {limit:g} s")
-        self.chunks.append(proc.stdout.decode("utf-8", "replace"))
-        if proc.returncode != 0:
-            self._fail(lines, f"{Path(cmd[0]).name} exited with code {proc.returncode}")
-
-    def _fail(self, lines: list[str], why: str) -> None:
-        text = self.text()
-        culprit = failing_requirement(lines, text)
-        what = f"requirement {culprit!r}" if culprit else f"requirements {', '.join(lines)}"
-        tail = text[-self.config.error_tail_bytes :].strip()
-        message = f"could not build the environment for {what}: {why}\n{tail}"
-        self.note(why)
-        raise EnvBuildFailed(message, self.key, culprit, self.text())
-
-
-def failing_requirement(lines: Sequence[str], build_log: str) -> str | None:
-    """The requirement an installer's error names, looked for after its first error line."""
-    lower = build_log.lower()
-    marks = ("error", "\u00d7")  # uv marks its errors with a multiplication sign
-    starts = [i for i in map(lower.find, marks) if i >= 0]
-    section = lower[min(starts) :] if starts else lower
-    for line in lines:
-        name = reqs.name_of(line)
-        if name and any(v in section for v in {name, name.replace("-", "_")}):
-            return line
-    return None
-
-
-def _find_uv() -> str | None:
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
-
-
-def _relocate(tmp: Path, final: Path) -> None:
-    """virtualenv and installers write the env's absolute path into scripts and ``.pth``
-    files; point them at the final path before the rename moves the env there."""
-    old, new = str(tmp).encode(), str(final).encode()
-    candidates = [*(tmp / "bin").iterdir(), *tmp.glob("lib/python*/site-packages/*.pth")]
-    for path in candidates:
-        if path.is_symlink() or not path.is_file():
-            continue
-        data = path.read_bytes()
-        if old in data:
-            path.write_bytes(data.replace(old, new))
-
-
-def _make_readable(root: Path) -> None:
-    """Envs are shared, possibly with an unprivileged parser user: 0755 dirs, o+r files."""
-    for dirpath, _dirs, filenames in os.walk(root):
-        os.chmod(dirpath, 0o755)  # nosec B103  # envs hold no secrets; parsers must read them
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                mode = os.stat(path).st_mode
-                os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
 
 
 def _size(root: Path) -> int:

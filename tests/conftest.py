@@ -284,6 +284,12 @@ def make_config(tmp_path: Path, shared_envs_dir: Path) -> Callable[..., Config]:
     return make
 
 
+@pytest.fixture
+def env_config(make_config: Callable[..., Config], tmp_path: Path) -> Config:
+    """A config with an envs dir of this test's own, so build counts are this test's."""
+    return make_config(envs_dir=tmp_path / "envs", parsers_dir=tmp_path / "parsers")
+
+
 def add_parser(name: str, path: str | None = None, **fields: Any) -> Parser:
     parser = Parser(name=name, path=path or f"{name}.py", **fields)
     db.session.add(parser)

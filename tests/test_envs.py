@@ -161,12 +161,6 @@ def test_admin_refuses_garbage_requirements(sqlite_app: Flask) -> None:
 # --- building and caching ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def env_config(tmp_path: Path, make_config) -> Config:  # type: ignore[no-untyped-def]
-    """A config with an envs dir of this test's own, so build counts are this test's."""
-    return make_config(envs_dir=tmp_path / "envs", parsers_dir=tmp_path / "parsers")
-
-
 def test_build_is_relocated_readable_and_reused_without_an_installer(env_config: Config) -> None:
     with envs.acquire(env_config, ["six==1.16.0"]) as env:
         assert env.built
@@ -183,14 +177,6 @@ def test_build_is_relocated_readable_and_reused_without_an_installer(env_config:
     with envs.acquire(env_config, ["six==1.16.0"]) as again:
         assert (again.key, again.built) == (env.key, False)
     assert [b["ok"] for b in envs.builds(env_config, env.key)] == [True]
-
-
-def test_base_env_for_parsers_without_requirements_runs_no_installer(env_config: Config) -> None:
-    with envs.acquire(env_config, []) as env:
-        assert env.built
-        assert not (env.path / envs.REQUIREMENTS_FILE).exists()
-        assert "pip install" not in (env.path / envs.BUILD_LOG).read_text()
-        assert [b["installer"] for b in envs.builds(env_config, env.key)] == ["none"]
 
 
 def test_a_half_built_env_is_never_used(env_config: Config) -> None:
@@ -246,15 +232,6 @@ def test_processes_asking_for_one_new_env_build_it_once(env_config: Config) -> N
     key = envs.env_key(["idna==3.6"], python=python)
     assert outputs == [[key, "False"], [key, "True"]]
     assert len(envs.builds(env_config, key)) == 1
-
-
-def test_pip_fallback_when_uv_is_missing(env_config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(envs, "_find_uv", lambda: None)
-    with envs.acquire(env_config, ["six==1.15.0"]) as env:
-        text = (env.path / envs.BUILD_LOG).read_text()
-        assert "uv not found: falling back to pip" in text
-        assert "-m pip install" in text
-        assert envs.builds(env_config, env.key)[0]["installer"] == "pip"
 
 
 def _fake_env(config: Config, key: str, mtime: float) -> None:
