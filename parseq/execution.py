@@ -2,7 +2,7 @@
 
 :func:`execute_run` is what every worker (the Dramatiq actor, ``parseq run``) calls; it is
 idempotent, so a redelivered message changes nothing. Runs are created, listed and cancelled in
-:mod:`parseq.runs`.
+:mod:`parseq.runs`; a run's files and end are written to the database by :mod:`parseq.recording`.
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ from pathlib import Path
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 from flask import current_app
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import envs, notebooks, runner, sandbox, sdk, supervisor, uploads
+from parseq import envs, notebooks, recording, runner, sandbox, sdk, supervisor, uploads
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import ParseqError, ScriptNotFound
-from parseq.models import Parser, ParserKind, Run, RunFile, RunStatus, db, kept_loaded, utcnow
+from parseq.models import Parser, ParserKind, Run, RunStatus, db, kept_loaded, utcnow
 from parseq.reconnect import retry_db
 from parseq.redaction import redact_json_file, redact_text
 from parseq.registry import resolve_script
@@ -41,8 +39,6 @@ ENV_BUILD_LOG = "env-build.log"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 #: A retry whose backoff ends within this many seconds may start now.
 EARLY_S = 0.5
-#: Files recorded per INSERT (5 parameters each; SQLite takes 32766 in one statement).
-FILE_ROWS_PER_INSERT = 1000
 
 
 def claim(run_id: int) -> bool:
@@ -157,7 +153,7 @@ def _claim_and_execute(run_id: int, config: Config, retry: bool) -> RunStatus | 
         retryable = not isinstance(exc, ScriptNotFound)  # a missing file will stay missing
 
         def fail() -> bool:
-            return _finish(get_run(run_id), RunStatus.ERROR, None, message)
+            return recording.finish(get_run(run_id), RunStatus.ERROR, None, message)
 
         if retry_db(fail, config.db_retry_s) and retry:
             schedule_retry(get_run(run_id), config, retryable=retryable)
@@ -308,60 +304,6 @@ def state_dir_for(config: Config, parser: Parser) -> Path:
     return path
 
 
-def mark_waiting(run_id: int, message: str) -> None:
-    """Say on the run that its files wait for storage, and heartbeat it meanwhile."""
-
-    def mark() -> None:
-        db.session.execute(
-            db.update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-            .values(progress_message=message, heartbeat_at=utcnow())
-        )
-        db.session.commit()
-
-    retry_db(mark, current_app.extensions["parseq"].config.db_retry_s, "mark waiting")
-
-
-def record_files_and_finish(
-    run_id: int, stored: list[uploads.StoredFile], pending: uploads.Pending
-) -> RunStatus:
-    """Record the stored files and the run's end together (safe to run again)."""
-
-    def record() -> tuple[RunStatus, bool]:
-        run = get_run(run_id)
-        _add_files(run_id, stored)
-        if run.progress_message and run.progress_message.startswith("waiting for storage"):
-            run.progress_message = None
-        db.session.flush()
-        decided = _finish(run, RunStatus(pending.status), pending.exit_code, pending.error)
-        if not decided:
-            db.session.commit()  # the files are kept even when the run had ended already
-        return run.status, decided
-
-    config = current_app.extensions["parseq"].config
-    status, decided = retry_db(record, config.db_retry_s, "record run")
-    # Not when the reaper finished the run first: the reaper handles its retry.
-    if decided and pending.retry:
-        schedule_retry(get_run(run_id), config)
-    return status
-
-
-def _add_files(run_id: int, stored: list[uploads.StoredFile]) -> None:
-    """Record the stored files; ones recorded already (a retried write) are left as they are."""
-    rows = [{"run_id": run_id, **dataclasses.asdict(f)} for f in stored]
-    if not rows:
-        return
-    # PostgreSQL and SQLite (the two databases Parseq runs on) both have ON CONFLICT.
-    postgres = db.session.get_bind().dialect.name == "postgresql"
-    insert = pg_insert if postgres else sqlite_insert
-    # Multi-row VALUES statements: as an executemany, ON CONFLICT would cost a round trip per
-    # row (SQLAlchemy batches no executemany with such a clause). Each compiles once per row
-    # count, and a run has few files.
-    for start in range(0, len(rows), FILE_ROWS_PER_INSERT):
-        batch = rows[start : start + FILE_ROWS_PER_INSERT]
-        db.session.execute(insert(RunFile).values(batch).on_conflict_do_nothing())
-
-
 def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
     """Result files by name: everything in the output folder, ``output.txt`` (created empty if
     the parser wrote none) and the run log."""
@@ -375,34 +317,3 @@ def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
     }
     files[LOG_FILE] = log_path
     return files
-
-
-def _finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> bool:
-    """Record how the run ended; False if it had ended already. A cancel request explains any
-    end but success; a run the reaper already finished (its heartbeat went stale) keeps the
-    reaper's verdict, since the reaper may have started its next attempt."""
-    end = {"status": status, "exit_code": exit_code, "error": error, "finished_at": utcnow()}
-    if run.env_key is not None:
-        end["env_key"] = run.env_key  # a run shorter than a heartbeat has it written here
-    # Usually the run is still running: one conditional update, no read first.
-    result = db.session.execute(
-        db.update(Run)
-        .where(Run.id == run.id, Run.status == RunStatus.RUNNING)
-        .values(**end)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 1:
-        db.session.commit()
-        for name, value in end.items():
-            set_committed_value(run, name, value)
-        return True
-    db.session.refresh(run)
-    if run.status.is_final and run.status is not RunStatus.CANCELLED:
-        log.warning("run %s was already %s; outcome %s dropped", run.id, run.status, status)
-        return False
-    if run.status is RunStatus.CANCELLED and status is not RunStatus.COMPLETED:
-        end.update(status=RunStatus.CANCELLED, error="cancelled")
-    for name, value in end.items():
-        setattr(run, name, value)
-    db.session.commit()
-    return True

@@ -1,8 +1,8 @@
 """The run lifecycle: create and enqueue a run, find it, cancel it.
 
 Every entry point (API, admin, CLI, scheduler) creates runs through :func:`create_run`; every
-worker executes them through :func:`parseq.execution.execute_run`, so status transitions live in
-these two modules.
+worker executes them through :func:`parseq.execution.execute_run` and records their end through
+:mod:`parseq.recording`, so status transitions live in these three modules.
 """
 
 from __future__ import annotations

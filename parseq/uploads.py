@@ -24,6 +24,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from parseq import recording
 from parseq.config import Config
 from parseq.errors import StorageError
 from parseq.models import Run, RunFile, RunStatus, db
@@ -153,8 +154,6 @@ def _locked(workdir: Path) -> Iterator[bool]:
 
 def retry_pending(app: Flask) -> int:
     """One pass over the runs waiting for storage; returns how many got finished."""
-    from parseq import execution  # which uses this module: imported late, the cycle is lazy
-
     state = app.extensions["parseq"]
     config = state.config
     finished = 0
@@ -170,9 +169,9 @@ def retry_pending(app: Flask) -> int:
                 stored = upload_files(state.storage, pending.run_id, files)
             except StorageError as exc:
                 defer(workdir, pending)
-                execution.mark_waiting(pending.run_id, waiting_message(exc, pending.attempts))
+                recording.mark_waiting(pending.run_id, waiting_message(exc, pending.attempts))
                 continue
-            execution.record_files_and_finish(pending.run_id, stored, pending)
+            recording.record_files_and_finish(pending.run_id, stored, pending)
             marker.unlink()
         if not config.keep_workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -186,8 +185,6 @@ def store_and_finish(
 ) -> RunStatus:
     """Upload the files, then record them with the run's final status in one transaction. If
     storage stays down, the run stays ``running`` and waits for the worker's upload retrier."""
-    from parseq import execution
-
     storage = current_app.extensions["parseq"].storage
     try:
         stored = upload_files(
@@ -198,9 +195,9 @@ def store_and_finish(
         log.warning(
             "run %s: storage unreachable, files kept in %s: %s", pending.run_id, workdir, exc
         )
-        execution.mark_waiting(pending.run_id, waiting_message(exc, config.upload_attempts))
+        recording.mark_waiting(pending.run_id, waiting_message(exc, config.upload_attempts))
         return RunStatus.RUNNING
-    return execution.record_files_and_finish(pending.run_id, stored, pending)
+    return recording.record_files_and_finish(pending.run_id, stored, pending)
 
 
 def store_files(run: Run, files: Mapping[str, Path]) -> None:

@@ -44,7 +44,7 @@ class Watchdog:
         self.secrets = tuple(secrets)
         self._progress_mtime: int | None = None
         #: Columns the next successful beat writes too (the run's env key): a short run is
-        #: spared the write, its end records them (``execution._finish``).
+        #: spared the write, its end records them (``recording.finish``).
         self._extra_values = dict(extra_values or {})
         self.cancel = threading.Event()
         self.due = 0.0  # time.monotonic() of the next beat

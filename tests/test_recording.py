@@ -1,0 +1,37 @@
+"""Recording a run's end (``parseq.recording``): its files and final status, safe to repeat."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from parseq import execution, recording, runs, uploads
+from parseq.models import RunStatus
+from tests.conftest import add_parser
+
+
+@pytest.mark.parametrize("app_fixture", ["sqlite_app", "services_app"])
+def test_recording_the_files_again_keeps_one_row_each(
+    app_fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write retried after a lost commit acknowledgement must not duplicate the files."""
+    app: Flask = request.getfixturevalue(app_fixture)
+    monkeypatch.setattr(recording, "FILE_ROWS_PER_INSERT", 2)  # 3 files: 2 statements
+    with app.app_context():
+        run = runs.create_run(add_parser(f"files-{app_fixture}", "echo_env.py"), enqueue=False)
+        execution.claim(run.id)
+        stored = [
+            uploads.StoredFile("output.txt", 3, "a" * 64, f"runs/{run.id}/output.txt"),
+            uploads.StoredFile("run.log", 0, "b" * 64, f"runs/{run.id}/run.log"),
+        ]
+        pending = uploads.Pending(run.id, "completed", 0, None, {}, retry=False)
+        assert recording.record_files_and_finish(run.id, stored, pending) is RunStatus.COMPLETED
+        again = [*stored, uploads.StoredFile("extra.csv", 1, "c" * 64, "k")]
+        assert recording.record_files_and_finish(run.id, again, pending) is RunStatus.COMPLETED
+        runs.db.session.expire_all()
+        files = runs.get_run(run.id).files
+        assert [(f.name, f.size) for f in files] == [
+            ("extra.csv", 1),
+            ("output.txt", 3),
+            ("run.log", 0),
+        ]
