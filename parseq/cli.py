@@ -7,55 +7,13 @@ import json
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
 
+from parseq.cli_common import app_with_db, build_app, one_line_errors
+from parseq.cli_envs import envs
 from parseq.errors import ParseqError
-
-
-def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Report Parseq errors as one line on stderr and exit 1, without a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ParseqError as exc:
-            click.echo(f"parseq: error: {exc.message}", err=True)
-            sys.exit(1)
-        except OSError as exc:
-            click.echo(f"parseq: error: {exc}", err=True)
-            sys.exit(1)
-        except Exception as exc:
-            if type(exc).__module__ != "sqlalchemy.exc":
-                raise
-            # The driver's first line says it ("connection ... refused"); the rest is SQL.
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            click.echo(f"parseq: error: database: {detail}", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
-def _build_app(**overrides: Any):  # type: ignore[no-untyped-def]
-    from parseq.app import create_app
-    from parseq.config import Config
-
-    config = Config.from_env(**{k: v for k, v in overrides.items() if v is not None})
-    return create_app(config)
-
-
-def _app_with_db(**overrides: Any):  # type: ignore[no-untyped-def]
-    """:func:`_build_app` with its database schema created or migrated (``init_db``)."""
-    from parseq.app import init_db
-
-    app = _build_app(**overrides)
-    init_db(app)
-    return app
 
 
 def _wait_for_signal() -> None:
@@ -71,8 +29,13 @@ def main() -> None:
     """Parseq: run and schedule web parsers written in Python."""
 
 
+# The envs group lives in cli_envs, which imports only cli_common (never this module, which
+# ``python -m parseq.cli`` runs as __main__), so this import has no cycle.
+main.add_command(envs)
+
+
 @main.command("init-db")
-@_one_line_errors
+@one_line_errors
 def init_db_cmd() -> None:
     """Create the database tables (or migrate them to this release), register the parsers
     shipped in parsers/ and, when there are no users yet, the admin user (PARSEQ_ADMIN_PASSWORD,
@@ -80,7 +43,7 @@ def init_db_cmd() -> None:
     from parseq.auth import ensure_admin
     from parseq.registry import sync_shipped
 
-    app = _app_with_db()
+    app = app_with_db()
     with app.app_context():
         config = app.extensions["parseq"].config
         added = sync_shipped(config)
@@ -105,23 +68,23 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.argument("revision", default="heads")
-@_one_line_errors
+@one_line_errors
 def db_upgrade(revision: str) -> None:
     """Migrate the database schema up to REVISION (default: this release's newest)."""
     from parseq import migrate
 
-    app = _build_app()
+    app = build_app()
     migrate.upgrade(app, revision)
     click.echo(f"database schema at {_revisions(migrate.current(app))}")
 
 
 @db_group.command("current")
-@_one_line_errors
+@one_line_errors
 def db_current() -> None:
     """Print the revision the database schema is at, and whether it is this release's newest."""
     from parseq import migrate
 
-    at, heads = migrate.current(_build_app()), migrate.heads()
+    at, heads = migrate.current(build_app()), migrate.heads()
     if set(at) == set(heads):
         click.echo(f"{_revisions(at)} (head)")
     else:
@@ -130,13 +93,13 @@ def db_current() -> None:
 
 @db_group.command("revision")
 @click.option("-m", "--message", required=True, help="What the migration changes.")
-@_one_line_errors
+@one_line_errors
 def db_revision(message: str) -> None:
     """For developers: write a migration from what the models have and the database (at head)
     lacks, into parseq/migrations/versions/. Review it before committing."""
     from parseq import migrate
 
-    path = migrate.revision(_build_app(), message)
+    path = migrate.revision(build_app(), message)
     click.echo(f"wrote {path}")
 
 
@@ -145,7 +108,7 @@ def _revisions(revs: tuple[str, ...]) -> str:
 
 
 @main.command("rotate-secrets")
-@_one_line_errors
+@one_line_errors
 def rotate_secrets_cmd() -> None:
     """Re-encrypt every parser's secrets with PARSEQ_SECRETS_KEY (old keys in
     PARSEQ_SECRETS_OLD_KEYS); after it, the old keys can be dropped."""
@@ -153,7 +116,7 @@ def rotate_secrets_cmd() -> None:
     from parseq.errors import SecretsKeyError
     from parseq.models import db
 
-    app = _build_app()
+    app = build_app()
     with app.app_context():
         done, failed = rotate_secrets(db.session, app.extensions["parseq"].cipher)
     click.echo(f"secrets of {done} parser(s) re-encrypted with the current key")
@@ -168,7 +131,7 @@ def rotate_secrets_cmd() -> None:
 @click.option("--host", default=None, help="Bind address (PARSEQ_HOST).")
 @click.option("--port", type=int, default=None, help="Port (PARSEQ_PORT).")
 @click.option("--threads", type=int, default=None, help="Worker threads (PARSEQ_WORKER_THREADS).")
-@_one_line_errors
+@one_line_errors
 def up(host: str | None, port: int | None, threads: int | None) -> None:
     """All in one process: database, worker threads and the web admin (embedded default)."""
     from parseq.auth import ensure_admin
@@ -179,7 +142,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     from parseq.scheduler import SchedulerService, sweep_pending
     from parseq.tasks import start_worker
 
-    app = _app_with_db(host=host, port=port, worker_threads=threads)
+    app = app_with_db(host=host, port=port, worker_threads=threads)
     config = app.extensions["parseq"].config
     # The in-memory queue starts empty: every run still pending from before must be re-sent.
     sweep_pending(app, older_than_s=0, resend_all=True)
@@ -219,12 +182,12 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     help="The password (asked for when not given).",
 )
 @click.option("--reset", is_flag=True, help="Set a new password for an existing user.")
-@_one_line_errors
+@one_line_errors
 def create_user_cmd(username: str, password: str, reset: bool) -> None:
     """Create an admin panel user USERNAME (or reset its password with --reset)."""
     from parseq.auth import create_user, set_password
 
-    app = _app_with_db()
+    app = app_with_db()
     with app.app_context():
         if reset:
             set_password(username, password)
@@ -246,10 +209,10 @@ def _make_server(host: str, port: int, app: Any) -> Any:
 @main.command()
 @click.option("--host", default=None, help="Bind address (PARSEQ_HOST).")
 @click.option("--port", type=int, default=None, help="Port (PARSEQ_PORT).")
-@_one_line_errors
+@one_line_errors
 def web(host: str | None, port: int | None) -> None:
     """The web admin and REST API only (for production use gunicorn 'parseq.wsgi:app')."""
-    app = _build_app(host=host, port=port)
+    app = build_app(host=host, port=port)
     config = app.extensions["parseq"].config
     server = _make_server(config.host, config.port, app)
     click.echo(f"Parseq web on http://{config.host}:{server.server_port}/admin/")
@@ -261,14 +224,14 @@ def web(host: str | None, port: int | None) -> None:
 
 
 @main.command()
-@_one_line_errors
+@one_line_errors
 def scheduler() -> None:
     """The scheduler: creates and enqueues runs when schedules are due. Start a second one on
     PostgreSQL as a standby; it takes over within PARSEQ_SCHEDULER_SYNC_INTERVAL_S."""
     from parseq.reaper import reap_once
     from parseq.scheduler import SchedulerService
 
-    app = _build_app()
+    app = build_app()
     service = SchedulerService(app)
     # Maintenance runs on the active scheduler only: one reaper however many standbys.
     service.add_maintenance("reaper", reap_once, app.extensions["parseq"].config.reaper_interval_s)
@@ -282,12 +245,12 @@ def scheduler() -> None:
 
 @main.command()
 @click.option("--threads", type=int, default=None, help="Worker threads (PARSEQ_WORKER_THREADS).")
-@_one_line_errors
+@one_line_errors
 def worker(threads: int | None) -> None:
     """A worker: executes runs from the broker's queue until stopped."""
     from parseq.tasks import start_worker, warn_if_runs_outlast_consumer_timeout
 
-    app = _build_app(worker_threads=threads)
+    app = build_app(worker_threads=threads)
     warn_if_runs_outlast_consumer_timeout(app.extensions["parseq"].config)
     w = start_worker(app)
     click.echo(f"Parseq worker on {app.extensions['parseq'].config.broker_url} (Ctrl+C stops)")
@@ -300,12 +263,12 @@ def worker(threads: int | None) -> None:
 @main.command("create-token")
 @click.argument("name")
 @click.option("--read-only", is_flag=True, help="The token may only read (GET) the API.")
-@_one_line_errors
+@one_line_errors
 def create_token_cmd(name: str, read_only: bool) -> None:
     """Create an API token called NAME and print it (it is shown only this once)."""
     from parseq.tokens import create_token
 
-    app = _app_with_db()
+    app = app_with_db()
     with app.app_context():
         _token, plain = create_token(name, read_only=read_only)
     click.echo(plain)
@@ -315,12 +278,12 @@ def create_token_cmd(name: str, read_only: bool) -> None:
 
 @main.command("revoke-token")
 @click.argument("name")
-@_one_line_errors
+@one_line_errors
 def revoke_token_cmd(name: str) -> None:
     """Revoke the API token called NAME: requests with it get 401 from now on."""
     from parseq.tokens import revoke_token
 
-    app = _app_with_db()
+    app = app_with_db()
     with app.app_context():
         revoke_token(name)
     click.echo(f"token {name!r} revoked")
@@ -343,13 +306,13 @@ def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any
 @main.command("run")
 @click.argument("parser")
 @click.option("--arg", "args", multiple=True, callback=_parse_arg, help="key=value (repeatable)")
-@_one_line_errors
+@one_line_errors
 def run_cmd(parser: str, args: dict[str, Any]) -> None:
     """Run PARSER now in this process and print its status and where its files went."""
     from parseq.registry import sync_shipped
     from parseq.runs import get_parser, run_now
 
-    app = _app_with_db()
+    app = app_with_db()
     with app.app_context():
         sync_shipped(app.extensions["parseq"].config)
         run = run_now(get_parser(parser), args)
@@ -364,81 +327,6 @@ def run_cmd(parser: str, args: dict[str, Any]) -> None:
             click.echo(run.progress_message, err=True)  # e.g. its files wait for storage
         if run.status.value != "completed":
             sys.exit(1)
-
-
-@main.group()
-def envs() -> None:
-    """Manage the cached per-parser virtualenvs (PARSEQ_ENVS_DIR)."""
-
-
-@envs.command("list")
-@_one_line_errors
-def envs_list() -> None:
-    """Every cached env, most recently used first."""
-    from parseq import envs as envs_mod
-
-    config = _build_config()
-    found = envs_mod.list_envs(config)
-    for env in found:
-        used = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(env.last_used))
-        flag = " in-use" if env.in_use else ""
-        reqs = " ".join(env.requirements) or "(base: no requirements)"
-        click.echo(f"{env.key}  {env.size_bytes / 2**20:8.1f} MiB  used {used}Z{flag}  {reqs}")
-    total = sum(e.size_bytes for e in found)
-    click.echo(f"{len(found)} env(s), {total / 2**20:.1f} MiB in {config.envs_dir}")
-
-
-@envs.command("build")
-@click.argument("parser")
-@_one_line_errors
-def envs_build(parser: str) -> None:
-    """Build (or find) the env of PARSER and print its key and interpreter."""
-    from parseq import envs as envs_mod
-    from parseq import requirements as reqs
-    from parseq.registry import resolve_script, sync_shipped
-    from parseq.runs import get_parser
-
-    app = _app_with_db()
-    config = app.extensions["parseq"].config
-    with app.app_context():
-        sync_shipped(config)
-        found = get_parser(parser)
-        wanted = reqs.for_parser(config, found, resolve_script(config, found))
-    try:
-        env = envs_mod.acquire(config, wanted.lines)
-    except envs_mod.EnvBuildFailed as exc:
-        where = config.envs_dir / ".failed" / f"{exc.key}.log"
-        raise ParseqError(f"{exc.message.splitlines()[0]} (build log: {where})") from None
-    with env:
-        state = "built" if env.built else "cached"
-        click.echo(f"{env.key} {state} ({wanted.source}: {' '.join(wanted.lines) or 'none'})")
-        click.echo(f"  python {env.python}")
-
-
-@envs.command("prune")
-@click.option("--max-count", type=int, default=None, help="Keep at most N envs.")
-@click.option("--max-bytes", type=int, default=None, help="Keep at most N bytes of envs.")
-@click.option("--all", "everything", is_flag=True, help="Remove every env not in use.")
-@_one_line_errors
-def envs_prune(max_count: int | None, max_bytes: int | None, everything: bool) -> None:
-    """Evict least-recently-used envs past the limits (default: PARSEQ_ENVS_MAX_*)."""
-    from parseq import envs as envs_mod
-
-    config = _build_config()
-    if everything:
-        max_count, max_bytes = 0, None
-    elif max_count is None and max_bytes is None:
-        max_count, max_bytes = config.envs_max_count or None, config.envs_max_bytes or None
-    evicted = envs_mod.prune(config, max_count, max_bytes)
-    for key in evicted:
-        click.echo(f"removed {key}")
-    click.echo(f"{len(evicted)} env(s) removed; {len(envs_mod.list_envs(config))} left")
-
-
-def _build_config():  # type: ignore[no-untyped-def]
-    from parseq.config import Config
-
-    return Config.from_env()
 
 
 if __name__ == "__main__":
