@@ -14,16 +14,25 @@ from flask_admin import Admin, expose
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.theme import Bootstrap4Theme
-from flask_wtf import FlaskForm
 from markupsafe import Markup
 from werkzeug.datastructures import FileStorage
 from werkzeug.wrappers import Response
-from wtforms import SelectChoice, fields, widgets
+from wtforms import SelectChoice, fields
 from wtforms import ValidationError as FormValidationError
 from wtforms.validators import NumberRange, Optional
 
-from parseq import admin_tokens, auth, notebooks, registry, runner, runs
+from parseq import admin_tokens, auth, notebooks, registry, runs
 from parseq import requirements as reqs
+from parseq.admin_forms import (
+    JSONObjectField,
+    RemoveSecretsField,
+    RunNowForm,
+    ScriptField,
+    SecretsField,
+    UploadField,
+    parse_secrets,
+    script_choices,
+)
 from parseq.admin_runs import RunView, fmt_duration, fmt_time, status_badge
 from parseq.admin_schedule import (
     SCHEDULE_DATETIMES,
@@ -48,80 +57,6 @@ from parseq.models import (
 MASK = "••••••••"
 
 
-class Unbound:
-    """A form field that is not a model column: ``populate_obj`` leaves the model alone."""
-
-    def populate_obj(self, obj: Any, name: str) -> None:
-        pass
-
-
-class ScriptField(Unbound, fields.SelectField):
-    pass
-
-
-class UploadField(Unbound, fields.FileField):
-    pass
-
-
-class SecretsField(Unbound, fields.TextAreaField):
-    """``NAME=value`` lines. Always rendered empty: secret values never go back to a browser."""
-
-    def _value(self) -> str:
-        return ""
-
-
-class RemoveSecretsField(Unbound, fields.SelectMultipleField):
-    widget = widgets.ListWidget(prefix_label=False)
-    option_widget = widgets.CheckboxInput()
-
-
-class JSONObjectField(fields.TextAreaField):
-    """A JSON object of run arguments, checked with the same rules as the API's."""
-
-    def _value(self) -> str:
-        if self.raw_data:
-            return self.raw_data[0]
-        return json.dumps(self.data or {}, indent=2)
-
-    def process_formdata(self, valuelist: list[Any]) -> None:
-        raw = (valuelist[0] if valuelist else "").strip() or "{}"
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            self.data = None
-            raise ValueError(f"not valid JSON: {exc}") from None
-        try:
-            self.data = runs.check_args(value)
-        except ParseqError as exc:
-            self.data = None
-            raise ValueError(exc.message) from None
-
-
-def parse_secrets(text: str) -> dict[str, str]:
-    """``NAME=value`` lines (blank lines ignored) -> dict; names checked like the runner does."""
-    found: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        name, sep, value = line.partition("=")
-        if not sep:
-            raise FormValidationError(f"line {number}: expected NAME=value")
-        try:
-            found[runner.validate_secret_name(name.strip())] = value
-        except ParseqError as exc:
-            raise FormValidationError(f"line {number}: {exc.message}") from None
-    return found
-
-
-def _script_choices() -> list[SelectChoice]:
-    config = current_app.extensions["parseq"].config
-    choices = [SelectChoice("", "(upload a file below)")]
-    for kind, rel in registry.list_files(config):
-        root = registry.root_for(config, kind).name
-        choices.append(SelectChoice(f"{kind.value}:{rel}", f"{root}/{rel}"))
-    return choices
-
-
 def _last_run(parser: Parser) -> Run | None:
     """The parser's newest run, fetched once per page for all listed parsers."""
     cache = g.setdefault("parseq_last_runs", {})
@@ -136,10 +71,6 @@ def _secret_names(_v: Any, _c: Any, parser: Parser, _n: str) -> Markup:
     names = sorted(parser.secrets or {})
     item = Markup("<code>{}</code> = {}")  # format() escapes each value
     return Markup(", ").join(item.format(n, MASK) for n in names) or "none"
-
-
-class RunNowForm(FlaskForm):
-    args = JSONObjectField("Arguments (JSON object, overlaid on the default args)")
 
 
 #: Retries and sandbox limits: shown on the detail page and edited in the form alike.
@@ -296,7 +227,7 @@ class ParserView(auth.LoginRequired, ModelView):
         return ParserForm
 
     def _prepare(self, form: Any, parser: Parser | None) -> Any:
-        form.script.choices = _script_choices()
+        form.script.choices = script_choices()
         current = parser and f"{parser.kind.value}:{parser.path}"
         if current and current not in {choice.value for choice in form.script.choices}:
             form.script.choices.append(SelectChoice(current, f"{parser.path} (current)"))

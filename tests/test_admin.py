@@ -565,30 +565,6 @@ def test_hourly_buckets_and_chart() -> None:
 # --- helpers -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("", {}),
-        ("A=1\n\nB_2=x=y\n", {"A": "1", "B_2": "x=y"}),
-        ("TOKEN=", {"TOKEN": ""}),
-    ],
-)
-def test_parse_secrets(text: str, expected: dict[str, str]) -> None:
-    from parseq.admin import parse_secrets
-
-    assert parse_secrets(text) == expected
-
-
-@pytest.mark.parametrize("text", ["novalue", "1BAD=x", "PARSEQ_ARGS=x"])
-def test_parse_secrets_rejects(text: str) -> None:
-    from wtforms import ValidationError
-
-    from parseq.admin import parse_secrets
-
-    with pytest.raises(ValidationError):
-        parse_secrets(text)
-
-
 def test_create_user_rules(app: Flask) -> None:
     from parseq.auth import authenticate, create_user, ensure_admin, set_password
     from parseq.errors import Conflict, NotFound, ValidationError
