@@ -273,6 +273,7 @@ class RunView(LoginRequired, ModelView):
         ),
     }
     page_size = 50
+    column_auto_select_related = False  # get_query loads the parsers
     #: Above this many runs (PostgreSQL's own estimate), the unfiltered list numbers its pages
     #: from the estimate: an exact count(*) of a million rows costs more than the page itself.
     estimate_count_above = 100_000
@@ -301,7 +302,9 @@ class RunView(LoginRequired, ModelView):
         return super()._get_filter_groups()
 
     def get_query(self) -> Any:
-        return super().get_query().options(db.joinedload(Run.parser))
+        # A second query for the page's parsers: joined to every run the OFFSET skips, they
+        # made page 1,000 of a million runs 5x slower (73 ms of SQL instead of 15).
+        return super().get_query().options(db.selectinload(Run.parser))
 
     def run_info(self, run: Run) -> RunInfo:
         log_tail, log_cut = _read(run.file(runs.LOG_FILE), _read_tail)
