@@ -56,13 +56,8 @@ def claim(run_id: int) -> bool:
 def _claim(run_id: int) -> bool:
     """:func:`claim`'s update, in the session's transaction."""
     now = utcnow()
-    due = sa.or_(Run.not_before.is_(None), Run.not_before <= now + timedelta(seconds=EARLY_S))
-    result = db.session.execute(
-        db.update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.PENDING, due)
-        .values(status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker_id=WORKER_ID)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"run_id": run_id, "now": now, "due": now + timedelta(seconds=EARLY_S)}
+    result = db.session.execute(_CLAIM, {**params, "worker_id": WORKER_ID})
     return result.rowcount == 1
 
 
@@ -71,10 +66,31 @@ def _claim_and_load(run_id: int) -> Run | None:
     if not _claim(run_id):
         db.session.rollback()
         return None
-    query = db.select(Run).options(sa_orm.joinedload(Run.parser)).where(Run.id == run_id)
-    run = db.session.execute(query).scalar_one()
+    run = db.session.execute(_LOAD, {"run_id": run_id}).scalar_one()
     db.session.commit()  # the run stays loaded (execute_run: kept_loaded)
     return run
+
+
+# The claim and the load are built once, with bound parameters: every run executes them, and
+# building a statement (and its cache key) per run cost more CPU than the rest of the claim.
+_runs = Run.__table__
+_CLAIM = (
+    sa.update(_runs)
+    .where(
+        _runs.c.id == sa.bindparam("run_id"),
+        _runs.c.status == RunStatus.PENDING,
+        sa.or_(_runs.c.not_before.is_(None), _runs.c.not_before <= sa.bindparam("due")),
+    )
+    .values(
+        status=RunStatus.RUNNING,
+        started_at=sa.bindparam("now", type_=_runs.c.started_at.type),
+        heartbeat_at=sa.bindparam("now", type_=_runs.c.started_at.type),
+        worker_id=sa.bindparam("worker_id", type_=_runs.c.worker_id.type),
+    )
+)
+_LOAD = (
+    sa.select(Run).options(sa_orm.joinedload(Run.parser)).where(Run.id == sa.bindparam("run_id"))
+)
 
 
 #: Envs held in use (safe from eviction) by the runs executing in this process.

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -25,7 +26,12 @@ if TYPE_CHECKING:  # uploads imports this module
 
 log = logging.getLogger(__name__)
 
-#: Files recorded per INSERT (5 parameters each; SQLite takes 32766 in one statement).
+#: Up to this many files (most runs have two or three) are recorded by an executemany of one
+#: statement built once: a round trip a row, but a third of the CPU of building and compiling
+#: a multi-row VALUES statement (SQLAlchemy compiles one anew at every execution).
+FEW_FILES = 4
+#: More files are recorded by multi-row VALUES statements of this many rows (5 parameters
+#: each; SQLite takes 32766 in one statement), so a thousand files cost one round trip.
 FILE_ROWS_PER_INSERT = 1000
 
 
@@ -71,14 +77,38 @@ def _add_files(run_id: int, stored: list[StoredFile]) -> None:
     if not rows:
         return
     # PostgreSQL and SQLite (the two databases Parseq runs on) both have ON CONFLICT.
-    postgres = db.session.get_bind().dialect.name == "postgresql"
-    insert = pg_insert if postgres else sqlite_insert
-    # Multi-row VALUES statements: as an executemany, ON CONFLICT would cost a round trip per
-    # row (SQLAlchemy batches no executemany with such a clause). Each compiles once per row
-    # count, and a run has few files.
+    dialect = db.session.get_bind().dialect.name
+    if len(rows) <= FEW_FILES:
+        db.session.execute(_INSERT_FILE[dialect], rows)
+        return
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     for start in range(0, len(rows), FILE_ROWS_PER_INSERT):
         batch = rows[start : start + FILE_ROWS_PER_INSERT]
-        db.session.execute(insert(RunFile).values(batch).on_conflict_do_nothing())
+        db.session.execute(insert(_files).values(batch).on_conflict_do_nothing())
+
+
+# Built once, with bound parameters: every run executes it (see execution._CLAIM).
+_runs, _files = Run.__table__, RunFile.__table__
+_INSERT_FILE = {
+    "postgresql": pg_insert(_files).on_conflict_do_nothing(),
+    "sqlite": sqlite_insert(_files).on_conflict_do_nothing(),
+}
+_FINISH = (
+    sa.update(_runs)
+    .where(_runs.c.id == sa.bindparam("run_id"), _runs.c.status == RunStatus.RUNNING)
+    .values(
+        {
+            **{
+                name: sa.bindparam(name, type_=_runs.c[name].type)
+                for name in ("status", "exit_code", "error", "finished_at")
+            },
+            # The run's env key when it brings one; None keeps the stored one.
+            "env_key": sa.func.coalesce(
+                sa.bindparam("env_key", type_=_runs.c.env_key.type), _runs.c.env_key
+            ),
+        }
+    )
+)
 
 
 def finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> bool:
@@ -89,12 +119,7 @@ def finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None
     if run.env_key is not None:
         end["env_key"] = run.env_key  # a run shorter than a heartbeat has it written here
     # Usually the run is still running: one conditional update, no read first.
-    result = db.session.execute(
-        db.update(Run)
-        .where(Run.id == run.id, Run.status == RunStatus.RUNNING)
-        .values(**end)
-        .execution_options(synchronize_session=False)
-    )
+    result = db.session.execute(_FINISH, {"run_id": run.id, "env_key": None, **end})
     if result.rowcount == 1:
         db.session.commit()
         for name, value in end.items():

@@ -10,15 +10,22 @@ from parseq.models import RunStatus
 from tests.conftest import add_parser
 
 
+@pytest.mark.parametrize("few_files", [4, 0], ids=["executemany", "multi-row-values"])
 @pytest.mark.parametrize("app_fixture", ["sqlite_app", "services_app"])
 def test_recording_the_files_again_keeps_one_row_each(
-    app_fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    app_fixture: str,
+    few_files: int,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A write retried after a lost commit acknowledgement must not duplicate the files."""
+    """A write retried after a lost commit acknowledgement must not duplicate the files, both
+    when a few files are an executemany and when more are multi-row statements."""
     app: Flask = request.getfixturevalue(app_fixture)
+    monkeypatch.setattr(recording, "FEW_FILES", few_files)
     monkeypatch.setattr(recording, "FILE_ROWS_PER_INSERT", 2)  # 3 files: 2 statements
     with app.app_context():
-        run = runs.create_run(add_parser(f"files-{app_fixture}", "echo_env.py"), enqueue=False)
+        name = f"files-{app_fixture}-{few_files}"
+        run = runs.create_run(add_parser(name, "echo_env.py"), enqueue=False)
         execution.claim(run.id)
         stored = [
             uploads.StoredFile("output.txt", 3, "a" * 64, f"runs/{run.id}/output.txt"),
