@@ -97,13 +97,15 @@ _LOAD = (
 _env_leases: dict[int, envs.Env] = {}
 
 
-def interpreter_for(parser: Parser, run: Run | None = None) -> Path:
+def interpreter_for(parser: Parser, run: Run | None = None, script: Path | None = None) -> Path:
     """The absolute path of the Python that runs the parser (script or notebook): its cached
     virtualenv's, built on first use. With ``run``, the env key is set on the run (written by
     the run's first heartbeat or its end) and the env stays in use until
-    :func:`release_env`; a failed build stores ``env-build.log``."""
+    :func:`release_env`; a failed build stores ``env-build.log``. ``script``: the parser's
+    file as :func:`resolve_script` found it, when the caller has it already."""
     config: Config = current_app.extensions["parseq"].config
-    requirements = reqs.for_parser(config, parser, resolve_script(config, parser))
+    script = script or resolve_script(config, parser)
+    requirements = reqs.for_parser(config, parser, script)
 
     def heartbeat() -> contextlib.AbstractContextManager[object]:
         # A first build can take minutes: keep the run's heartbeat going meanwhile.
@@ -211,7 +213,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         path.mkdir(parents=True, exist_ok=True)
     progress_file = dirs["progress"] / sdk.PROGRESS_FILE
     secrets = dict(parser.secrets or {})  # raises SecretsKeyError when the key is wrong
-    interpreter = interpreter_for(parser, run)
+    interpreter = interpreter_for(parser, run, script)
     sdk_path = sdk.install_sdk(config.sdk_dir)
     user = sandbox.sandbox_user(config, parser_id=parser.id)
     if user is not None:
