@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
@@ -377,4 +377,7 @@ def openapi_document() -> Response:
 
 @bp.get("/docs")
 def docs() -> Response:
-    return Response(openapi.DOCS_HTML, content_type="text/html; charset=utf-8")
+    # A page that renders openapi.json in the browser (parseq/templates/parseq/api_docs.html).
+    return Response(
+        render_template("parseq/api_docs.html"), content_type="text/html; charset=utf-8"
+    )
