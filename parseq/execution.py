@@ -56,8 +56,9 @@ def claim(run_id: int) -> bool:
 def _claim(run_id: int) -> bool:
     """:func:`claim`'s update, in the session's transaction."""
     now = utcnow()
-    params = {"run_id": run_id, "now": now, "due": now + timedelta(seconds=EARLY_S)}
-    result = db.session.execute(_CLAIM, {**params, "worker_id": WORKER_ID})
+    due = now + timedelta(seconds=EARLY_S)
+    params = {"run_id": run_id, "now": now, "due": due, "worker_id": WORKER_ID}
+    result = db.session.execute(_CLAIM, params)
     return result.rowcount == 1
 
 

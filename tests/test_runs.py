@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from datetime import datetime
 
 import pytest
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from parseq import runs
-from parseq.models import Run, db, utcnow
+from parseq.models import Parser, Run, db, utcnow
 from tests.conftest import add_parser
 
 
@@ -21,8 +22,9 @@ def _marked(run_ids: list[int]) -> list[datetime | None]:
     return [row.enqueued_at for row in rows]
 
 
-def test_runs_sent_together_are_marked_enqueued_by_one_update(sqlite_app: Flask) -> None:
-    parser = add_parser("echo", "echo_env.py")
+def _assert_marked_by_one_update(parser: Parser) -> None:
+    """Five runs created at once: each shows its mark at once, and the database gets all five
+    in one UPDATE of the next batch."""
     updates: list[str] = []
 
     def seen(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
@@ -42,6 +44,24 @@ def test_runs_sent_together_are_marked_enqueued_by_one_update(sqlite_app: Flask)
         sa.event.remove(db.engine, "before_cursor_execute", seen)
     assert None not in _marked(ids)
     assert len(updates) == 1
+
+
+def test_runs_sent_together_are_marked_enqueued_by_one_update(sqlite_app: Flask) -> None:
+    _assert_marked_by_one_update(add_parser("echo", "echo_env.py"))
+
+
+@pytest.mark.services
+def test_runs_sent_together_are_marked_enqueued_by_one_update_on_postgresql(
+    services_app: Flask,
+) -> None:
+    """The same through RabbitMQ and PostgreSQL, as ``parseq web`` records marks."""
+    with services_app.app_context():
+        parser = add_parser(f"marks-{uuid.uuid4().hex[:8]}", "echo_env.py")
+        try:
+            _assert_marked_by_one_update(parser)
+        finally:
+            db.session.execute(db.delete(Parser).where(Parser.id == parser.id))  # and its runs
+            db.session.commit()
 
 
 def test_a_mark_that_cannot_be_written_is_left_to_the_sweeper(
