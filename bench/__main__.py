@@ -13,6 +13,19 @@ import platform
 import sys
 import time
 
+
+def cpu_model() -> str:
+    """The CPU's model name (sessions get different machines: compare only within one)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 BENCHMARKS = ["dispatch", "throughput", "scrapyd", "scale", "envs", "notebooks", "scheduler"]
 
 
@@ -28,6 +41,7 @@ def main() -> int:
         return 2
     print(f"# Parseq benchmarks, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores")
+    print(f"# CPU: {cpu_model()}")
     failed: list[str] = []
     for name in args or BENCHMARKS:
         try:
