@@ -75,8 +75,14 @@ def every_second(name: str, **fields: object) -> Parser:
 
 def test_interval_schedule_creates_one_pending_run_per_occurrence(service) -> None:  # type: ignore[no-untyped-def]
     parser = every_second("tick")
-    wait_until(lambda: len(scheduled_runs(parser.id)) >= 3)
-    found = scheduled_runs(parser.id)
+
+    def three_enqueued() -> bool:
+        # The scheduler commits a due run, then sends it and marks it enqueued: wait for the mark.
+        first = scheduled_runs(parser.id)[:3]
+        return len(first) == 3 and all(r.enqueued_at is not None for r in first)
+
+    wait_until(three_enqueued)
+    found = scheduled_runs(parser.id)[:3]
     dues = [r.scheduled_for for r in found]
     assert len(set(dues)) == len(dues)
     for run in found:
