@@ -297,6 +297,23 @@ def add_parser(name: str, path: str | None = None, **fields: Any) -> Parser:
     return parser
 
 
+@contextlib.contextmanager
+def sql_sent(engine: Any) -> Iterator[list[str]]:
+    """The SQL statements ``engine`` sends to the database inside the block, in order."""
+    import sqlalchemy as sa
+
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
 def api_client(app: Flask, *, read_only: bool = False, auth: bool = True) -> FlaskClient:
     """A test client allowed to call the REST API (the one place API auth is set up): it sends
     a fresh token of its own (``read_only``), or none at all with ``auth=False``."""

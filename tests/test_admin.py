@@ -15,7 +15,14 @@ from flask.testing import FlaskClient
 
 from parseq import execution, runs
 from parseq.models import Parser, ParserKind, Run, RunStatus, RunTrigger, User, db, utcnow
-from tests.conftest import FIXTURE_PARSERS, add_parser, admin_client, csrf_from, web_client
+from tests.conftest import (
+    FIXTURE_PARSERS,
+    add_parser,
+    admin_client,
+    csrf_from,
+    sql_sent,
+    web_client,
+)
 
 SECRET = "s3cr3t-value-never-shown"
 
@@ -422,21 +429,12 @@ def test_runs_list_newest_first_with_server_side_pages(client: FlaskClient) -> N
 def test_runs_list_pages_runs_without_joining_their_parsers(client: FlaskClient) -> None:
     """The page's parsers come in a query of their own: joined in the paged query, every run
     that OFFSET skips was joined too (page 1,000 of a million runs took 5x the SQL)."""
-    from sqlalchemy import event
-
     echo, fail = runs.get_parser("echo"), runs.get_parser("fail")
     for parser in (echo, fail, echo):
         runs.create_run(parser, enqueue=False)
-    statements: list[str] = []
-
-    def seen(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        statements.append(" ".join(statement.lower().split()))
-
-    event.listen(db.engine, "before_cursor_execute", seen)
-    try:
+    with sql_sent(db.engine) as sent:
         page = client.get("/admin/runs/").data.decode()
-    finally:
-        event.remove(db.engine, "before_cursor_execute", seen)
+    statements = [" ".join(s.lower().split()) for s in sent]
     paged = [s for s in statements if "from runs" in s and "limit" in s and "count(" not in s]
     assert len(paged) == 1, statements
     assert "join" not in paged[0] and "parsers" not in paged[0].split("from runs")[1]

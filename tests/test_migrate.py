@@ -25,7 +25,7 @@ from parseq.cli import main
 from parseq.config import Config
 from parseq.errors import MigrationError
 from parseq.models import Parser, Run, db
-from tests.conftest import PG_ADMIN_DSN, add_parser
+from tests.conftest import PG_ADMIN_DSN, add_parser, sql_sent
 
 pytestmark = pytest.mark.services
 
@@ -273,14 +273,10 @@ def test_init_db_twice_changes_nothing(
     with app.app_context():
         add_parser("kept")
     before = _schema(app)
-    statements: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
     with app.app_context():
-        sa.event.listen(db.engine, "before_cursor_execute", record)
-    init_db(app)
+        engine = db.engine
+    with sql_sent(engine) as statements:
+        init_db(app)
     writes = [
         s for s in statements if s.split()[0].upper() in ("CREATE", "ALTER", "DROP", "INSERT")
     ]

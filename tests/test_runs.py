@@ -13,7 +13,7 @@ from flask import Flask
 
 from parseq import runs
 from parseq.models import Parser, Run, db, utcnow
-from tests.conftest import add_parser
+from tests.conftest import add_parser, sql_sent
 
 
 def _marked(run_ids: list[int]) -> list[datetime | None]:
@@ -25,14 +25,7 @@ def _marked(run_ids: list[int]) -> list[datetime | None]:
 def _assert_marked_by_one_update(parser: Parser) -> None:
     """Five runs created at once: each shows its mark at once, and the database gets all five
     in one UPDATE of the next batch."""
-    updates: list[str] = []
-
-    def seen(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        if statement.startswith("UPDATE runs SET enqueued_at"):
-            updates.append(statement)
-
-    sa.event.listen(db.engine, "before_cursor_execute", seen)
-    try:
+    with sql_sent(db.engine) as sent:
         created = [runs.create_run(parser) for _ in range(5)]
         # The caller sees the mark at once; the database gets it with the next batch.
         assert all(run.enqueued_at is not None for run in created)
@@ -40,8 +33,7 @@ def _assert_marked_by_one_update(parser: Parser) -> None:
         deadline = time.monotonic() + 10
         while None in _marked(ids) and time.monotonic() < deadline:
             time.sleep(0.05)
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", seen)
+    updates = [s for s in sent if s.startswith("UPDATE runs SET enqueued_at")]
     assert None not in _marked(ids)
     assert len(updates) == 1
 
