@@ -152,10 +152,11 @@ def _read_exactly(run_sock: socket.socket, size: int) -> bytes:
     return bytes(buf)
 
 
-def prepare(job: dict) -> tuple[str, object]:
+def prepare(job: dict, flags: tuple) -> tuple[str, object]:
     """Make this child look like ``python script.py args...`` started with the job's
     environment: variables, argv, sys.path with the env's site-packages, stdio; return the
-    script's path and its compiled code."""
+    script's path and its compiled code. ``flags``: the script's ``sys.flags``
+    (:func:`_fresh_flags`)."""
     env = job["env"]
     coerced = os.environ.get("LC_CTYPE")
     os.environ.clear()
@@ -170,7 +171,7 @@ def prepare(job: dict) -> tuple[str, object]:
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:0] = [os.path.dirname(os.path.realpath(script)), *extra]
     site.main()
-    sys.flags = _fresh_flags()
+    sys.flags = flags
     if env.get("PYTHONUNBUFFERED"):
         for fd, name, errors in ((1, "stdout", "strict"), (2, "stderr", "backslashreplace")):
             stream = io.TextIOWrapper(
@@ -243,6 +244,8 @@ def main() -> None:
     # The first compile() of a process sets up the parser (~2 ms): do it once, here.
     with io.open_code(__file__) as fh:
         compile(fh.read(), __file__, "exec", dont_inherit=True)
+    # Made once: a namedtuple class costs ~0.5 ms of CPU to make, in every child.
+    flags = _fresh_flags()
     # Children do not collect (and so do not copy, page by page) the server's own objects.
     gc.freeze()
     job = serve(control)
@@ -250,7 +253,7 @@ def main() -> None:
         return
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        script, code = prepare(job)
+        script, code = prepare(job, flags)
     except SyntaxError as exc:  # reported as the interpreter does: no traceback, exit 1
         sys.excepthook(type(exc), exc.with_traceback(None), None)
         sys.stderr.flush()
