@@ -129,7 +129,15 @@ def interpreter_for(parser: Parser, run: Run | None = None, script: Path | None 
     else:
         _env_leases[run.id] = env
         set_committed_value(run, "env_key", env.key)
-    log.info("parser %s uses env %s (%s)", parser.name, env.key, "built" if env.built else "cached")
+    # A cache hit is every run's case, and its key is on the run: not worth a log line apiece.
+    level = logging.INFO if env.built else logging.DEBUG
+    log.log(
+        level,
+        "parser %s uses env %s (%s)",
+        parser.name,
+        env.key,
+        "built" if env.built else "cached",
+    )
     return env.python
 
 
