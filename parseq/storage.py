@@ -7,6 +7,7 @@ Like papermill's I/O handlers: ``file:///abs/path`` gives :class:`LocalStorage`,
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,19 +252,18 @@ class S3Storage:
 
 
 def _fast_put_setup(client: Any, bucket: str) -> tuple[str, Any, str, Any] | None:
-    """What :meth:`S3Storage._fast_put` needs: the bucket's URL as ``put_object`` sends to it
-    (path or virtual-hosted style, regional or not: learnt from a ``put_object`` stopped before
-    it is sent), the client's credentials, region and HTTP session. None where there is no such
-    path (an unsigned client)."""
+    """What :meth:`S3Storage._fast_put` needs, learnt from a ``put_object`` stopped just before
+    it is sent: the bucket's URL (path or virtual-hosted style, regional or not) and the region
+    it is signed for, with the client's credentials and HTTP session. None where that request
+    is not one the direct PUT reproduces: unsigned, signed otherwise than plain SigV4, or with
+    more signed headers than the direct PUT sends."""
     from botocore.awsrequest import AWSResponse
 
-    if client.meta.config.signature_version not in (None, "s3v4", "v4"):
-        return None  # UNSIGNED, or a signature of another kind than the one sent here
     probe = "parseq-probe"
-    urls: list[str] = []
+    sent: list[Any] = []
 
     def stop(request: Any, **_kwargs: Any) -> AWSResponse:
-        urls.append(request.url)
+        sent.append(request)
         return AWSResponse(request.url, 200, {}, _EmptyBody())
 
     event = "before-send.s3.PutObject"
@@ -275,12 +275,25 @@ def _fast_put_setup(client: Any, bucket: str) -> tuple[str, Any, str, Any] | Non
         return None
     finally:
         client.meta.events.unregister(event, unique_id="parseq-probe")
-    # Private to botocore, hence looked up with defaults: without them, no fast path.
+    if len(sent) != 1 or not sent[0].url.endswith("/" + probe):
+        return None
+    auth = sent[0].headers.get("Authorization", b"")
+    scope = _SIGV4.fullmatch(auth.decode() if isinstance(auth, bytes) else auth)
+    # Private to botocore, hence looked up with defaults: without them, no direct PUT.
     credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
     http = getattr(getattr(client, "_endpoint", None), "http_session", None)
-    if len(urls) != 1 or not urls[0].endswith("/" + probe) or None in (credentials, http):
+    if scope is None or credentials is None or http is None:
         return None
-    return urls[0].removesuffix(probe), credentials, client.meta.region_name, http
+    return sent[0].url.removesuffix(probe), credentials, scope["region"], http
+
+
+#: The ``Authorization`` of a PUT signed as the direct PUT signs it (SigV4 for service
+#: ``s3``, these headers and no others): its region is what the direct PUT signs for.
+_SIGV4 = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=[^/]+/\d{8}/(?P<region>[^/]+)/s3/aws4_request, "
+    r"SignedHeaders=host;x-amz-content-sha256;x-amz-date(;x-amz-security-token)?, "
+    r"Signature=[0-9a-f]{64}"
+)
 
 
 class _EmptyBody:

@@ -104,10 +104,14 @@ class _Recorder:
 
 def _own_boto3_session(monkeypatch: pytest.MonkeyPatch) -> None:
     """boto3's default session keeps the credentials it found first: a test that sets them in
-    the environment gets a session of its own."""
+    the environment gets a session of its own, which reads no region or file of the machine."""
     import boto3
 
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
 
 
 def _text(value: str | bytes) -> str:
@@ -126,6 +130,7 @@ def _direct(storage: S3Storage, http: _Recorder) -> None:
         ("http://127.0.0.1:9", "us-east-1", ""),  # path style, plain HTTP
         (None, "eu-west-1", "some/prefix"),  # AWS, virtual-hosted style
         ("https://storage.yandexcloud.net", "ru-central1", "p"),
+        (None, None, ""),  # AWS, no region given
     ],
 )
 @pytest.mark.parametrize("key", ["runs/1/output.txt", "runs/2/a b+c~ü%20;=.txt"])
@@ -133,7 +138,7 @@ def test_direct_put_sends_what_put_object_sends(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     endpoint: str | None,
-    region: str,
+    region: str | None,
     prefix: str,
     key: str,
 ) -> None:
@@ -240,7 +245,9 @@ def test_s3_put_falls_back_to_put_object(
     assert ("refused a direct PUT (HTTP 403)" in caplog.text) is not stays_on
 
 
-def test_an_unsigned_client_has_no_direct_put(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_direct_put_only_where_it_is_what_put_object_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config as BotoConfig
@@ -250,21 +257,22 @@ def test_an_unsigned_client_has_no_direct_put(monkeypatch: pytest.MonkeyPatch) -
     _own_boto3_session(monkeypatch)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    config = BotoConfig(signature_version=UNSIGNED)
-    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9", config=config)
-    assert _fast_put_setup(client, "bkt-1") is None
-    signed = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1")
-    assert _fast_put_setup(signed, "bkt-1") is not None
+    where = {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}
+    unsigned = boto3.client("s3", **where, config=BotoConfig(signature_version=UNSIGNED))
+    assert _fast_put_setup(unsigned, "bkt-1") is None
+    # boto3's default signs a CRC32 checksum header too, which the direct PUT does not send.
+    assert _fast_put_setup(boto3.client("s3", **where), "bkt-1") is None
+    storage = S3Storage("bkt-1", endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    assert storage._fast is not None
+    assert storage._fast[:1] == ("http://127.0.0.1:9/bkt-1/",)
 
 
 def test_without_credentials_a_put_is_a_storage_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _own_boto3_session(monkeypatch)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     storage = S3Storage("bkt-1", endpoint_url="http://127.0.0.1:9", region="us-east-1")
     assert storage._fast is None
