@@ -149,6 +149,8 @@ def test_direct_put_sends_what_put_object_sends(
     import botocore.auth
     from botocore.awsrequest import AWSResponse
 
+    from parseq.storage import _EmptyBody
+
     now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
     _own_boto3_session(monkeypatch)
@@ -165,13 +167,9 @@ def test_direct_put_sends_what_put_object_sends(
 
     by_botocore = []
 
-    class _Body:
-        def stream(self):  # type: ignore[no-untyped-def]
-            return iter([b""])
-
     def capture(request, **_kwargs):  # type: ignore[no-untyped-def]
         by_botocore.append(request)
-        return AWSResponse(request.url, 200, {}, _Body())
+        return AWSResponse(request.url, 200, {}, _EmptyBody())
 
     storage.client.meta.events.register("before-send.s3.PutObject", capture)
     storage.client.put_object(Bucket="bkt-1", Key=storage._key(key), Body=src.read_bytes())
