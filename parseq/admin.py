@@ -287,6 +287,17 @@ class ParserView(auth.LoginRequired, ModelView):
             kept = {k: v for k, v in (model.secrets or {}).items() if k not in remove}
             model.secrets = {**kept, **new}  # a new dict: encryption may sit behind the attribute
 
+    def delete_model(self, model: Parser) -> bool:
+        """Delete through the API's rule: refused while a run is pending or running; stored
+        files go with the runs."""
+        try:
+            runs.delete_parser(model, current_app.extensions["parseq"].storage)
+        except ParseqError as exc:
+            db.session.rollback()
+            flash(exc.message, "error")
+            return False
+        return True
+
     def history(self, parser: Parser, limit: int = 25) -> list[Run]:
         return list(
             db.session.execute(

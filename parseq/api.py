@@ -17,8 +17,8 @@ from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
 from parseq import downloads, health, openapi, runs, schemas, tokens
-from parseq.errors import BadRequest, Conflict, ParseqError
-from parseq.models import ACTIVE_STATUSES, Parser, Run, RunFile, RunStatus, RunTrigger, db
+from parseq.errors import BadRequest, ParseqError
+from parseq.models import Parser, Run, RunStatus, RunTrigger, db
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PREFIX = bp.url_prefix or "/api/v1"
@@ -170,33 +170,7 @@ def delete_parser(name: str) -> Response:
     pending or running, unless ``?cascade=true``: then those runs are cancelled first."""
     parser = runs.get_parser(name)
     cascade = _bool_arg("cascade")
-    active = list(
-        db.session.execute(
-            db.select(Run).where(Run.parser_id == parser.id, Run.status.in_(ACTIVE_STATUSES))
-        ).scalars()
-    )
-    if active and not cascade:
-        raise Conflict(
-            f"parser {name!r} has {len(active)} active run(s); cancel them or pass cascade=true",
-            active_runs=[r.id for r in active],
-        )
-    for run in active:
-        runs.cancel_run(run)
-    keys = db.session.execute(
-        db.select(RunFile.storage_key).join(Run).where(Run.parser_id == parser.id)
-    ).scalars()
-    storage = current_app.extensions["parseq"].storage
-    for key in list(keys):
-        try:
-            storage.delete(key)
-        except Exception:  # files left behind cost space, not correctness
-            current_app.logger.warning("could not delete stored %s", key, exc_info=True)
-    count = db.session.execute(
-        db.select(db.func.count(Run.id)).where(Run.parser_id == parser.id)
-    ).scalar_one()
-    db.session.execute(db.delete(Run).where(Run.parser_id == parser.id))
-    db.session.delete(parser)
-    db.session.commit()
+    count = runs.delete_parser(parser, current_app.extensions["parseq"].storage, cascade)
     return jsonify({"deleted": name, "runs_deleted": count})
 
 

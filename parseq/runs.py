@@ -23,8 +23,19 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from parseq import runner
 from parseq.errors import BadRequest, Conflict, NotFound, ValidationError
-from parseq.models import Parser, Run, RunStatus, RunTrigger, db, kept_loaded, utcnow
+from parseq.models import (
+    ACTIVE_STATUSES,
+    Parser,
+    Run,
+    RunFile,
+    RunStatus,
+    RunTrigger,
+    db,
+    kept_loaded,
+    utcnow,
+)
 from parseq.pools import ProcessPool
+from parseq.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +223,48 @@ def cancel_run(run: Run) -> Run:
     if result.rowcount == 0 and not run.status.is_final:
         return cancel_run(run)  # it moved from pending to running meanwhile: try again
     return run
+
+
+def delete_parser(parser: Parser, storage: Storage, cascade: bool = False) -> int:
+    """Delete a parser with its runs and their stored files; return how many runs went.
+
+    The one rule for the API and the admin: refused (:class:`Conflict`) while a run is pending
+    or running, unless ``cascade``, which cancels those runs first. The parser row is locked
+    (PostgreSQL) so no run is added meanwhile. Rows go first, then the objects: a storage
+    failure costs space (logged), never a run row whose files are gone.
+    """
+    name, parser_id = parser.name, parser.id
+    db.session.execute(db.select(Parser.id).where(Parser.id == parser_id).with_for_update())
+    active = list(
+        db.session.execute(
+            db.select(Run).where(Run.parser_id == parser_id, Run.status.in_(ACTIVE_STATUSES))
+        ).scalars()
+    )
+    if active and not cascade:
+        db.session.rollback()
+        raise Conflict(
+            f"parser {name!r} has {len(active)} pending or running run(s); cancel them first",
+            active_runs=[r.id for r in active],
+        )
+    for run in active:
+        cancel_run(run)
+    keys = list(
+        db.session.execute(
+            db.select(RunFile.storage_key).join(Run).where(Run.parser_id == parser_id)
+        ).scalars()
+    )
+    count = db.session.execute(
+        db.select(db.func.count(Run.id)).where(Run.parser_id == parser_id)
+    ).scalar_one()
+    db.session.execute(db.delete(Run).where(Run.parser_id == parser_id))
+    db.session.delete(parser)
+    db.session.commit()
+    for key in keys:
+        try:
+            storage.delete(key)
+        except Exception:  # files left behind cost space, not correctness
+            log.warning("could not delete stored %s of parser %s", key, name, exc_info=True)
+    return count
 
 
 def run_now(parser: Parser, args: Mapping[str, Any] | None = None) -> Run:

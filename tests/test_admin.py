@@ -409,6 +409,32 @@ def test_bulk_actions(client: FlaskClient) -> None:
     assert [r.parser.name for r in queued] == ["echo", "fail"]
 
 
+def test_delete_follows_the_api_rule_and_removes_stored_files(
+    app: Flask, client: FlaskClient
+) -> None:
+    from tests.conftest import api_client
+
+    done = _ran()
+    keys = [f.storage_key for f in done.files]
+    storage = app.extensions["parseq"].storage
+    assert keys and all(storage.exists(k) for k in keys)
+    pending = runs.create_run(runs.get_parser("echo"), enqueue=False)
+    api_refusal = api_client(app).delete("/api/v1/parsers/echo").json["error"]["message"]
+    assert "1 pending or running run(s)" in api_refusal
+
+    resp = _post(client, "/admin/parsers/delete/", {"id": "1"}, follow_redirects=True)
+    assert api_refusal.replace("'", "&#39;") in resp.data.decode()
+    resp = _post(client, "/admin/parsers/action/", {"action": "delete", "rowid": ["1"]})
+    assert _parser("echo") is not None and all(storage.exists(k) for k in keys)
+
+    runs.cancel_run(pending)
+    resp = _post(client, "/admin/parsers/delete/", {"id": "1"}, follow_redirects=True)
+    assert "successfully deleted" in resp.data.decode()
+    assert _parser("echo") is None
+    assert db.session.execute(db.select(Run)).first() is None
+    assert not any(storage.exists(k) for k in keys)
+
+
 # --- runs ----------------------------------------------------------------------------------
 
 
