@@ -76,10 +76,12 @@ class Builder:
         req_file.write_text("".join(f"{line}\n" for line in wanted))
         python = str(self.tmp / "bin" / "python")
         if uv:
-            cmd = [uv, "pip", "install", "--python", python, "--color", "never", "-r"]
+            cmd = [uv, "pip", "install", "--python", python, "--color", "never"]
         else:
-            cmd = [python, "-m", "pip", "install", "--no-input", "--no-color", "-r"]
-        self.run([*cmd, str(req_file)], lines)
+            cmd = [python, "-m", "pip", "install", "--no-input", "--no-color"]
+        if any(reqs.HASH_OPTION in line for line in wanted):
+            cmd.append("--require-hashes")  # pip turns it on by itself, uv only checks given ones
+        self.run([*cmd, "-r", str(req_file)], lines)
 
     def run(self, cmd: list[str], lines: list[str]) -> None:
         self.note("$ " + " ".join(cmd))

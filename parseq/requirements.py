@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,13 @@ from parseq.registry import root_for
 PEP723_RE = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
 INDEX_OPTIONS = {"-i": "--index-url", "--index-url": "--index-url"}
 INDEX_OPTIONS["--extra-index-url"] = "--extra-index-url"
+#: pip's comment rule: ``#`` at the start of a line or after whitespace, to the end.
+COMMENT_RE = re.compile(r"(^|\s+)#.*$")
+HASH_OPTION = "--hash="
+HASH_RE = re.compile(r"(?:^|\s)--hash(?:=|\s+)(\S+)")
+OPTION_RE = re.compile(r"(?:^|\s)(--?[A-Za-z][\w-]*)")
+HASH_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+HEX_RE = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -53,51 +61,112 @@ class Policy:
 
 
 def parse(text: str, policy: Policy = Policy(), where: str = "requirements") -> tuple[str, ...]:
-    """Validate requirement text (PEP 508, one per line) and return it normalized and sorted.
+    """Validate requirement text in pip's requirements-file syntax and return it normalized and
+    sorted: PEP 508 lines, ``\\`` continuations, comments, and ``--hash`` options as
+    ``pip-compile --generate-hashes`` and ``uv pip compile --generate-hashes`` write them.
 
     Options that could run arbitrary installers or fetch code from anywhere (``-e``, ``-r``,
     ``--find-links``, direct URLs, local paths) are refused unless the policy allows them; an
-    ``--index-url`` must be in the allowed list.
+    ``--index-url`` must be in the allowed list. Hashes follow pip's hash-checking mode: once a
+    line has one, every requirement needs one and must be pinned with ``==``.
     """
-    seen: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = re.split(r"(^|\s)#", raw, maxsplit=1)[0].strip()
-        if not line:
-            continue
+    seen: dict[str, int] = {}
+    for number, line in logical_lines(text):
         try:
-            seen.add(_normalize(line, policy))
+            seen.setdefault(_normalize(line, policy), number)
         except ValueError as exc:
             raise ValidationError(f"{where} line {number}: {exc}", field="requirements") from None
+    if any(HASH_OPTION in line for line in seen):
+        for line, number in seen.items():
+            if name_of(line) and HASH_OPTION not in line:
+                raise ValidationError(
+                    f"{where} line {number}: {line!r} has no --hash, which every requirement "
+                    "needs once one has (pip's hash-checking mode)",
+                    field="requirements",
+                )
     return tuple(sorted(seen))
+
+
+def logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """pip's logical lines: a line ending in ``\\`` continues on the next; comments (``#`` at
+    the start or after whitespace) are dropped; each comes with its first line's number."""
+    joined: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not joined:
+            start = number
+        if raw.endswith("\\") and not COMMENT_RE.match(raw):
+            joined.append(raw[:-1])
+            continue
+        joined.append(raw)
+        line = COMMENT_RE.sub("", "".join(joined)).strip()
+        joined = []
+        if line:
+            yield start, line
+    line = COMMENT_RE.sub("", "".join(joined)).strip()
+    if line:  # a continuation on the last line
+        yield start, line
 
 
 def _normalize(line: str, policy: Policy) -> str:
     if line.startswith("-"):
-        option, _, value = line.replace("=", " ", 1).partition(" ")
-        value = value.strip()
-        if option in INDEX_OPTIONS and value:
-            if policy.allow_unsafe or value.rstrip("/") in policy.allowed_index_urls:
-                return f"{INDEX_OPTIONS[option]} {value}"
-            raise ValueError(
-                f"index {value!r} is not allowed (PARSEQ_ENV_ALLOWED_INDEX_URLS lists the allowed)"
-            )
-        if policy.allow_unsafe:
+        return _option(line, policy)
+    hashes = sorted({_check_hash(h) for h in HASH_RE.findall(line)})
+    spec = HASH_RE.sub(" ", line).strip()
+    if OPTION_RE.search(spec):
+        if policy.allow_unsafe and not hashes:
             return " ".join(line.split())
+        option = OPTION_RE.search(spec).group(1)  # type: ignore[union-attr]
         raise ValueError(
             f"option {option!r} is not allowed (PARSEQ_ENV_ALLOW_UNSAFE_REQUIREMENTS enables it)"
         )
     try:
-        req = Requirement(line)
+        req = Requirement(spec)
     except InvalidRequirement as exc:
-        raise ValueError(f"{line!r} is not a valid requirement: {exc}") from None
+        raise ValueError(f"{spec!r} is not a valid requirement: {exc}") from None
     if req.url and not policy.allow_unsafe:
         raise ValueError(
-            f"{line!r} installs from a URL or path, which is not allowed "
+            f"{spec!r} installs from a URL or path, which is not allowed "
             "(PARSEQ_ENV_ALLOW_UNSAFE_REQUIREMENTS enables it)"
         )
     req.name = canonicalize_name(req.name)
     req.extras = {canonicalize_name(e) for e in req.extras}
-    return str(req)
+    if hashes and not req.url and not _pinned(req):
+        raise ValueError(f"{spec!r} has a --hash, so it must be pinned with == (no wildcard)")
+    return " ".join([str(req), *(f"{HASH_OPTION}{h}" for h in hashes)])
+
+
+def _option(line: str, policy: Policy) -> str:
+    option, _, value = line.replace("=", " ", 1).partition(" ")
+    value = value.strip()
+    if option in INDEX_OPTIONS and value:
+        if policy.allow_unsafe or value.rstrip("/") in policy.allowed_index_urls:
+            return f"{INDEX_OPTIONS[option]} {value}"
+        raise ValueError(
+            f"index {value!r} is not allowed (PARSEQ_ENV_ALLOWED_INDEX_URLS lists the allowed)"
+        )
+    if policy.allow_unsafe:
+        return " ".join(line.split())
+    raise ValueError(
+        f"option {option!r} is not allowed (PARSEQ_ENV_ALLOW_UNSAFE_REQUIREMENTS enables it)"
+    )
+
+
+def _check_hash(value: str) -> str:
+    """``algorithm:hexdigest`` with an algorithm pip accepts, lowercased."""
+    algorithm, _, digest = value.lower().partition(":")
+    if HASH_HEX_LENGTHS.get(algorithm) != len(digest) or not HEX_RE.fullmatch(digest):
+        raise ValueError(f"--hash={value} is not sha256:, sha384: or sha512: and a hex digest")
+    return f"{algorithm}:{digest}"
+
+
+def _pinned(req: Requirement) -> bool:
+    specs = list(req.specifier)
+    return (
+        len(specs) == 1
+        and specs[0].operator in ("==", "===")
+        and not specs[0].version.endswith("*")
+    )
 
 
 def name_of(line: str) -> str | None:
@@ -105,7 +174,7 @@ def name_of(line: str) -> str | None:
     if line.startswith("-"):
         return None
     try:
-        return Requirement(line).name
+        return Requirement(HASH_RE.sub(" ", line).strip()).name
     except InvalidRequirement:
         return None
 
