@@ -32,9 +32,10 @@ def validate_name(name: object) -> str:
 
 
 def validate_path(config: Config, kind: ParserKind, rel: object) -> str:
-    """Check that ``rel`` names a file of the right type inside its root; return it normalized.
+    """Check that ``rel`` names an existing file of the right type inside its root; return it
+    normalized. The API and the admin both save through it.
 
-    Absolute paths, ``..`` and symlinks leading out of the root are refused.
+    Absolute paths, ``..``, symlinks leading out of the root and missing files are refused.
     """
     if not isinstance(rel, str) or not rel.strip():
         raise ValidationError("path is required", field="path")
@@ -52,6 +53,8 @@ def validate_path(config: Config, kind: ParserKind, rel: object) -> str:
         raise ValidationError(f"path cannot be resolved: {exc}", field="path") from None
     if not full.is_relative_to(root):
         raise ValidationError(f"path leads outside {root.name}/", field="path")
+    if not full.is_file():  # caught at save, not when the first run fails
+        raise ValidationError(f"{root.name}/{candidate.as_posix()} does not exist", field="path")
     return candidate.as_posix()
 
 

@@ -90,21 +90,21 @@ def test_enable_and_disable(client) -> None:  # type: ignore[no-untyped-def]
     ("body", "fields"),
     [
         ({}, {"name", "path"}),
-        ({"name": "Bad Name", "path": "x.py"}, {"name"}),
+        ({"name": "Bad Name", "path": "echo_env.py"}, {"name"}),
         ({"name": "a", "path": "../../etc/passwd.py"}, {"path"}),
         ({"name": "a", "path": "/abs.py"}, {"path"}),
         ({"name": "a", "path": "x.txt"}, {"path"}),
-        ({"name": "a", "path": "x.py", "kind": "notebook"}, {"path"}),
-        ({"name": "a", "path": "x.py", "kind": "shell"}, {"kind"}),
-        ({"name": "a", "path": "x.py", "timeout_s": -1}, {"timeout_s"}),
-        ({"name": "a", "path": "x.py", "timeout_s": "10"}, {"timeout_s"}),
-        ({"name": "a", "path": "x.py", "max_retries": True}, {"max_retries"}),
-        ({"name": "a", "path": "x.py", "enabled": "yes"}, {"enabled"}),
-        ({"name": "a", "path": "x.py", "default_args": [1]}, {"default_args"}),
-        ({"name": "a", "path": "x.py", "default_args": {"bad name": 1}}, {"default_args"}),
-        ({"name": "a", "path": "x.py", "secrets": {"PATH": "x"}}, {"secrets"}),
-        ({"name": "a", "path": "x.py", "secrets": {"1X": "x"}}, {"secrets"}),
-        ({"name": "a", "path": "x.py", "secrets": {"X": 5}}, {"secrets"}),
+        ({"name": "a", "path": "echo_env.py", "kind": "notebook"}, {"path"}),
+        ({"name": "a", "path": "echo_env.py", "kind": "shell"}, {"kind"}),
+        ({"name": "a", "path": "echo_env.py", "timeout_s": -1}, {"timeout_s"}),
+        ({"name": "a", "path": "echo_env.py", "timeout_s": "10"}, {"timeout_s"}),
+        ({"name": "a", "path": "echo_env.py", "max_retries": True}, {"max_retries"}),
+        ({"name": "a", "path": "echo_env.py", "enabled": "yes"}, {"enabled"}),
+        ({"name": "a", "path": "echo_env.py", "default_args": [1]}, {"default_args"}),
+        ({"name": "a", "path": "echo_env.py", "default_args": {"bad name": 1}}, {"default_args"}),
+        ({"name": "a", "path": "echo_env.py", "secrets": {"PATH": "x"}}, {"secrets"}),
+        ({"name": "a", "path": "echo_env.py", "secrets": {"1X": "x"}}, {"secrets"}),
+        ({"name": "a", "path": "echo_env.py", "secrets": {"X": 5}}, {"secrets"}),
         ({"name": 5, "path": 7, "description": 1}, {"name", "path", "description"}),
     ],
 )
@@ -118,10 +118,22 @@ def test_invalid_fields_are_422_with_field_messages(client, body, fields) -> Non
     assert db.session.execute(db.select(Parser)).first() is None
 
 
+@pytest.mark.parametrize("path", ["~/x.py", "..\\x.py", "nope.py", "sub/nope.py"])
+def test_a_script_that_does_not_exist_is_refused_at_save(client, path: str) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post("/api/v1/parsers", json={"name": "a", "path": path})
+    assert resp.status_code == 422, resp.json
+    assert resp.json["error"]["fields"]["path"].endswith("does not exist")
+    add_parser("echo", "echo_env.py")
+    resp = client.patch("/api/v1/parsers/echo", json={"path": path})
+    assert resp.status_code == 422 and "does not exist" in resp.json["error"]["fields"]["path"]
+    assert _parser("echo").path == "echo_env.py"
+    assert [p.name for p in db.session.execute(db.select(Parser)).scalars()] == ["echo"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status"),
     [
-        ({"json": {"name": "a", "path": "x.py", "cron": "* * * * *"}}, 400),
+        ({"json": {"name": "a", "path": "echo_env.py", "cron": "* * * * *"}}, 400),
         ({"json": [1]}, 400),
         ({"data": "{nope", "content_type": "application/json"}, 400),
     ],
