@@ -158,6 +158,9 @@ class Config:
     max_json_output_bytes: int = 64 * 1024 * 1024
     #: How often a worker process records its heartbeat in the ``workers`` table, in seconds.
     worker_heartbeat_interval_s: float = 5.0
+    #: A worker row unseen for this long (a worker killed without a clean stop) is dropped from
+    #: ``workers`` and health, in seconds; 0 = kept forever.
+    worker_prune_after_s: float = 3600.0
     #: Logging level of Parseq's own processes.
     log_level: str = "INFO"
     #: Extra Flask settings (tests); not read from the environment.
@@ -237,6 +240,12 @@ class Config:
             raise ConfigError("PARSEQ_MAX_WAIT_S must be >= 0")
         if self.worker_heartbeat_interval_s <= 0:
             raise ConfigError("PARSEQ_WORKER_HEARTBEAT_INTERVAL_S must be > 0")
+        prune_s = self.worker_prune_after_s
+        if prune_s and prune_s <= self.worker_heartbeat_interval_s:
+            raise ConfigError(
+                "PARSEQ_WORKER_PRUNE_AFTER_S must be 0 (never) or > "
+                "PARSEQ_WORKER_HEARTBEAT_INTERVAL_S"
+            )
         if self.worker_threads < 1:
             raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
         if self.env_installer not in ("auto", "uv", "pip"):

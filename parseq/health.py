@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from parseq.models import db, utcnow
-from parseq.workers import Worker
+from parseq.workers import Worker, stale_before
 
 #: Seconds a broker probe may take before it counts as down.
 BROKER_TIMEOUT_S = 3
@@ -102,7 +102,11 @@ def report(app: Flask) -> tuple[dict[str, Any], int]:
         workers: list[dict[str, Any]] = []
     else:
         now = utcnow()
-        rows = db.session.execute(db.select(Worker).order_by(Worker.id)).scalars()
+        query = db.select(Worker).order_by(Worker.id)
+        cutoff = stale_before(config.worker_prune_after_s, now)
+        if cutoff is not None:  # killed workers no live one has pruned yet
+            query = query.where(Worker.last_heartbeat_at >= cutoff)
+        rows = db.session.execute(query).scalars()
         workers = [w.to_dict(config.worker_heartbeat_interval_s, now) for w in rows]
     ok = all(c["ok"] for c in checks.values())
     body = {

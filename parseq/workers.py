@@ -2,7 +2,9 @@
 
 Each process that consumes runs (``parseq worker``, ``parseq up``) upserts one row, keyed
 ``hostname:pid``, every ``worker_heartbeat_interval_s`` from a thread of its own, and deletes
-it on a clean stop. A crashed worker's row stays, with an old heartbeat: health shows it dead.
+it on a clean stop. A crashed worker's row stays, with an old heartbeat: health shows it dead
+until ``worker_prune_after_s`` has passed, then no more, and the next heartbeat of any worker
+deletes it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ def beat(worker_id: str, queue: str, threads: int, started_at: datetime) -> None
     db.session.commit()
 
 
+def stale_before(prune_after_s: float, now: datetime) -> datetime | None:
+    """Rows last seen before this are pruned; None when pruning is off (0)."""
+    return now - timedelta(seconds=prune_after_s) if prune_after_s > 0 else None
+
+
+def prune(prune_after_s: float) -> int:
+    """Delete the rows of workers unseen for more than ``prune_after_s``; return how many."""
+    cutoff = stale_before(prune_after_s, utcnow())
+    if cutoff is None:
+        return 0
+    result = db.session.execute(db.delete(Worker).where(Worker.last_heartbeat_at < cutoff))
+    db.session.commit()
+    if result.rowcount:
+        log.info("pruned %d worker(s) unseen for %g s", result.rowcount, prune_after_s)
+    return result.rowcount
+
+
 class Heartbeat(threading.Thread):
     """Beats for one worker process until stopped; then removes its row."""
 
@@ -78,6 +97,7 @@ class Heartbeat(threading.Thread):
         self.queue = queue
         self.threads = threads
         self.interval_s = app.extensions["parseq"].config.worker_heartbeat_interval_s
+        self.prune_after_s = app.extensions["parseq"].config.worker_prune_after_s
         self.started_at = utcnow()
         self._stopped = threading.Event()
 
@@ -90,6 +110,7 @@ class Heartbeat(threading.Thread):
     def _beat(self) -> None:
         try:
             beat(self.worker_id, self.queue, self.threads, self.started_at)
+            prune(self.prune_after_s)
         except Exception:  # the database may blip (or have no tables yet); go on
             log.warning("worker heartbeat failed", exc_info=True)
             db.session.rollback()

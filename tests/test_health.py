@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from flask import Flask
 
 from parseq import runs
 from parseq.app import create_app, init_db
 from parseq.config import Config
+from parseq.errors import ConfigError
 from parseq.execution import WORKER_ID
 from parseq.models import db, utcnow
 from parseq.workers import Heartbeat, Worker, beat
-from tests.conftest import add_parser, api_client, free_port
+from tests.conftest import (
+    PG_ADMIN_DSN,
+    add_parser,
+    api_client,
+    delete_rabbit_queues,
+    free_port,
+    start_worker_process,
+    stop_process,
+)
 
 
 def _health(app: Flask) -> tuple[int, dict]:
@@ -79,7 +94,7 @@ def test_storage_down_is_503(make_config: Callable[..., Config]) -> None:
 
 
 def test_stale_workers_show_as_dead_and_stopped_ones_leave(sqlite_app: Flask) -> None:
-    old = utcnow() - timedelta(hours=1)
+    old = utcnow() - timedelta(minutes=10)  # dead, not yet pruned (PARSEQ_WORKER_PRUNE_AFTER_S)
     beat("elsewhere:1", "parseq", 4, old)
     db.session.execute(db.update(Worker).values(last_heartbeat_at=old))
     db.session.commit()
@@ -99,3 +114,72 @@ def test_stale_workers_show_as_dead_and_stopped_ones_leave(sqlite_app: Flask) ->
     db.session.rollback()
     db.session.expire_all()
     assert db.session.get(Worker, "here:2") is None
+
+
+@pytest.fixture
+def own_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own: pruning must not touch the session's workers."""
+    import psycopg2
+
+    name = f"parseq_prune_{uuid.uuid4().hex[:10]}"
+    conn = psycopg2.connect(PG_ADMIN_DSN)
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+def _listed(app: Flask) -> dict[str, bool]:
+    return {w["id"]: w["alive"] for w in _health(app)[1]["workers"]}
+
+
+def test_a_killed_worker_is_pruned_after_the_configured_time(
+    services_env: dict[str, str], own_pg_url: str, tmp_path: Path
+) -> None:
+    queue = f"parseq_prune_{uuid.uuid4().hex[:8]}"
+    env = {
+        **services_env,
+        "PARSEQ_DATABASE_URL": own_pg_url,
+        "PARSEQ_QUEUE_NAME": queue,
+        "PARSEQ_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
+        "PARSEQ_WORKER_PRUNE_AFTER_S": "5",
+    }
+    app = create_app(Config.from_env(environ=env))
+    init_db(app)
+    killed = start_worker_process(env, tmp_path / "killed.log", threads=1)
+    killed_id = f"{socket.gethostname()}:{killed.pid}"
+    try:
+        with app.app_context():
+            assert _listed(app) == {killed_id: True}
+            os.kill(killed.pid, signal.SIGKILL)
+            killed.wait()
+            killed_at = time.monotonic()
+            time.sleep(2)  # past 3 heartbeat intervals: dead, still listed
+            assert _listed(app) == {killed_id: False}
+            time.sleep(killed_at + 5.5 - time.monotonic())  # past PARSEQ_WORKER_PRUNE_AFTER_S
+            assert _listed(app) == {}
+            assert db.session.get(Worker, killed_id) is not None  # no live worker pruned it yet
+            db.session.rollback()
+
+            live = start_worker_process(env, tmp_path / "live.log", threads=1)
+            try:  # a live worker's heartbeat deletes the dead one's row
+                assert list(_listed(app)) == [f"{socket.gethostname()}:{live.pid}"]
+                db.session.rollback()
+                assert db.session.get(Worker, killed_id) is None
+            finally:
+                stop_process(live)
+            db.engine.dispose()
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+        delete_rabbit_queues(queue)
+
+
+def test_prune_after_must_be_off_or_longer_than_the_heartbeat(
+    make_config: Callable[..., Config],
+) -> None:
+    assert make_config(worker_prune_after_s=0).worker_prune_after_s == 0
+    for bad in (-1, 5):
+        with pytest.raises(ConfigError, match="PARSEQ_WORKER_PRUNE_AFTER_S"):
+            make_config(worker_prune_after_s=bad)
