@@ -48,6 +48,10 @@ def create_app(config: Config | None = None) -> Flask:
     )
     # APScheduler logs every job execution (the 2 s sync tick) at INFO: noise, not news.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    # pika logs every failed connect at ERROR, tracebacks included, many per send while the
+    # broker is down; the callers raise what matters and Parseq logs an outage once.
+    if config.log_level.upper() != "DEBUG":
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     for path in (config.var_dir, config.runs_dir, config.state_dir):
         path.mkdir(parents=True, exist_ok=True)
 

@@ -12,6 +12,7 @@ import random
 from datetime import timedelta
 
 from parseq.config import Config
+from parseq.errors import BrokerError
 from parseq.models import Run, RunStatus, db, utcnow
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,6 @@ def schedule_retry(run: Run, config: Config, retryable: bool = True) -> Run | No
 
     try:
         send_run(retry.id, delay_s=delay_s)
-    except Exception:
-        log.exception("retry run %s could not be enqueued; it stays pending", retry.id)
+    except BrokerError:  # logged by send_run once per outage; the sweeper sends it later
+        log.debug("retry run %s could not be enqueued; it stays pending", retry.id)
     return retry

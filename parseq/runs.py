@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from parseq import runner
-from parseq.errors import BadRequest, Conflict, NotFound, ValidationError
+from parseq.errors import BadRequest, BrokerError, Conflict, NotFound, ValidationError
 from parseq.models import (
     ACTIVE_STATUSES,
     Parser,
@@ -176,8 +176,8 @@ _MARKS = EnqueuedMarks()
 def enqueue_runs(batch: Sequence[Run], mark_later: bool = False) -> int:
     """Send committed runs' messages, then record in one update when the broker took them
     (with ``mark_later``, in a batch of this process's :class:`EnqueuedMarks`: a POST does not
-    wait for it). Stops at the first failure (the broker is down; logged) and returns how many
-    were sent."""
+    wait for it). Stops at the first failure (the broker is down; logged once per outage) and
+    returns how many were sent."""
     from parseq.tasks import send_run
 
     sent: list[int] = []
@@ -186,8 +186,7 @@ def enqueue_runs(batch: Sequence[Run], mark_later: bool = False) -> int:
         run_id = sa.inspect(run).identity[0]
         try:
             send_run(run_id)
-        except Exception:
-            log.exception("run %s could not be enqueued; it stays pending", run_id)
+        except BrokerError:  # logged by send_run once per outage; the run stays pending
             break
         sent.append(run_id)
     if sent:

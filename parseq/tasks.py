@@ -18,6 +18,7 @@ from flask import Flask, current_app
 
 from parseq.config import Config
 from parseq.errors import BrokerError, ConfigError
+from parseq.outage_log import OutageLog
 from parseq.pools import ProcessPool
 
 if TYPE_CHECKING:
@@ -102,11 +103,13 @@ class BrokerThread(ProcessPool):
 
     def __init__(self) -> None:
         super().__init__(max_workers=1, name="parseq-broker")
+        #: Sends that fail while the broker is down are logged by its state changes.
+        self.outage = OutageLog("the broker", log)
 
 
 def send_run(run_id: int, delay_s: float = 0.0) -> None:
     """Enqueue a run for the workers, held back ``delay_s`` seconds by the broker; raise
-    :class:`BrokerError` when the broker is down."""
+    :class:`BrokerError` when the broker is down (logged once per outage, not per call)."""
     state = current_app.extensions["parseq"]
     try:
         if delay_s > 0:
@@ -117,7 +120,11 @@ def send_run(run_id: int, delay_s: float = 0.0) -> None:
         else:
             state.broker_thread.call(state.actor.send, run_id)
     except Exception as exc:
+        state.broker_thread.outage.failed(
+            exc, "runs stay pending and the sweeper sends them when it is back"
+        )
         raise BrokerError(f"could not enqueue run {run_id}: {exc}", run_id=run_id) from exc
+    state.broker_thread.outage.succeeded()
 
 
 class ParseqWorker(dramatiq.Worker):
