@@ -294,6 +294,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
                 cancel=watchdog.cancel,
                 secrets=list(secrets.values()),
             )
+            ended_at = utcnow()  # the run's finished_at, however late a database lets it in
         finally:
             watchdog.stop()
         retry_db(
@@ -310,6 +311,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             redact_text(outcome.error, secrets.values()),
             uploads.relative_files(workdir, files),
             retry=retry,
+            ended_at=ended_at.isoformat(),
         )
         return uploads.store_and_finish(config, workdir, files, pending)
     finally:

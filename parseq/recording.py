@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -58,7 +59,8 @@ def record_files_and_finish(run_id: int, stored: list[StoredFile], pending: Pend
         if run.progress_message and run.progress_message.startswith("waiting for storage"):
             run.progress_message = None
         db.session.flush()
-        decided = finish(run, RunStatus(pending.status), pending.exit_code, pending.error)
+        ended_at = datetime.fromisoformat(pending.ended_at) if pending.ended_at else None
+        decided = finish(run, RunStatus(pending.status), pending.exit_code, pending.error, ended_at)
         if not decided:
             db.session.commit()  # the files are kept even when the run had ended already
         return run.status, decided
@@ -111,11 +113,23 @@ _FINISH = (
 )
 
 
-def finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None) -> bool:
-    """Record how the run ended; False if it had ended already. A cancel request explains any
+def finish(
+    run: Run,
+    status: RunStatus,
+    exit_code: int | None,
+    error: str | None,
+    ended_at: datetime | None = None,
+) -> bool:
+    """Record how the run ended; False if it had ended already. ``finished_at`` is
+    ``ended_at`` (when the parser's process ended), else now. A cancel request explains any
     end but success; a run the reaper already finished (its heartbeat went stale) keeps the
     reaper's verdict, since the reaper may have started its next attempt."""
-    end = {"status": status, "exit_code": exit_code, "error": error, "finished_at": utcnow()}
+    end = {
+        "status": status,
+        "exit_code": exit_code,
+        "error": error,
+        "finished_at": ended_at or utcnow(),
+    }
     if run.env_key is not None:
         end["env_key"] = run.env_key  # a run shorter than a heartbeat has it written here
     # Usually the run is still running: one conditional update, no read first.

@@ -67,6 +67,9 @@ class Pending:
     attempts: int = 0
     #: Whether a failed outcome may start the next attempt (``parseq run`` makes one only).
     retry: bool = True
+    #: When the parser's process ended (ISO 8601, UTC): the run's ``finished_at``, so waiting
+    #: out a storage or database outage does not count in its ``duration_s``.
+    ended_at: str | None = None
 
 
 def sha256(path: Path) -> str:

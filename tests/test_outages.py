@@ -22,7 +22,7 @@ from flask import Flask
 from parseq import runs
 from parseq.app import create_app, init_db
 from parseq.config import Config
-from parseq.models import Run, RunStatus, db
+from parseq.models import Run, RunStatus, db, utcnow
 from parseq.sweeper import sweep_pending
 from tests.conftest import (
     RABBIT_URL,
@@ -177,6 +177,30 @@ def test_postgres_restart_while_runs_execute(
     assert b"database unreachable during" in (tmp_path / "worker.log").read_bytes()
     seen = (state / "seen.log").read_text().split()
     assert sorted(map(int, seen)) == sorted(ids)
+
+
+def test_duration_is_the_scripts_own_when_its_end_waits_out_a_database_outage(
+    outage_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = outage_stack(proxied=5432)
+    app, proxy = stack.app, stack.proxy
+    assert proxy is not None
+    with app.app_context():
+        parser = add_parser(f"nap-{uuid.uuid4().hex[:8]}", "nap.py")
+        run_id = runs.create_run(parser, {"seconds": 1.0}).id
+        state = tmp_path / "var" / "parser-state" / str(parser.id)
+    stack.start_worker(threads=1)
+    _wait_until("the parser starts", lambda: _lines(state / "started.log") >= 1, 60)
+    with proxy.outage():
+        _wait_until("the parser ends", lambda: _lines(state / "seen.log") >= 1, 30)
+        time.sleep(5.0)  # its end waits to be recorded
+        back_at = utcnow()
+    with app.app_context():
+        db.session.remove()
+        run = wait_for_run(run_id, timeout_s=60)
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert run.finished_at is not None and run.finished_at < back_at
+    assert run.duration_s is not None and 1.0 <= run.duration_s < 5.0
 
 
 def test_scheduler_keeps_firing_after_a_postgres_restart(
@@ -339,12 +363,14 @@ def test_s3_outage_at_upload_keeps_files_and_completes_later(
         time.sleep(1.5)  # a few retry passes against the stopped endpoint
         assert waiting()
 
+        back_at = utcnow()
         s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         s3.start()
         running = True
         with app.app_context():
             run = wait_for_run(run_id, timeout_s=60)
             assert run.status is RunStatus.COMPLETED, run.error
+            assert run.finished_at < back_at  # the script's end, not when its files got in
             assert run.progress_message is None
             assert {f.name for f in run.files} == {"output.txt", "data.bin", "run.log"}
         stored = client.get_object(Bucket=bucket, Key=f"results/runs/{run_id}/data.bin")
