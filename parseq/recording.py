@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm.attributes import set_committed_value
 
+from parseq.errors import NotFound
 from parseq.models import Run, RunFile, RunStatus, db, utcnow
 from parseq.reconnect import retry_db
 from parseq.retries import schedule_retry
@@ -66,11 +67,28 @@ def record_files_and_finish(run_id: int, stored: list[StoredFile], pending: Pend
         return run.status, decided
 
     config = current_app.extensions["parseq"].config
-    status, decided = retry_db(record, config.db_retry_s, "record run")
+    try:
+        status, decided = retry_db(record, config.db_retry_s, "record run")
+    except (NotFound, sa.exc.IntegrityError) as exc:  # a file row's run is gone, say
+        db.session.rollback()
+        if db.session.execute(db.select(Run.id).where(Run.id == run_id)).first() is not None:
+            raise
+        # Deleted with its parser while it ran: its objects would be orphans.
+        _delete_objects(run_id, stored)
+        raise NotFound(f"run {run_id} was deleted", run_id=run_id) from exc
     # Not when the reaper finished the run first: the reaper handles its retry.
     if decided and pending.retry:
         schedule_retry(get_run(run_id), config)
     return status
+
+
+def _delete_objects(run_id: int, stored: list[StoredFile]) -> None:
+    storage = current_app.extensions["parseq"].storage
+    for f in stored:
+        try:
+            storage.delete(f.storage_key)
+        except Exception:  # files left behind cost space, not correctness
+            log.warning("run %s: could not delete stored %s", run_id, f.storage_key, exc_info=True)
 
 
 def _add_files(run_id: int, stored: list[StoredFile]) -> None:

@@ -26,7 +26,7 @@ from flask import Flask, current_app
 
 from parseq import recording
 from parseq.config import Config
-from parseq.errors import StorageError
+from parseq.errors import NotFound, StorageError
 from parseq.models import Run, RunFile, RunStatus, db
 from parseq.pools import ProcessPool
 from parseq.storage import Storage
@@ -174,7 +174,10 @@ def retry_pending(app: Flask) -> int:
                 defer(workdir, pending)
                 recording.mark_waiting(pending.run_id, waiting_message(exc, pending.attempts))
                 continue
-            recording.record_files_and_finish(pending.run_id, stored, pending)
+            try:
+                recording.record_files_and_finish(pending.run_id, stored, pending)
+            except NotFound:  # deleted with its parser meanwhile; its objects went with it
+                log.info("run %s was deleted while its files waited", pending.run_id)
             marker.unlink()
         if not config.keep_workdirs:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -207,6 +207,13 @@ def test_cascade_delete_stops_a_running_run(embedded_app: Flask) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
+    # The worker stores the killed run's log after the delete: it must not stay an orphan.
+    workdir = config.runs_dir / str(run_id)
+    while workdir.exists() and time.monotonic() < deadline + 10:
+        time.sleep(0.1)
+    assert not workdir.exists()
+    stored = embedded_app.extensions["parseq"].storage.root / "runs" / str(run_id)
+    assert not [p for p in stored.rglob("*") if p.is_file()]
 
 
 def test_schedule_is_set_shown_and_cleared(client) -> None:  # type: ignore[no-untyped-def]

@@ -98,3 +98,21 @@ def test_a_failed_run_waiting_for_storage_keeps_its_error(
     runs.db.session.refresh(run)
     assert (run.status, run.exit_code) == (RunStatus.ERROR, 3)
     assert "the site changed its layout" in run.error
+
+
+def test_a_run_deleted_while_its_files_wait_leaves_no_objects(
+    sqlite_app: Flask, flaky: FlakyStorage
+) -> None:
+    flaky.down = True
+    parser = add_parser("echo", "echo_env.py")
+    run = runs.run_now(parser)
+    run_id = run.id
+    assert run.status is RunStatus.RUNNING
+    runs.delete_parser(parser, flaky, cascade=True)
+    flaky.down, puts_before = False, len(flaky.puts)
+    uploads.retry_pending(sqlite_app)  # the marker goes; the objects it stored go too
+    workdir = sqlite_app.extensions["parseq"].config.runs_dir / str(run_id)
+    assert not workdir.exists()
+    assert len(flaky.puts) > puts_before  # it stored them before finding the run gone
+    assert not [p for p in flaky.root.rglob("*") if p.is_file()]
+    assert uploads.retry_pending(sqlite_app) == 0
