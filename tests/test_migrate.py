@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 from flask import Flask
 
-from parseq import migrate
+from parseq import locks, migrate
 from parseq.app import create_app, init_db
 from parseq.cli import main
 from parseq.config import Config
@@ -326,7 +326,7 @@ def test_init_db_waits_while_another_process_holds_the_lock(
     holder = psycopg2.connect(url)
     holder.autocommit = True
     cur = holder.cursor()
-    cur.execute("SELECT pg_advisory_lock(%s)", (migrate.LOCK_KEY,))
+    cur.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATION,))
     thread = threading.Thread(target=init_db, args=(app,))
     thread.start()
     try:
@@ -339,7 +339,7 @@ def test_init_db_waits_while_another_process_holds_the_lock(
         cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert cur.fetchone() == (0,)
     finally:
-        cur.execute("SELECT pg_advisory_unlock(%s)", (migrate.LOCK_KEY,))
+        cur.execute("SELECT pg_advisory_unlock(%s)", (locks.MIGRATION,))
         thread.join()
         holder.close()
     assert migrate.current(app) == migrate.heads()
