@@ -330,7 +330,9 @@ class RunView(LoginRequired, ModelView):
     def again(self, run_id: int) -> Response:
         old = runs.get_run(run_id)
         try:
-            run = runs.create_run(old.parser, old.args, RunTrigger.MANUAL)
+            run = runs.create_run(
+                old.parser, old.args, RunTrigger.MANUAL, positional=old.positional or []
+            )
         except ParseqError as exc:
             flash(exc.message, "error")
             return redirect(url_for(".details_view", id=run_id))
