@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from parseq import downloads, health, openapi, runs, schemas, tokens
 from parseq.errors import BadRequest, Conflict, ParseqError
 from parseq.models import ACTIVE_STATUSES, Parser, Run, RunFile, RunStatus, RunTrigger, db
+from parseq.runner import check_positional
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PREFIX = bp.url_prefix or "/api/v1"
@@ -234,7 +235,8 @@ def create_run(name: str) -> tuple[Response, int, dict[str, str]]:
         parser,
         runs.check_args(body.get("args")),
         RunTrigger.API,
-        positional=body.get("positional"),  # checked by create_run; None: the defaults
+        # Absent: the parser's default positionals; null is no list.
+        positional=check_positional(body["positional"]) if "positional" in body else None,
     )
     if wait_s:
         run = _wait_until_final(run.id, wait_s)

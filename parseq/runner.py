@@ -102,8 +102,6 @@ def build_command(
 
 def check_positional(values: object) -> list[Any]:
     """Positional arguments must be a JSON list of strings, numbers or booleans."""
-    if values is None:
-        return []
     if not isinstance(values, (list, tuple)) or not all(
         isinstance(v, (str, int, float)) and "\0" not in arg_to_str(v) for v in values
     ):
