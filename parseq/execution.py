@@ -363,14 +363,10 @@ def gather_files(
 ) -> collect.Collected:
     """The run's files to store, by name: everything the parser left in its output folder
     (shipped copies it did not change aside), ``output.txt`` (its stdout when it wrote none
-    itself, else empty) and the run log; with the warnings the run gets."""
+    itself, else empty; cut at the file size limit like a file, and so warned about too) and
+    the run log; with the warnings the run gets."""
     collect.fill_output(output_dir / OUTPUT_FILE, stdout)
     found = collect.collect(output_dir, shipped, {LOG_FILE: log_path}, stdout.max_bytes)
-    if stdout.truncated:
-        found.warnings.append(
-            f"stdout reached the file size limit ({stdout.max_bytes} bytes): only its start "
-            f"is kept as {OUTPUT_FILE}"
-        )
     results = set(found.files) - {LOG_FILE, OUTPUT_FILE}
     output = found.files.get(OUTPUT_FILE)
     if status is RunStatus.COMPLETED and not results and (not output or not output.stat().st_size):

@@ -220,11 +220,15 @@ def cancel_run(run: Run) -> Run:
     return run
 
 
-def run_now(parser: Parser, args: Mapping[str, Any] | None = None) -> Run:
+def run_now(
+    parser: Parser,
+    args: Mapping[str, Any] | None = None,
+    positional: Sequence[Any] | None = None,
+) -> Run:
     """Create and execute a run in this process (``parseq run``), bypassing the broker."""
     from parseq.execution import execute_run  # the worker side builds on this module
 
-    run = create_run(parser, args, RunTrigger.MANUAL, enqueue=False)
+    run = create_run(parser, args, RunTrigger.MANUAL, enqueue=False, positional=positional)
     execute_run(run.id, retry=False)  # no worker here to take a delayed retry
     db.session.refresh(run)
     return run

@@ -9,6 +9,7 @@ with ``python`` in a temp folder; embedded, and on PostgreSQL + RabbitMQ + a wor
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -26,8 +27,19 @@ from flask.testing import FlaskClient
 from parseq import execution
 from parseq.collect import NO_RESULT
 from parseq.config import Config
+from parseq.models import Parser, RunStatus, db
 from parseq.runs import get_parser
-from tests.conftest import FIXTURE_PARSERS, admin_client, api_client, running, traversable
+from tests.conftest import (
+    FIXTURE_PARSERS,
+    admin_client,
+    api_client,
+    running,
+    traversable,
+    wait_for_run,
+)
+from tests.fixture_site import quote_text
+from tests.test_cli import _env as cli_env
+from tests.test_cli import _parseq as parseq_cli
 
 
 @dataclass(frozen=True)
@@ -253,6 +265,8 @@ def test_a_run_with_no_result_at_all_says_so(embedded_app: Flask) -> None:
     assert run["warnings"] == [NO_RESULT]
     page = _admin_run_page(embedded_app, run["id"])
     assert "no result files" in page
+    listing = admin_client(embedded_app).get("/admin/runs/").data.decode()
+    assert 'class="badge badge-warning run-warnings"' in listing and "1 warning<" in listing
 
 
 def _admin_run_page(app: Flask, run_id: int) -> str:
@@ -305,3 +319,95 @@ def test_a_folder_parser_may_change_its_copies(
         assert fetch(client, run, "state.txt") == b"shipped\nrun\n"
         assert fetch(client, run, "data/new.txt") == b"n"
     assert (parsers / "own" / "state.txt").read_text() == "shipped\n"
+
+
+def test_files_at_the_size_limit_are_named_in_the_warnings(embedded_app: Flask) -> None:
+    client = api_client(embedded_app)
+    name = register(client, "real_big_file.py")
+    assert client.patch(f"/api/v1/parsers/{name}", json={}).status_code == 200
+    with embedded_app.app_context():
+        parser = get_parser(name)
+        parser.max_file_bytes = 1000
+        db.session.commit()
+    run = run_over_api(client, name, {})
+    assert run["status"] == "completed", run["error"]
+    assert len(fetch(client, run, "big.bin")) == 1000
+    assert fetch(client, run, "output.txt") == b"y" * 1000
+    assert sorted(run["warnings"]) == [
+        "big.bin: reached the file size limit (1000 bytes, PARSEQ_MAX_FILE_BYTES or the "
+        "parser's limit): it may be cut short",
+        "output.txt: reached the file size limit (1000 bytes, PARSEQ_MAX_FILE_BYTES or the "
+        "parser's limit): it may be cut short",
+    ]
+
+
+def _post(client: FlaskClient, url: str, data: dict[str, str]) -> Any:
+    return client.post(url, data={**data, "csrf_token": client.csrf_token})  # type: ignore[attr-defined]
+
+
+def test_admin_registers_a_folder_parser_and_runs_it_with_positionals(
+    embedded_app: Flask, site: Any
+) -> None:
+    client = admin_client(embedded_app)
+    page = client.get("/admin/parsers/new/").data.decode()
+    assert 'value="script:real_folder/main.py"' in page
+    form = {
+        "name": "folder-admin",
+        "description": "",
+        "script": "script:real_positional.py",
+        "requirements": "",
+        "default_args": '{"limit": 1}',
+        "default_positional": f'["{site.base}", "love", "x.json"]',
+        "secrets_set": "",
+        "timeout_s": "30",
+        "max_retries": "0",
+    }
+    assert _post(client, "/admin/parsers/new/", form).status_code == 302
+    folder = {**form, "name": "folder-main", "script": "script:real_folder/main.py"}
+    folder.update(default_args=f'{{"base-url": "{site.base}"}}', default_positional="[]")
+    assert _post(client, "/admin/parsers/new/", folder).status_code == 302
+    with embedded_app.app_context():
+        positional, main = get_parser("folder-admin"), get_parser("folder-main")
+        assert positional.default_positional == [site.base, "love", "x.json"]
+        assert main.path == "real_folder/main.py"
+        ids = {"positional": positional.id, "main": main.id}
+    bad = _post(
+        client, f"/admin/parsers/run/{ids['positional']}", {"args": "{}", "positional": "{"}
+    )
+    assert bad.status_code == 200 and "not valid JSON" in bad.data.decode()
+    resp = _post(
+        client,
+        f"/admin/parsers/run/{ids['positional']}",
+        {"args": "{}", "positional": f'["{site.base}", "life", "y.json"]'},
+    )
+    assert resp.status_code == 302
+    resp = _post(client, f"/admin/parsers/run/{ids['main']}", {"args": "{}", "positional": "[]"})
+    assert resp.status_code == 302
+    with embedded_app.app_context():
+        for parser_id in ids.values():
+            run = wait_for_run(db.session.get(Parser, parser_id).runs[-1].id)
+            assert run.status is RunStatus.COMPLETED, run.error
+        run = db.session.get(Parser, ids["positional"]).runs[-1]
+        assert run.positional == [site.base, "life", "y.json"]
+        assert {f.name for f in run.files} == {"y.json", "output.txt", "run.log"}
+        main_run = db.session.get(Parser, ids["main"]).runs[-1]
+        assert {f.name for f in main_run.files} == {
+            "data/products.csv",
+            "summary.txt",
+            "output.txt",
+            "run.log",
+        }
+
+
+def test_parseq_run_takes_positionals_and_prints_warnings(tmp_path: Path, site: Any) -> None:
+    env = cli_env(tmp_path, PARSEQ_PARSERS_DIR=str(FIXTURE_PARSERS))
+    done = parseq_cli(
+        "run", "real_positional", "--arg", "limit=1", *("--positional", site.base),
+        *("--positional", "love", "--positional", "out.json"), env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stored = tmp_path / "var" / "storage" / "runs" / "1" / "out.json"
+    assert json.loads(stored.read_text()) == {"tag": "love", "quotes": [quote_text("love", 1, 1)]}
+    silent = parseq_cli("run", "real_silent", env=env)
+    assert silent.returncode == 0, silent.stderr
+    assert f"warning: {NO_RESULT}\n" in silent.stderr
