@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from parseq.registry import UPLOADS_DIR
 from parseq.sandbox import SandboxUser
 from parseq.sdk import TMP_PREFIX
 from parseq.uploads import sha256
@@ -49,9 +50,12 @@ class Collected:
 
 def folder_of(script: Path, root: Path) -> Path | None:
     """The parser's own folder when it is a folder parser (``<root>/<dir>/main.py``), else None.
-    Scripts directly in the root (or uploaded ones) have no folder of their own."""
+    Scripts directly in the root have no folder of their own, nor have uploaded ones: the
+    uploads folder holds every user's (a parser named ``main`` included)."""
     folder = script.parent
     if script.name not in FOLDER_MAINS or folder == root or not folder.is_relative_to(root):
+        return None
+    if folder.relative_to(root).parts[0] == UPLOADS_DIR:
         return None
     return folder
 

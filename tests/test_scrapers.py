@@ -25,7 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from parseq import execution
-from parseq.collect import NO_RESULT
+from parseq.collect import NO_RESULT, folder_of
 from parseq.config import Config
 from parseq.models import Parser, RunStatus, db
 from parseq.runs import get_parser
@@ -411,3 +411,13 @@ def test_parseq_run_takes_positionals_and_prints_warnings(tmp_path: Path, site: 
     silent = parseq_cli("run", "real_silent", env=env)
     assert silent.returncode == 0, silent.stderr
     assert f"warning: {NO_RESULT}\n" in silent.stderr
+
+
+def test_only_a_folder_parser_gets_its_folder(tmp_path: Path) -> None:
+    root = tmp_path / "parsers"
+    assert folder_of(root / "shop" / "main.py", root) == root / "shop"
+    assert folder_of(root / "shop" / "nested" / "main.py", root) == root / "shop" / "nested"
+    assert folder_of(root / "main.py", root) is None
+    assert folder_of(root / "shop" / "other.py", root) is None
+    # Every user's uploads share one folder: an upload named "main" must not get the others'.
+    assert folder_of(root / "uploads" / "main.py", root) is None
