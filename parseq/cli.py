@@ -315,8 +315,14 @@ def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any
 @main.command("run")
 @click.argument("parser")
 @click.option("--arg", "args", multiple=True, callback=_parse_arg, help="key=value (repeatable)")
+@click.option(
+    "--positional",
+    "positional",
+    multiple=True,
+    help="a positional argument, as given (repeatable; none: the parser's defaults)",
+)
 @one_line_errors
-def run_cmd(parser: str, args: dict[str, Any]) -> None:
+def run_cmd(parser: str, args: dict[str, Any], positional: tuple[str, ...]) -> None:
     """Run PARSER now in this process and print its status and where its files went."""
     from parseq.registry import sync_shipped
     from parseq.runs import get_parser, run_now
@@ -324,12 +330,14 @@ def run_cmd(parser: str, args: dict[str, Any]) -> None:
     app = app_with_db()
     with app.app_context():
         sync_shipped(app.extensions["parseq"].config)
-        run = run_now(get_parser(parser), args)
+        run = run_now(get_parser(parser), args, list(positional) if positional else None)
         storage_url = app.extensions["parseq"].config.storage_url
         click.echo(f"run {run.id} of {parser}: {run.status.value}")
         for f in run.files:
             where = f"{storage_url}/{f.storage_key}" if f.size else "empty, no object stored"
             click.echo(f"  {f.name} ({f.size} bytes) -> {where}")
+        for warning in run.warnings or []:
+            click.echo(f"warning: {warning}", err=True)
         if run.error:
             click.echo(f"error: {run.error}", err=True)
         elif run.progress_message and run.status.value == "running":
