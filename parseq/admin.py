@@ -24,6 +24,7 @@ from wtforms.validators import NumberRange, Optional
 from parseq import admin_tokens, auth, notebooks, registry, runs
 from parseq import requirements as reqs
 from parseq.admin_forms import (
+    JSONListField,
     JSONObjectField,
     RemoveSecretsField,
     RunNowForm,
@@ -120,6 +121,7 @@ class ParserView(auth.LoginRequired, ModelView):
         "description",
         "requirements",
         "default_args",
+        "default_positional",
         "secrets",
         "timeout_s",
         *RUN_POLICY_FIELDS,
@@ -144,6 +146,9 @@ class ParserView(auth.LoginRequired, ModelView):
         "default_args": lambda _v, _c, m, _n: Markup("<code>{}</code>").format(
             json.dumps(m.default_args or {})
         ),
+        "default_positional": lambda _v, _c, m, _n: Markup("<code>{}</code>").format(
+            json.dumps(m.default_positional or [])
+        ),
         "created_at": lambda _v, _c, m, _n: fmt_time(m.created_at),
         "updated_at": lambda _v, _c, m, _n: fmt_time(m.updated_at),
     }
@@ -155,6 +160,7 @@ class ParserView(auth.LoginRequired, ModelView):
         "upload",
         "requirements",
         "default_args",
+        "default_positional",
         "secrets_set",
         "secrets_remove",
         "timeout_s",
@@ -180,6 +186,7 @@ class ParserView(auth.LoginRequired, ModelView):
     }
     form_overrides = {
         "default_args": JSONObjectField,
+        "default_positional": JSONListField,
         "timeout_s": fields.FloatField,
         **SCHEDULE_FORM_OVERRIDES,
     }
@@ -321,9 +328,12 @@ class ParserView(auth.LoginRequired, ModelView):
     def run_view(self, parser_id: int) -> Any:
         """Run now, with optional arguments overlaid on the parser's defaults."""
         parser = db.get_or_404(Parser, parser_id)
-        form = RunNowForm(data={"args": parser.default_args or {}})
+        defaults = {"args": parser.default_args or {}, "positional": parser.default_positional}
+        form = RunNowForm(data=defaults)
         if form.validate_on_submit():
-            run = runs.create_run(parser, form.args.data, RunTrigger.MANUAL)
+            run = runs.create_run(
+                parser, form.args.data, RunTrigger.MANUAL, positional=form.positional.data
+            )
             flash(f"Queued run {run.id} of {parser.name}.", "success")
             return redirect(url_for("runs.details_view", id=run.id))
         return self.render("parseq/run_now.html", form=form, parser=parser)

@@ -67,6 +67,26 @@ class JSONObjectField(fields.TextAreaField):
             raise ValueError(exc.message) from None
 
 
+class JSONListField(fields.TextAreaField):
+    """A JSON list of positional arguments, checked with the same rules as the API's."""
+
+    def _value(self) -> str:
+        if self.raw_data:
+            return self.raw_data[0]
+        return json.dumps(self.data or [])
+
+    def process_formdata(self, valuelist: list[Any]) -> None:
+        raw = (valuelist[0] if valuelist else "").strip() or "[]"
+        try:
+            self.data = runner.check_positional(json.loads(raw))
+        except ValueError as exc:
+            self.data = None
+            raise ValueError(f"not valid JSON: {exc}") from None
+        except ParseqError as exc:
+            self.data = None
+            raise ValueError(exc.message) from None
+
+
 def parse_secrets(text: str) -> dict[str, str]:
     """``NAME=value`` lines (blank lines ignored) -> dict; names checked like the runner does."""
     found: dict[str, str] = {}
@@ -94,3 +114,4 @@ def script_choices() -> list[SelectChoice]:
 
 class RunNowForm(FlaskForm):
     args = JSONObjectField("Arguments (JSON object, overlaid on the default args)")
+    positional = JSONListField("Positional arguments (JSON list, after the options)")

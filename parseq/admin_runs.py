@@ -47,6 +47,21 @@ def status_badge(status: RunStatus | None) -> Markup:
     return badge.format(color, status.value, status.value)
 
 
+def warnings_badge(run: Run) -> Markup:
+    """A yellow badge after the status when the run has warnings (their text as its title)."""
+    if not run.warnings:
+        return Markup("")
+    badge = Markup(' <span class="badge badge-warning run-warnings" title="{}">{} {}</span>')
+    count = len(run.warnings)
+    return badge.format("\n".join(run.warnings), count, "warning" if count == 1 else "warnings")
+
+
+def warnings_list(run: Run) -> Markup:
+    """The run's warnings, one per line, on its detail page."""
+    items = Markup("").join(Markup("<li>{}</li>").format(w) for w in run.warnings or [])
+    return Markup('<ul class="run-warnings mb-0">{}</ul>').format(items) if items else Markup("")
+
+
 def fmt_time(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
@@ -238,7 +253,9 @@ class RunView(LoginRequired, ModelView):
         "progress",
         "exit_code",
         "error",
+        "warnings",
         "args",
+        "positional",
         "env_key",
         "worker_id",
         "heartbeat_at",
@@ -256,7 +273,7 @@ class RunView(LoginRequired, ModelView):
     column_formatters = {
         "id": lambda _v, _c, m, _n: _run_link(m),
         "parser": lambda _v, _c, m, _n: _parser_link(m.parser),
-        "status": lambda _v, _c, m, _n: status_badge(m.status),
+        "status": lambda _v, _c, m, _n: status_badge(m.status) + warnings_badge(m),
         "trigger": lambda _v, _c, m, _n: m.trigger.value,
         "queued_at": lambda _v, _c, m, _n: fmt_time(m.queued_at),
         "started_at": lambda _v, _c, m, _n: fmt_time(m.started_at),
@@ -271,6 +288,10 @@ class RunView(LoginRequired, ModelView):
         "args": lambda _v, _c, m, _n: Markup("<code>{}</code>").format(
             current_app.json.dumps(m.args or {})
         ),
+        "positional": lambda _v, _c, m, _n: Markup("<code>{}</code>").format(
+            current_app.json.dumps(m.positional or [])
+        ),
+        "warnings": lambda _v, _c, m, _n: warnings_list(m),
     }
     page_size = 50
     column_auto_select_related = False  # get_query loads the parsers
@@ -330,7 +351,9 @@ class RunView(LoginRequired, ModelView):
     def again(self, run_id: int) -> Response:
         old = runs.get_run(run_id)
         try:
-            run = runs.create_run(old.parser, old.args, RunTrigger.MANUAL)
+            run = runs.create_run(
+                old.parser, old.args, RunTrigger.MANUAL, positional=old.positional or []
+            )
         except ParseqError as exc:
             flash(exc.message, "error")
             return redirect(url_for(".details_view", id=run_id))

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from parseq import downloads, health, openapi, runs, schemas, tokens
 from parseq.errors import BadRequest, ParseqError
 from parseq.models import Parser, Run, RunStatus, RunTrigger, db
+from parseq.runner import check_positional
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PREFIX = bp.url_prefix or "/api/v1"
@@ -196,15 +197,21 @@ def _set_enabled(name: str, enabled: bool) -> Response:
 
 @bp.post("/parsers/<name>/runs")
 def create_run(name: str) -> tuple[Response, int, dict[str, str]]:
-    """Queue a run; body ``{"args": {...}}``. 202 with the run and its ``Location``; with
-    ``?wait=S``, 200 with the finished run if it ends within S seconds."""
+    """Queue a run; body ``{"args": {...}, "positional": [...]}``. 202 with the run and its
+    ``Location``; with ``?wait=S``, 200 with the finished run if it ends within S seconds."""
     parser = runs.get_parser(name)
     wait_s = _wait_arg()
     body = _json_body()
-    unknown = set(body) - {"args"}
+    unknown = set(body) - {"args", "positional"}
     if unknown:
         raise BadRequest(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
-    run = runs.create_run(parser, runs.check_args(body.get("args")), RunTrigger.API)
+    run = runs.create_run(
+        parser,
+        runs.check_args(body.get("args")),
+        RunTrigger.API,
+        # Absent: the parser's default positionals; null is no list.
+        positional=check_positional(body["positional"]) if "positional" in body else None,
+    )
     if wait_s:
         run = _wait_until_final(run.id, wait_s)
     status = 200 if run.status.is_final else 202

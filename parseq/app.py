@@ -52,6 +52,8 @@ def create_app(config: Config | None = None) -> Flask:
     # broker is down; the callers raise what matters and Parseq logs an outage once.
     if config.log_level.upper() != "DEBUG":
         logging.getLogger("pika").setLevel(logging.CRITICAL)
+    # Alembic logs its set-up at INFO on every start, changed or not; migrate logs what changed.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     for path in (config.var_dir, config.runs_dir, config.state_dir):
         path.mkdir(parents=True, exist_ok=True)
 
@@ -59,7 +61,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config.update(
         SECRET_KEY=config.secret_key or _local_secret_key(config.var_dir),
         SQLALCHEMY_DATABASE_URI=config.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(config.database_url),
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(config),
         # Never the debugger (it runs code from the browser), whatever FLASK_DEBUG says.
         DEBUG=False,
         SESSION_COOKIE_HTTPONLY=True,
@@ -129,11 +131,17 @@ def init_db(app: Flask) -> None:
     ensure_schema(app)
 
 
-def _engine_options(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
+def _engine_options(config: Config) -> dict[str, Any]:
+    if config.database_url.startswith("sqlite"):
         # Worker threads and the web server share the file; wait for locks instead of failing.
         return {"connect_args": {"check_same_thread": False, "timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": 10,
+        "max_overflow": 20,
+        # Names this process in pg_stat_activity, e.g. as the holder of a lock another waits on.
+        "connect_args": {"application_name": config.application_name},
+    }
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -11,21 +11,25 @@ from typing import Any
 
 import click
 
-from parseq.cli_common import app_with_db, build_app, one_line_errors
+from parseq.cli_common import OneLineErrorsGroup, app_with_db, build_app, one_line_errors
 from parseq.cli_envs import envs
 from parseq.errors import ParseqError
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGINT or SIGTERM sets. Install it before starting the threads it stops
+    and before saying the service is up: a signal that came between the two would raise
+    KeyboardInterrupt past the shutdown and leave those threads (and the process) running."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
-@click.group()
+@click.group(cls=OneLineErrorsGroup)
 @click.version_option(package_name="parseq")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also log the schema migrations' details.")
+def main(verbose: bool) -> None:
     """Parseq: run and schedule web parsers written in Python."""
 
 
@@ -153,18 +157,19 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
             with contextlib.suppress(ParseqError):
                 create_run(get_parser("pi"), {"digits": 50})
         admin_password = ensure_admin(config.admin_password)
+    server = _make_server(config.host, config.port, app)
+    stop = _stop_on_signals()
     worker = start_worker(app)
     scheduler = SchedulerService(app)
     scheduler.add_maintenance("reaper", reap_once, config.reaper_interval_s)
     scheduler.start()
-    server = _make_server(config.host, config.port, app)
-    url = f"http://{config.host}:{server.server_port}"
-    click.echo(f"Parseq is up: admin {url}/admin/  API {url}/api/v1/parsers  (Ctrl+C stops)")
-    click.echo(f"  database {config.database_url}\n  storage  {config.storage_url}")
-    _echo_admin_password(admin_password)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        _wait_for_signal()
+        url = f"http://{config.host}:{server.server_port}"
+        click.echo(f"Parseq is up: admin {url}/admin/  API {url}/api/v1/parsers  (Ctrl+C stops)")
+        click.echo(f"  database {config.database_url}\n  storage  {config.storage_url}")
+        _echo_admin_password(admin_password)
+        stop.wait()
     finally:
         click.echo("stopping...")
         server.shutdown()
@@ -215,10 +220,11 @@ def web(host: str | None, port: int | None) -> None:
     app = build_app(host=host, port=port)
     config = app.extensions["parseq"].config
     server = _make_server(config.host, config.port, app)
-    click.echo(f"Parseq web on http://{config.host}:{server.server_port}/admin/")
+    stop = _stop_on_signals()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        _wait_for_signal()
+        click.echo(f"Parseq web on http://{config.host}:{server.server_port}/admin/")
+        stop.wait()
     finally:
         server.shutdown()
 
@@ -235,10 +241,12 @@ def scheduler() -> None:
     service = SchedulerService(app)
     # Maintenance runs on the active scheduler only: one reaper however many standbys.
     service.add_maintenance("reaper", reap_once, app.extensions["parseq"].config.reaper_interval_s)
+    stop = _stop_on_signals()
     service.start()
-    click.echo(f"Parseq scheduler on {app.extensions['parseq'].config.database_url.split('@')[-1]}")
     try:
-        _wait_for_signal()
+        where = app.extensions["parseq"].config.database_url.split("@")[-1]
+        click.echo(f"Parseq scheduler on {where}")
+        stop.wait()
     finally:
         service.stop()
 
@@ -252,10 +260,11 @@ def worker(threads: int | None) -> None:
 
     app = build_app(worker_threads=threads)
     warn_if_runs_outlast_consumer_timeout(app.extensions["parseq"].config)
+    stop = _stop_on_signals()
     w = start_worker(app)
-    click.echo(f"Parseq worker on {app.extensions['parseq'].config.broker_url} (Ctrl+C stops)")
     try:
-        _wait_for_signal()
+        click.echo(f"Parseq worker on {app.extensions['parseq'].config.broker_url} (Ctrl+C stops)")
+        stop.wait()
     finally:
         w.stop()
 
@@ -306,8 +315,14 @@ def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any
 @main.command("run")
 @click.argument("parser")
 @click.option("--arg", "args", multiple=True, callback=_parse_arg, help="key=value (repeatable)")
+@click.option(
+    "--positional",
+    "positional",
+    multiple=True,
+    help="a positional argument, as given (repeatable; none: the parser's defaults)",
+)
 @one_line_errors
-def run_cmd(parser: str, args: dict[str, Any]) -> None:
+def run_cmd(parser: str, args: dict[str, Any], positional: tuple[str, ...]) -> None:
     """Run PARSER now in this process and print its status and where its files went."""
     from parseq.registry import sync_shipped
     from parseq.runs import get_parser, run_now
@@ -315,12 +330,14 @@ def run_cmd(parser: str, args: dict[str, Any]) -> None:
     app = app_with_db()
     with app.app_context():
         sync_shipped(app.extensions["parseq"].config)
-        run = run_now(get_parser(parser), args)
+        run = run_now(get_parser(parser), args, list(positional) if positional else None)
         storage_url = app.extensions["parseq"].config.storage_url
         click.echo(f"run {run.id} of {parser}: {run.status.value}")
         for f in run.files:
             where = f"{storage_url}/{f.storage_key}" if f.size else "empty, no object stored"
             click.echo(f"  {f.name} ({f.size} bytes) -> {where}")
+        for warning in run.warnings or []:
+            click.echo(f"warning: {warning}", err=True)
         if run.error:
             click.echo(f"error: {run.error}", err=True)
         elif run.progress_message and run.status.value == "running":

@@ -8,14 +8,62 @@ would load it a second time, half-initialized.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from parseq.errors import ParseqError
+
+
+class _OneLineClickError(click.ClickException):
+    """A click error (usage or other) shown as ``parseq: error: ...``, keeping its exit code."""
+
+    def __init__(self, exc: click.ClickException) -> None:
+        lines = [line.strip() for line in exc.format_message().splitlines() if line.strip()]
+        message = "; ".join(lines).rstrip(".")
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            message += f" (see '{ctx.command_path} --help')"
+        super().__init__(message)
+        self.exit_code = exc.exit_code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"parseq: error: {self.message}", err=True)
+
+
+class OneLineErrorsGroup(click.Group):
+    """A group whose usage errors (unknown option, bad value, missing argument, in it or in any
+    subcommand) are one line ``parseq: error: ...`` on stderr with exit 2, not click's usage
+    block: the README promises one-line errors from every command."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _one_line_click_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_click_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_click_errors() -> Iterator[None]:
+    try:
+        yield
+    except (click.exceptions.NoArgsIsHelpError, _OneLineClickError):
+        raise  # a bare group's help is help, not an error; ours is converted already
+    except click.ClickException as exc:
+        raise _OneLineClickError(exc) from exc
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,11 +91,28 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_app(**overrides: Any):  # type: ignore[no-untyped-def]
+    """The app of this command, named ``parseq <command>`` in PostgreSQL's session list, with
+    Alembic's INFO logs (a dozen lines per command) shown only under ``parseq -v``."""
     from parseq.app import create_app
     from parseq.config import Config
 
-    config = Config.from_env(**{k: v for k, v in overrides.items() if v is not None})
-    return create_app(config)
+    values = {k: v for k, v in overrides.items() if v is not None}
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        values.setdefault("application_name", _command_name(ctx))
+    app = create_app(Config.from_env(**values))
+    if ctx is not None and ctx.find_root().params.get("verbose"):
+        logging.getLogger("alembic").setLevel(logging.INFO)
+    return app
+
+
+def _command_name(ctx: click.Context) -> str:
+    """``parseq db upgrade``: the command's words, however the program was started."""
+    words: list[str] = []
+    while ctx.parent is not None:
+        words.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["parseq", *reversed(words)])
 
 
 def app_with_db(**overrides: Any):  # type: ignore[no-untyped-def]

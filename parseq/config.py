@@ -161,6 +161,12 @@ class Config:
     #: A worker row unseen for this long (a worker killed without a clean stop) is dropped from
     #: ``workers`` and health, in seconds; 0 = kept forever.
     worker_prune_after_s: float = 3600.0
+    #: Longest a process waits for another one's schema migration (PostgreSQL advisory lock)
+    #: before it gives up naming the holder, in seconds. A schema at head takes no lock.
+    migration_lock_timeout_s: float = 300.0
+    #: How this process names itself to PostgreSQL (``pg_stat_activity``, lock-wait errors);
+    #: the CLI sets ``parseq <command>``. Not read from the environment.
+    application_name: str = "parseq"
     #: Logging level of Parseq's own processes.
     log_level: str = "INFO"
     #: Extra Flask settings (tests); not read from the environment.
@@ -199,7 +205,7 @@ class Config:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name in ("flask", "child_env", "installer_env"):
+            if f.name in ("flask", "child_env", "installer_env", "application_name"):
                 continue
             raw = env.get(f"PARSEQ_{f.name.upper()}")
             if raw is None or raw == "":
@@ -250,7 +256,12 @@ class Config:
             raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
         if self.env_installer not in ("auto", "uv", "pip"):
             raise ConfigError("PARSEQ_ENV_INSTALLER must be auto, uv or pip")
-        for name in ("scheduler_sync_interval_s", "sweep_interval_s", "broker_consumer_timeout_s"):
+        for name in (
+            "scheduler_sync_interval_s",
+            "sweep_interval_s",
+            "broker_consumer_timeout_s",
+            "migration_lock_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
         if self.schedule_grace_s < 0:

@@ -21,7 +21,18 @@ import sqlalchemy.orm as sa_orm
 from flask import current_app
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import envs, notebooks, recording, runner, sandbox, sdk, supervisor, uploads
+from parseq import (
+    collect,
+    envs,
+    notebooks,
+    recording,
+    registry,
+    runner,
+    sandbox,
+    sdk,
+    supervisor,
+    uploads,
+)
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import ParseqError, ScriptNotFound
@@ -36,6 +47,8 @@ from parseq.watchdog import Watchdog, record_progress
 log = logging.getLogger(__name__)
 
 ENV_BUILD_LOG = "env-build.log"
+#: The parser's stdout, kept beside the run log (the worker's) until it becomes ``output.txt``.
+STDOUT_FILE = "stdout.txt"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 #: A retry whose backoff ends within this many seconds may start now.
 EARLY_S = 0.5
@@ -216,7 +229,8 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
     parser = run.parser
     script = resolve_script(config, parser)
     # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
-    dirs = {name: workdir / name for name in ("work", "output", "home", "tmp", "progress")}
+    # The output folder is also its working directory: what it writes where it runs is kept.
+    dirs = {name: workdir / name for name in ("output", "home", "tmp", "progress")}
     state_dir = state_dir_for(config, parser)
     for path in [*dirs.values(), state_dir]:
         path.mkdir(parents=True, exist_ok=True)
@@ -233,14 +247,17 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         workdir.chmod(0o711)
     if parser.kind is ParserKind.NOTEBOOK:
         output_nb = dirs["output"] / notebooks.OUTPUT_NOTEBOOK
-        argv = notebooks.build_command(interpreter, script, output_nb, run.args or {})
+        argv = notebooks.build_command(
+            interpreter, script, output_nb, run.args or {}, run.positional or []
+        )
     else:
-        argv = runner.build_command(interpreter, script, run.args or {})
+        argv = runner.build_command(interpreter, script, run.args or {}, run.positional or [])
     env = runner.build_env(
         base_env=config.child_env,
         run_id=run.id,
         parser=parser.name,
         args=run.args or {},
+        positional=run.positional or [],
         secrets=secrets,
         output_dir=dirs["output"],
         state_dir=state_dir,
@@ -264,11 +281,13 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
     try:
         if user is not None:
             sandbox.prepare_dirs(user, list(dirs.values()), state_dir, run_id)
+        folder = collect.folder_of(script, registry.root_for(config, parser_kind))
+        shipped = collect.copy_folder(folder, dirs["output"], user) if folder else {}
         rlimits = sandbox.rlimits(limits)
         proc = runner.spawn(
             argv,
             env,
-            cwd=dirs["work"],
+            cwd=dirs["output"],
             limits=rlimits,
             user=user,
             fork_servers=config.fork_servers,
@@ -283,6 +302,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             extra_values={"env_key": run.env_key},
         )
         watchdog.start()
+        stdout = collect.StdoutCopy(workdir / STDOUT_FILE, limits.file_bytes)
         try:
             outcome = supervisor.supervise(
                 proc,
@@ -292,28 +312,31 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
                 max_log_bytes=config.max_log_bytes,
                 error_tail_bytes=config.error_tail_bytes,
                 cancel=watchdog.cancel,
+                on_line=stdout,
                 secrets=list(secrets.values()),
             )
             ended_at = utcnow()  # the run's finished_at, however late a database lets it in
         finally:
             watchdog.stop()
+            stdout.close()
         retry_db(
             lambda: record_progress(get_run(run_id), progress_file, secrets.values()),
             config.db_retry_s,
         )
         if parser_kind is ParserKind.NOTEBOOK:
             redact_json_file(dirs["output"] / notebooks.OUTPUT_NOTEBOOK, secrets.values())
-        files = collect_files(dirs["output"], log_path)
+        found = gather_files(dirs["output"], log_path, shipped, stdout, outcome.status)
         pending = uploads.Pending(
             run_id,
             outcome.status.value,
             outcome.exit_code,
             redact_text(outcome.error, secrets.values()),
-            uploads.relative_files(workdir, files),
+            uploads.relative_files(workdir, found.files),
             retry=retry,
+            warnings=found.warnings,
             ended_at=ended_at.isoformat(),
         )
-        return uploads.store_and_finish(config, workdir, files, pending)
+        return uploads.store_and_finish(config, workdir, found.files, pending)
     finally:
         # After the run's end is recorded (off the path to "completed"); the process is gone.
         if user is not None:
@@ -333,16 +356,22 @@ def state_dir_for(config: Config, parser: Parser) -> Path:
     return path
 
 
-def collect_files(output_dir: Path, log_path: Path) -> dict[str, Path]:
-    """Result files by name: everything in the output folder, ``output.txt`` (created empty if
-    the parser wrote none) and the run log."""
-    out = output_dir / OUTPUT_FILE
-    if not out.exists():
-        out.touch()
-    files = {
-        p.relative_to(output_dir).as_posix(): p
-        for p in sorted(output_dir.rglob("*"))
-        if p.is_file() and not p.is_symlink() and not p.name.startswith(sdk.TMP_PREFIX)
-    }
-    files[LOG_FILE] = log_path
-    return files
+def gather_files(
+    output_dir: Path,
+    log_path: Path,
+    shipped: dict[str, str],
+    stdout: collect.StdoutCopy,
+    status: RunStatus,
+) -> collect.Collected:
+    """The run's files to store, by name: everything the parser left in its output folder
+    (shipped copies it did not change aside), ``output.txt`` (its stdout when it wrote none
+    itself, else empty; cut at the file size limit like a file, and so warned about too) and
+    the run log; with the warnings the run gets."""
+    collect.fill_output(output_dir / OUTPUT_FILE, stdout)
+    found = collect.collect(output_dir, shipped, {LOG_FILE: log_path}, stdout.max_bytes)
+    results = set(found.files) - {LOG_FILE, OUTPUT_FILE}
+    output = found.files.get(OUTPUT_FILE)
+    if status is RunStatus.COMPLETED and not results and (not output or not output.stat().st_size):
+        found.warnings.append(collect.NO_RESULT)
+    found.warnings = collect.finish_warnings(found.warnings)
+    return found

@@ -2,7 +2,9 @@
 
 The migrations live in ``parseq/migrations/versions/``; Alembic is configured here, in code, so
 no ``alembic.ini`` is needed. Every entry point migrates while holding a PostgreSQL advisory
-lock, because the web, worker and scheduler processes of a deployment start at the same moment.
+lock (``parseq.locks.MIGRATION``), because the web, worker and scheduler processes of a
+deployment start at the same moment. A schema already at head takes no lock at all, and the
+wait for it is bounded (``migration_lock_timeout_s``): a command never hangs behind a stuck one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from flask import Flask
 
+from parseq import locks
 from parseq.errors import MigrationError
 from parseq.models import db
 
@@ -32,8 +35,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 #: The first revision: the schema ``db.create_all()`` made before Parseq had migrations.
 BASELINE = "0001"
 VERSION_TABLE = "alembic_version"
-#: ``pg_advisory_lock`` key of schema changes (any constant unique to Parseq: "parseq" in hex).
-LOCK_KEY = 0x706172736571
+#: PostgreSQL's SQLSTATE for "lock_timeout reached" (lock_not_available).
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 def ensure_schema(app: Flask) -> None:
@@ -41,6 +44,8 @@ def ensure_schema(app: Flask) -> None:
     and the same schema as the migrations make: ``tests/test_migrate.py`` checks it); one made by
     ``create_all()`` before Parseq had migrations is stamped at the baseline, then upgraded; any
     other is upgraded to head."""
+    if _at_head(app):
+        return  # every start of every process: no lock, so nothing to wait for
     with _locked_connection(app) as conn:
         if not _table_names(conn) & set(db.metadata.tables):
             db.metadata.create_all(conn)
@@ -53,6 +58,8 @@ def ensure_schema(app: Flask) -> None:
 def upgrade(app: Flask, revision: str = "heads") -> None:
     """Run the migrations up to ``revision`` (``parseq db upgrade``); an empty database gets
     every migration from the first, a pre-migrations one is adopted at the baseline first."""
+    if revision == "heads" and _at_head(app):
+        return
     with _locked_connection(app) as conn:
         _upgrade(conn, revision)
 
@@ -127,6 +134,17 @@ def _upgrade(conn: sa.Connection, revision: str) -> None:
         command.upgrade(_alembic_config(conn), revision)
     except CommandError as exc:
         raise MigrationError(f"cannot upgrade the database schema: {exc}") from exc
+    # Alembic's own logs are quiet unless ``parseq -v``: say what changed.
+    now = MigrationContext.configure(conn).get_current_heads()
+    log.info("database schema upgraded from %s to %s", ", ".join(at) or "none", ", ".join(now))
+
+
+def _at_head(app: Flask) -> bool:
+    """Whether the schema is already this release's (checked again under the lock otherwise)."""
+    with app.app_context(), db.engine.connect() as conn:
+        if VERSION_TABLE not in _table_names(conn):
+            return False
+        return set(MigrationContext.configure(conn).get_current_heads()) == set(heads())
 
 
 @contextlib.contextmanager
@@ -135,9 +153,7 @@ def _locked_connection(app: Flask) -> Iterator[sa.Connection]:
     with app.app_context(), db.engine.connect() as conn:
         dialect = conn.dialect.name
         if dialect == "postgresql":
-            # Session-level, so a migration may commit on its way (autocommit_block).
-            conn.execute(sa.select(sa.func.pg_advisory_lock(LOCK_KEY)))
-            conn.commit()
+            _lock(conn, app.extensions["parseq"].config.migration_lock_timeout_s)
         elif dialect == "sqlite":
             # Batch migrations drop and recreate tables: with foreign keys on, dropping
             # ``parsers`` would cascade to every run. Only settable outside a transaction.
@@ -150,12 +166,34 @@ def _locked_connection(app: Flask) -> Iterator[sa.Connection]:
             _release(conn)
 
 
+def _lock(conn: sa.Connection, timeout_s: float) -> None:
+    """Take the migration lock, waiting ``timeout_s`` at most, or fail naming who holds it."""
+    # SET LOCAL: the timeout ends with this transaction; the lock itself is session-level,
+    # so it outlives the commit and a migration may commit on its way (autocommit_block).
+    timeout_ms = max(1, round(timeout_s * 1000))
+    conn.execute(sa.select(sa.func.set_config("lock_timeout", f"{timeout_ms}ms", True)))
+    try:
+        conn.execute(sa.select(sa.func.pg_advisory_lock(locks.MIGRATION)))
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "pgcode", None) != _LOCK_NOT_AVAILABLE:
+            raise
+        conn.rollback()
+        found = locks.holders(conn, locks.MIGRATION)
+        conn.rollback()
+        who = ", ".join(map(str, found)) or "a session that has just released it"
+        raise MigrationError(
+            f"waited {timeout_s:g}s for the schema migration lock, held by {who}; stop that "
+            "process or raise PARSEQ_MIGRATION_LOCK_TIMEOUT_S"
+        ) from None
+    conn.commit()
+
+
 def _release(conn: sa.Connection) -> None:
     """Undo what ``_locked_connection`` set; a connection that cannot is closed instead, as
     it must not go back to the pool holding the lock or with SQLite's foreign keys off."""
     try:
         if conn.dialect.name == "postgresql":
-            conn.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(locks.MIGRATION)))
         elif conn.dialect.name == "sqlite":
             conn.exec_driver_sql("PRAGMA foreign_keys=ON")
         conn.commit()

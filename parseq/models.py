@@ -169,6 +169,8 @@ class Parser(db.Model):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: Positional arguments of a run that gives none, after the options in argv.
+    default_positional: Mapped[list[Any] | None] = mapped_column(sa.JSON, default=list)
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="parser", cascade="all, delete-orphan", passive_deletes=True
@@ -186,6 +188,7 @@ class Parser(db.Model):
             "path": self.path,
             "requirements": self.requirements,
             "default_args": self.default_args or {},
+            "default_positional": self.default_positional or [],
             "secrets": self.secret_names(),
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
@@ -274,6 +277,10 @@ class Run(db.Model):
     worker_id: Mapped[str | None] = mapped_column(sa.String(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     env_key: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Positional arguments, after the options in argv.
+    positional: Mapped[list[Any] | None] = mapped_column(sa.JSON, default=list)
+    #: What the run should tell its user: files not stored or renamed, no result at all.
+    warnings: Mapped[list[str] | None] = mapped_column(sa.JSON)
 
     parser: Mapped[Parser] = relationship(back_populates="runs")
     retry_of: Mapped[Run | None] = relationship(remote_side=[id])
@@ -305,6 +312,7 @@ class Run(db.Model):
             "status": self.status.value,
             "trigger": self.trigger.value,
             "args": self.args or {},
+            "positional": self.positional or [],
             "attempt": self.attempt,
             "retry_of": self.retry_of_id,
             "previous_error": self.retry_of.error if self.retry_of else None,
@@ -324,6 +332,7 @@ class Run(db.Model):
             "worker_id": self.worker_id,
             "heartbeat_at": _iso(self.heartbeat_at),
             "env_key": self.env_key,
+            "warnings": self.warnings or [],
             "files": [f.to_dict() for f in self.files],
         }
 

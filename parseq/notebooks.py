@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,11 @@ def build_command(
     notebook: Path | str,
     output_path: Path | str,
     args: Mapping[str, Any],
+    positional: Sequence[Any] = (),
 ) -> list[str]:
     """The argv of a notebook run: the executor, the notebook, where to write the executed
-    copy, then the run args as ``--key value`` exactly as a script gets them."""
-    argv = runner.build_command(interpreter, EXECUTOR, args)
+    copy, then the run args and positionals exactly as a script gets them."""
+    argv = runner.build_command(interpreter, EXECUTOR, args, positional)
     argv[2:2] = [str(notebook), str(output_path)]
     return argv
 

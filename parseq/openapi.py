@@ -110,6 +110,7 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": [s.value for s in RunStatus]},
             "trigger": {"type": "string", "enum": [t.value for t in RunTrigger]},
             "args": {"type": "object"},
+            "positional": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
             "attempt": {"type": "integer"},
             "queued_at": {"type": "string", "format": "date-time"},
             "started_at": NULLABLE_TIME,
@@ -128,6 +129,11 @@ SCHEMAS: dict[str, Any] = {
             "worker_id": {"type": ["string", "null"]},
             "heartbeat_at": NULLABLE_TIME,
             "env_key": {"type": ["string", "null"]},
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "files not stored or renamed; no result at all",
+            },
             "files": {"type": "array", "items": _ref("File")},
             "url": {"type": "string"},
         },
@@ -150,6 +156,10 @@ SCHEMAS: dict[str, Any] = {
             "path": {"type": "string"},
             "requirements": {"type": "string"},
             "default_args": {"type": "object"},
+            "default_positional": {
+                "type": "array",
+                "items": {"type": ["string", "number", "boolean"]},
+            },
             "secrets": {"type": "array", "items": {"type": "string"}, "description": "names"},
             "timeout_s": {"type": ["number", "null"]},
             "max_retries": {"type": "integer"},
@@ -173,7 +183,13 @@ SCHEMAS: dict[str, Any] = {
     "RunCreate": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"args": {"type": "object", "description": "overlay on default_args"}},
+        "properties": {
+            "args": {"type": "object", "description": "overlay on default_args"},
+            "positional": {
+                **schemas.POSITIONAL_SCHEMA,
+                "description": "after the options in argv; default: default_positional",
+            },
+        },
     },
     "JsonLines": {
         "type": "object",

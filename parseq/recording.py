@@ -59,6 +59,8 @@ def record_files_and_finish(run_id: int, stored: list[StoredFile], pending: Pend
         _add_files(run_id, stored)
         if run.progress_message and run.progress_message.startswith("waiting for storage"):
             run.progress_message = None
+        if pending.warnings:
+            run.warnings = list(pending.warnings)
         db.session.flush()
         ended_at = datetime.fromisoformat(pending.ended_at) if pending.ended_at else None
         decided = finish(run, RunStatus(pending.status), pending.exit_code, pending.error, ended_at)

@@ -52,6 +52,7 @@ def schedule_retry(run: Run, config: Config, retryable: bool = True) -> Run | No
     retry = Run(
         parser=parser,
         args=dict(run.args or {}),
+        positional=list(run.positional or []),
         trigger=run.trigger,
         attempt=run.attempt + 1,
         retry_of_id=run.id,

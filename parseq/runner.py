@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import subprocess  # nosec B404  # running parser scripts as child processes is the job
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,14 +74,42 @@ def arg_to_str(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def option_argv(name: str, value: Any) -> list[str]:
+    """How one argument appears in argv, the way argparse CLIs expect it: ``true`` is a bare
+    flag, ``false`` and ``null`` are left out, a one-character name is a short option
+    (``-m 20``), any other a long one (``--pages 3``), with the name exactly as given."""
+    flag = ("-" if len(validate_arg_name(name)) == 1 else "--") + name
+    if value is None or value is False:
+        return []
+    if value is True:
+        return [flag]
+    return [flag, arg_to_str(value)]
+
+
 def build_command(
-    interpreter: Path | str, script: Path | str, args: Mapping[str, Any]
+    interpreter: Path | str,
+    script: Path | str,
+    args: Mapping[str, Any],
+    positional: Sequence[Any] = (),
 ) -> list[str]:
-    """The argv of a run: ``<interpreter> <script> --key value ...`` in the args' order."""
+    """The argv of a run: ``<interpreter> <script>``, the options in the args' order
+    (:func:`option_argv`), then the positional arguments (strings as is, the rest as JSON)."""
     argv = [str(interpreter), str(script)]
     for name, value in args.items():
-        argv += [f"--{validate_arg_name(name)}", arg_to_str(value)]
-    return argv
+        argv += option_argv(name, value)
+    return argv + [arg_to_str(value) for value in positional]
+
+
+def check_positional(values: object) -> list[Any]:
+    """Positional arguments must be a JSON list of strings, numbers or booleans."""
+    if not isinstance(values, (list, tuple)) or not all(
+        isinstance(v, (str, int, float)) and "\0" not in arg_to_str(v) for v in values
+    ):
+        raise ValidationError(
+            "positional must be a JSON list of strings and numbers (no NUL characters)",
+            field="positional",
+        )
+    return list(values)
 
 
 def build_env(
@@ -92,6 +120,7 @@ def build_env(
     args: Mapping[str, Any],
     secrets: Mapping[str, str],
     output_dir: Path,
+    positional: Sequence[Any] = (),
     state_dir: Path,
     home_dir: Path,
     tmp_dir: Path,
@@ -113,6 +142,7 @@ def build_env(
             "PARSEQ_RUN_ID": str(run_id),
             "PARSEQ_PARSER": parser,
             "PARSEQ_ARGS": json.dumps(dict(args)),
+            "PARSEQ_POSITIONAL": json.dumps(list(positional)),
             "PARSEQ_OUTPUT_DIR": str(output_dir),
             "PARSEQ_STATE_DIR": str(state_dir),
             # Names only, so the SDK knows which variables are secrets (to mask them).

@@ -75,12 +75,16 @@ def new_run(
     args: Mapping[str, Any] | None = None,
     trigger: RunTrigger = RunTrigger.MANUAL,
     scheduled_for: datetime | None = None,
+    positional: Sequence[Any] | None = None,
 ) -> Run:
     """A ``pending`` run (not yet added to the session) with the parser's default args
-    overlaid by ``args``."""
+    overlaid by ``args``, and ``positional`` (None: the parser's default positionals)."""
     merged = {**(parser.default_args or {}), **check_args(dict(args) if args else {})}
+    if positional is None:
+        positional = parser.default_positional or []
+    positional = runner.check_positional(positional)
     limit = current_app.extensions["parseq"].config.max_args_bytes
-    size = len(json.dumps(merged).encode())
+    size = len(json.dumps(merged).encode()) + len(json.dumps(positional).encode())
     if size > limit:
         # Args travel in an environment variable and argv, which the kernel caps (E2BIG).
         raise ValidationError(
@@ -90,6 +94,7 @@ def new_run(
     return Run(
         parser=parser,
         args=merged,
+        positional=positional,
         trigger=trigger,
         status=RunStatus.PENDING,
         scheduled_for=scheduled_for,
@@ -102,6 +107,7 @@ def create_run(
     trigger: RunTrigger = RunTrigger.MANUAL,
     enqueue: bool = True,
     scheduled_for: datetime | None = None,
+    positional: Sequence[Any] | None = None,
 ) -> Run:
     """Insert a ``pending`` run and send it to the broker. If the broker is down the run stays
     pending rather than being lost: the sweeper (``parseq.sweeper``) sends it again later.
@@ -109,7 +115,7 @@ def create_run(
     ``scheduled_for`` is the due time of a schedule occurrence; a second run for the same
     parser and due time raises ``sqlalchemy.exc.IntegrityError`` (the session is rolled back).
     """
-    run = new_run(parser, args, trigger, scheduled_for)
+    run = new_run(parser, args, trigger, scheduled_for, positional)
     # Not expired by the commit: the caller shows the run as it was queued, where a reload
     # after sending could already see a worker's changes.
     with kept_loaded() as session:
@@ -266,11 +272,15 @@ def delete_parser(parser: Parser, storage: Storage, cascade: bool = False) -> in
     return count
 
 
-def run_now(parser: Parser, args: Mapping[str, Any] | None = None) -> Run:
+def run_now(
+    parser: Parser,
+    args: Mapping[str, Any] | None = None,
+    positional: Sequence[Any] | None = None,
+) -> Run:
     """Create and execute a run in this process (``parseq run``), bypassing the broker."""
     from parseq.execution import execute_run  # the worker side builds on this module
 
-    run = create_run(parser, args, RunTrigger.MANUAL, enqueue=False)
+    run = create_run(parser, args, RunTrigger.MANUAL, enqueue=False, positional=positional)
     execute_run(run.id, retry=False)  # no worker here to take a delayed retry
     db.session.refresh(run)
     return run

@@ -6,8 +6,9 @@ takes effect within ``scheduler_sync_interval_s`` without a restart.
 
 No duplicates: an occurrence is (parser, due time), a unique key on ``runs``, so a second
 scheduler, a restart or a retry cannot create a second run for it. Of two scheduler processes on
-PostgreSQL one is active and the other standby, decided by a session-level advisory lock that
-PostgreSQL frees when the active process dies. SQLite means one scheduler process.
+PostgreSQL one is active and the other standby, decided by a session-level advisory lock
+(``parseq.locks.SCHEDULER_LEADER``) that PostgreSQL frees when the active process dies. SQLite
+means one scheduler process.
 
 No losses: a run the broker did not take stays ``pending`` and the sweeper re-sends it; after
 downtime, missed occurrences coalesce into one catch-up run if the latest is within
@@ -37,6 +38,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 from sqlalchemy.pool import NullPool
 
+from parseq import locks
 from parseq.firing import OccurrenceQueue, fire, fire_many, record_skip
 from parseq.models import Parser, Run, ScheduleSkip, db, utcnow
 from parseq.schedules import (
@@ -66,8 +68,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Advisory lock key of the active scheduler ("parseq" in ASCII); per database in PostgreSQL.
-LEADER_LOCK_KEY = 0x706172736571
 OCCURRENCES = "occurrences"
 #: What Schedule.from_parser reads (besides enabled, which the sync filters on).
 _SCHEDULE_COLUMNS = (
@@ -92,9 +92,15 @@ class LeaderLock:
     connection or process dies. SQLite: always this process.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, application_name: str = "parseq") -> None:
         self.shared = url.startswith("postgresql")
-        self.engine = sa.create_engine(url, poolclass=NullPool) if self.shared else None
+        self.engine = (
+            sa.create_engine(
+                url, poolclass=NullPool, connect_args={"application_name": application_name}
+            )
+            if self.shared
+            else None
+        )
         self.conn: sa.Connection | None = None
 
     def hold(self) -> bool:
@@ -105,7 +111,7 @@ class LeaderLock:
             if self.conn is None:
                 conn = self.engine.connect()
                 got = conn.execute(
-                    sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK_KEY}
+                    sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": locks.SCHEDULER_LEADER}
                 ).scalar()
                 conn.commit()
                 if not got:
@@ -160,7 +166,7 @@ class SchedulerService:
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.config = app.extensions["parseq"].config
-        self.lock = LeaderLock(self.config.database_url)
+        self.lock = LeaderLock(self.config.database_url, self.config.application_name)
         self.active = False
         self._jobs: dict[int, Schedule] = {}
         self._bad: dict[int, str] = {}

@@ -18,7 +18,13 @@ from parseq.errors import BadRequest, Conflict, ParseqError, ValidationError
 from parseq.models import NAME_RE, OverlapPolicy, Parser, ParserKind, ScheduleType, db
 from parseq.notebooks import check_parser_notebook
 from parseq.registry import validate_name, validate_path
-from parseq.runner import ARG_NAME_RE, RESERVED_ENV, SECRET_NAME_RE, validate_secret_name
+from parseq.runner import (
+    ARG_NAME_RE,
+    RESERVED_ENV,
+    SECRET_NAME_RE,
+    check_positional,
+    validate_secret_name,
+)
 from parseq.schedules import Schedule, validate_schedule
 
 #: Longest timeout or schedule interval accepted: ten years, in seconds.
@@ -134,6 +140,12 @@ def _args(value: Any) -> dict[str, Any]:
     return runs.check_args(value)
 
 
+#: A JSON list of positional arguments: strings as they are, numbers as JSON.
+POSITIONAL_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": ["string", "number", "boolean"]},
+}
+
 PARSER_FIELDS: dict[str, Field] = {
     "name": Field(
         {"type": "string", "pattern": NAME_RE.pattern, "example": "quotes"}, validate_name
@@ -152,6 +164,7 @@ PARSER_FIELDS: dict[str, Field] = {
     "default_args": Field(
         {"type": "object", "propertyNames": {"pattern": ARG_NAME_RE.pattern}}, _args
     ),
+    "default_positional": Field(POSITIONAL_SCHEMA, check_positional),
     "secrets": Field(
         {
             "type": "object",

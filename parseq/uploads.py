@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class Pending:
     attempts: int = 0
     #: Whether a failed outcome may start the next attempt (``parseq run`` makes one only).
     retry: bool = True
+    #: What the run should tell its user (``Run.warnings``).
+    warnings: list[str] = field(default_factory=list)
     #: When the parser's process ended (ISO 8601, UTC): the run's ``finished_at``, so waiting
     #: out a storage or database outage does not count in its ``duration_s``.
     ended_at: str | None = None

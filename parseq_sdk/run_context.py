@@ -152,17 +152,26 @@ def _is_value(token: str) -> bool:
     return True
 
 
-def parse_argv(argv: list[str]) -> dict[str, Any]:
-    """``--key value``, ``--key=value`` and bare ``--flag`` (true) pairs; anything else is
-    ignored (a Jupyter kernel's own ``-f file`` for one)."""
+def split_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Options and positional arguments of a command line, the way Parseq passes them:
+    ``--key value``, ``--key=value``, ``-k value``, and bare ``--flag`` / ``-f`` (true); every
+    other token (and all after ``--``) is positional."""
     args: dict[str, Any] = {}
+    positional: list[str] = []
     i = 0
     while i < len(argv):
         token = argv[i]
         i += 1
-        if not token.startswith("--") or token == "--":
+        if token == "--":
+            positional += argv[i:]
+            break
+        if token.startswith("--"):
+            key, sep, value = token[2:].partition("=")
+        elif len(token) == 2 and token[0] == "-" and token[1].isalpha():
+            key, sep, value = token[1], "", ""
+        else:
+            positional.append(token)
             continue
-        key, sep, value = token[2:].partition("=")
         if sep:
             args[key] = value
         elif i < len(argv) and _is_value(argv[i]):
@@ -170,7 +179,13 @@ def parse_argv(argv: list[str]) -> dict[str, Any]:
             i += 1
         else:
             args[key] = True
-    return args
+    return args, positional
+
+
+def parse_argv(argv: list[str]) -> dict[str, Any]:
+    """The options of :func:`split_argv` (a Jupyter kernel's own ``-f file`` is not read:
+    in a kernel the SDK reads no command line)."""
+    return split_argv(argv)[0]
 
 
 class SecretStr(str):
@@ -256,6 +271,17 @@ class Context:
                 values = parse_argv(sys.argv[1:])
             self._args_cache = (raw, Args(values if isinstance(values, dict) else {}))
         return self._args_cache[1]
+
+    @property
+    def positional(self) -> list[Any]:
+        """Positional arguments: ``PARSEQ_POSITIONAL`` under Parseq; the command line's locally."""
+        raw = self.env.get("PARSEQ_POSITIONAL")
+        if raw is not None:
+            values = json.loads(raw or "[]")
+            return values if isinstance(values, list) else []
+        if "ipykernel" in sys.modules:
+            return []
+        return split_argv(sys.argv[1:])[1]
 
     @property
     def secrets(self) -> Secrets:

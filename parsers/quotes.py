@@ -4,7 +4,7 @@
 """Paginated search results from quotes.toscrape.com, resumable: each run fetches the next pages.
 
 Arguments: ``--query TAG`` (default ``love``), ``--max_pages N`` (pages per run, default 0 = all
-that are left), ``--restart true`` (start over from page 1), ``--base_url TEMPLATE`` (default
+that are left), ``--restart`` (start over from page 1), ``--base_url TEMPLATE`` (default
 ``https://quotes.toscrape.com/tag/{query}/page/{page}/``; ``{query}`` and ``{page}`` are filled
 in), ``--delay S`` / ``--backoff S`` (politeness and retry waits, default 1). Pages come through
 the SDK's page cache, so a page is never fetched twice; they are parsed with BeautifulSoup (the
@@ -59,7 +59,7 @@ def main() -> int:
     qhash = query_hash(query)
     pages = checkpoint(f"quotes-{qhash}")
     if pages.finished:
-        output(f"query {query!r} [{qhash}]: all pages done; run with --restart true to start over")
+        output(f"query {query!r} [{qhash}]: all pages done; run with --restart to start over")
         return 0
     results = f"results/{qhash}.jsonl"
     bar = progress(total=pages.max_pages or None, message=f"query {query!r}")

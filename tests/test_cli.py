@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import http.cookiejar
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 import urllib.parse
 import urllib.request
@@ -151,6 +154,95 @@ def test_up_takes_the_admin_password_from_the_environment_and_prints_none(
     )
     assert check.returncode == 1
     assert check.stderr.strip() == "parseq: error: user 'admin' already exists"
+
+
+def _pipe_bytes(fd: int) -> int:
+    """How many bytes wait unread in the pipe ``fd``."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), sys.byteorder)
+
+
+def _read_to_eof(fd: int, timeout_s: float) -> str:
+    data, deadline = b"", time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return data.decode(errors="replace")
+            data += chunk
+    raise AssertionError(f"the process did not exit; its output so far: {data[-500:]!r}")
+
+
+def test_up_stops_on_a_sigint_that_comes_right_after_it_says_it_is_up(tmp_path: Path) -> None:
+    """A Ctrl+C just after "Parseq is up" stops it. It used to arrive before the handlers were
+    installed, raise KeyboardInterrupt past the shutdown and leave the server running. To hit
+    that moment every time, stdout is a one-page pipe filled so that exactly the first line
+    fits: ``up`` blocks writing the next one, and the signal comes while it does."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = f"Parseq is up: admin {url}/admin/  API {url}/api/v1/parsers  (Ctrl+C stops)\n"
+    read_fd, write_fd = os.pipe()
+    size = fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    os.write(write_fd, b"x" * (size - len(first.encode())))
+    with (tmp_path / "up.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parseq.cli", "up", "--port", str(port)],
+            env=_env(tmp_path),
+            stdout=write_fd,
+            stderr=log,
+        )
+    os.close(write_fd)
+    try:
+        deadline = time.monotonic() + 60
+        while _pipe_bytes(read_fd) < size:
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, "up never said it was up"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out = _read_to_eof(read_fd, timeout_s=30)
+        proc.wait(timeout=15)
+    finally:
+        os.close(read_fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert first + "  database " in out
+    assert out.endswith("stopping...\n")
+    assert proc.returncode == 0, (tmp_path / "up.log").read_text()
+
+
+def test_usage_errors_are_one_line(tmp_path: Path) -> None:
+    """click's usage block (Usage, Try, Error) is one ``parseq: error:`` line, exit 2."""
+    cases = {
+        ("run", "pi", "--arg", "digits"): "Invalid value for '--arg': 'digits' is not of the "
+        "form key=value (see 'python -m parseq.cli run --help')",
+        ("create-token",): "Missing argument 'NAME' (see 'python -m parseq.cli create-token "
+        "--help')",
+        ("up", "--port", "abc"): "Invalid value for '--port': 'abc' is not a valid integer "
+        "(see 'python -m parseq.cli up --help')",
+        ("db", "upgrade", "--bogus"): "No such option '--bogus' (see 'python -m parseq.cli db "
+        "upgrade --help')",
+        ("envs", "prune", "--max-count", "x"): "Invalid value for '--max-count': 'x' is not a "
+        "valid integer (see 'python -m parseq.cli envs prune --help')",
+        ("frobnicate",): "No such command 'frobnicate' (see 'python -m parseq.cli --help')",
+    }
+    for args, message in cases.items():
+        result = _parseq(*args, env=_env(tmp_path))
+        assert (result.returncode, result.stdout) == (2, ""), args
+        assert result.stderr == f"parseq: error: {message}\n"
+    assert not (tmp_path / "var" / "parseq.db").exists()  # refused before doing anything
+    helped = _parseq("db", env=_env(tmp_path))  # a group alone still shows its help
+    assert "Commands:" in helped.stdout + helped.stderr
+
+
+def test_migration_logs_are_quiet_unless_verbose(tmp_path: Path) -> None:
+    env = _env(tmp_path, PARSEQ_LOG_LEVEL="INFO")
+    quiet = _parseq("create-token", "a", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "alembic" not in quiet.stderr
+    assert quiet.stderr.endswith("token 'a' created; it is not shown again\n")
+    loud = _parseq("-v", "create-token", "b", env=env)
+    assert loud.returncode == 0, loud.stderr
+    assert "INFO alembic.runtime.migration: Context impl SQLiteImpl." in loud.stderr
 
 
 def test_init_db_creates_the_admin_once(tmp_path: Path) -> None:

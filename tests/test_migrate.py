@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 from flask import Flask
 
-from parseq import migrate
+from parseq import locks, migrate
 from parseq.app import create_app, init_db
 from parseq.cli import main
 from parseq.config import Config
@@ -30,6 +30,8 @@ from tests.conftest import PG_ADMIN_DSN, add_parser, sql_sent
 pytestmark = pytest.mark.services
 
 DIALECTS = ["sqlite", "postgresql"]
+#: The newest migration of this release.
+HEAD = "0002"
 
 
 @pytest.fixture
@@ -132,6 +134,19 @@ def _old_build_create_all(app: Flask) -> None:
         db.create_all()
 
 
+#: Columns the migrations after the baseline add: an old build's ``create_all()`` lacked them.
+LATER_COLUMNS = {"parsers": ["default_positional"], "runs": ["positional", "warnings"]}
+
+
+def _back_to_the_baseline(app: Flask) -> None:
+    """Drop what the models gained after the baseline from a ``create_all()`` database (after
+    rows were added through today's models), so it is the schema an old build made."""
+    with app.app_context(), db.engine.begin() as conn:
+        for table, columns in LATER_COLUMNS.items():
+            for column in columns:
+                conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+
+
 # --- the migrations make the models' schema ------------------------------------------------
 
 
@@ -174,7 +189,7 @@ def test_init_db_on_an_empty_database_makes_the_same_schema_and_records_head(
     migrated, created = make_app(new_database(dialect)), make_app(new_database(dialect))
     migrate.upgrade(migrated)
     init_db(created)
-    assert migrate.current(created) == migrate.heads() == (migrate.BASELINE,)
+    assert migrate.current(created) == migrate.heads() == (HEAD,)
     assert _differences(created) == []
     assert _schema(created) == _schema(migrated)
 
@@ -193,6 +208,7 @@ def test_a_database_made_by_create_all_is_stamped_and_keeps_its_data(
         parser = add_parser("old")
         db.session.add(Run(parser_id=parser.id))
         db.session.commit()
+    _back_to_the_baseline(app)
     assert migrate.current(app) == ()
 
     if entry == "init_db":
@@ -216,12 +232,12 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
 ) -> None:
     """A later migration that rebuilds ``parsers`` (SQLite's batch mode copies the table) keeps
     its rows and the runs that reference them (no ON DELETE CASCADE on the way)."""
-    (migrations_copy / "versions" / "0002_parser_note.py").write_text(
+    (migrations_copy / "versions" / "0099_parser_note.py").write_text(
         '"""A test revision."""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        'revision = "0002"\n'
-        'down_revision = "0001"\n\n\n'
+        'revision = "0099"\n'
+        f'down_revision = "{HEAD}"\n\n\n'
         "def upgrade() -> None:\n"
         '    with op.batch_alter_table("parsers") as batch:\n'
         '        batch.add_column(sa.Column("note", sa.String(50), nullable=True))\n'
@@ -235,10 +251,11 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
         parser = add_parser("old", cron="0 * * * *")
         db.session.add(Run(parser_id=parser.id))
         db.session.commit()
+    _back_to_the_baseline(app)
 
     init_db(app)
 
-    assert migrate.current(app) == ("0002",)
+    assert migrate.current(app) == ("0099",)
     with app.app_context(), db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT name, cron, note FROM parsers")).all()
         assert [tuple(r) for r in rows] == [("old", "0 * * * *", None)]
@@ -312,9 +329,7 @@ def test_processes_starting_together_on_postgresql_migrate_once(
         t.join()
     assert errors == []
     with apps[0].app_context(), db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
-            (migrate.BASELINE,)
-        ]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
     assert _differences(apps[0]) == []
 
 
@@ -326,7 +341,7 @@ def test_init_db_waits_while_another_process_holds_the_lock(
     holder = psycopg2.connect(url)
     holder.autocommit = True
     cur = holder.cursor()
-    cur.execute("SELECT pg_advisory_lock(%s)", (migrate.LOCK_KEY,))
+    cur.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATION,))
     thread = threading.Thread(target=init_db, args=(app,))
     thread.start()
     try:
@@ -339,7 +354,7 @@ def test_init_db_waits_while_another_process_holds_the_lock(
         cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert cur.fetchone() == (0,)
     finally:
-        cur.execute("SELECT pg_advisory_unlock(%s)", (migrate.LOCK_KEY,))
+        cur.execute("SELECT pg_advisory_unlock(%s)", (locks.MIGRATION,))
         thread.join()
         holder.close()
     assert migrate.current(app) == migrate.heads()
@@ -376,12 +391,12 @@ def test_db_upgrade_and_current_commands(
     env = cli_env(url)
     before = _cli(env, "db", "current")
     assert before.exit_code == 0, before.output
-    assert before.output == f"none (head is {migrate.BASELINE}: run 'parseq db upgrade')\n"
+    assert before.output == f"none (head is {HEAD}: run 'parseq db upgrade')\n"
 
     up = _cli(env, "db", "upgrade")
     assert up.exit_code == 0, up.output
-    assert up.output == f"database schema at {migrate.BASELINE}\n"
-    assert _cli(env, "db", "current").output == f"{migrate.BASELINE} (head)\n"
+    assert up.output == f"database schema at {HEAD}\n"
+    assert _cli(env, "db", "current").output == f"{HEAD} (head)\n"
     assert _cli(env, "db", "upgrade").exit_code == 0
     assert _differences(make_app(url)) == []
 
@@ -424,16 +439,16 @@ def test_db_revision_writes_the_next_numbered_migration_from_the_models(
 
     made = _cli(env, "db", "revision", "-m", "worker start time")
     assert made.exit_code == 0, made.output
-    path = migrations_copy / "versions" / "0002_worker_start_time.py"
+    path = migrations_copy / "versions" / "0003_worker_start_time.py"
     assert made.output.endswith(f"wrote {path}\n")
     text = path.read_text()
-    assert 'revision = "0002"' in text
-    assert 'down_revision = "0001"' in text
+    assert 'revision = "0003"' in text
+    assert f'down_revision = "{HEAD}"' in text
     assert "sa.DateTime(timezone=True)" in text  # UTCDateTime, written as what it stores
     assert "import parseq" not in text
     assert "parseq." not in text  # migrations never use app code, which changes after them
     assert "op.create_index" in text
 
     assert _cli(env, "db", "upgrade").exit_code == 0
-    assert _cli(env, "db", "current").output == "0002 (head)\n"
+    assert _cli(env, "db", "current").output == "0003 (head)\n"
     assert _differences(make_app(url)) == []

@@ -76,7 +76,7 @@ def result(cell: Any) -> str | None:
         ({}, []),
         (
             {"digits": 5, "who": "x y", "dry-run": True},
-            ["--digits", "5", "--who", "x y", "--dry-run", "true"],
+            ["--digits", "5", "--who", "x y", "--dry-run"],
         ),
     ],
 )
@@ -325,7 +325,7 @@ def test_run_args_are_injected_and_every_output_is_recorded(embedded_app: Flask)
 
     client = api_client(embedded_app)
     out = client.get(f"/api/v1/runs/{run.id}/files/output.txt").data.decode()
-    assert out == "parser-default 2 ['--who', 'parser-default', '--n', '21', '--max-pages', '2']\n"
+    assert out == "parser-default 2 ['--who', 'parser-default', '-n', '21', '--max-pages', '2']\n"
     log = client.get(f"/api/v1/runs/{run.id}/files/run.log").data.decode()
     assert "hello parser-default" in log and "to stderr" in log
     sys_path = json.loads(client.get(f"/api/v1/runs/{run.id}/files/path.json").data)

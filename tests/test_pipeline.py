@@ -49,7 +49,7 @@ def test_api_run_on_postgres_rabbitmq_and_s3(
     report = json.loads(client.get(f"/api/v1/runs/{run.id}/files/report.json").data)
     assert report["secret"] == "s3cret-token"
     assert report["args"] == {"who": "pg", "n": 2}
-    assert report["argv"] == ["--who", "pg", "--n", "2"]
+    assert report["argv"] == ["--who", "pg", "-n", "2"]
     assert report["run_id"] == str(run.id)
     assert report["parser"] == name
     # The worker's own environment has the database URL and S3 keys; the script must not.

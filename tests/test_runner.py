@@ -25,17 +25,34 @@ REPO = Path(__file__).resolve().parent.parent
     [
         ({}, []),
         ({"pages": 3}, ["--pages", "3"]),
-        ({"city": "Moscow", "dry_run": True}, ["--city", "Moscow", "--dry_run", "true"]),
+        ({"city": "Moscow", "dry_run": True}, ["--city", "Moscow", "--dry_run"]),
+        ({"verbose": False, "proxy": None, "pages": 2}, ["--pages", "2"]),
         ({"ids": [1, 2]}, ["--ids", "[1, 2]"]),
-        ({"q": "a b --c"}, ["--q", "a b --c"]),
+        ({"query": "a b --c"}, ["--query", "a b --c"]),
+        ({"output-folder": "out", "max_pages": 0}, ["--output-folder", "out", "--max_pages", "0"]),
+        # lookup.pk's CLI: parse.py -m 20 -r -s search_query
+        ({"m": 20, "r": True, "s": "phones"}, ["-m", "20", "-r", "-s", "phones"]),
+        ({"q": "x", "v": False}, ["-q", "x"]),
     ],
 )
-def test_build_command_passes_args_as_flags(args: dict, expected: list[str]) -> None:
+def test_build_command_passes_args_as_a_cli_expects_them(args: dict, expected: list[str]) -> None:
     assert runner.build_command("/venv/bin/python", "/p/x.py", args) == [
         "/venv/bin/python",
         "/p/x.py",
         *expected,
     ]
+
+
+def test_build_command_puts_positionals_after_the_options() -> None:
+    argv = runner.build_command("py", "x.py", {"pages": 2, "v": True}, ["out.csv", 3, "-1"])
+    assert argv == ["py", "x.py", "--pages", "2", "-v", "out.csv", "3", "-1"]
+
+
+@pytest.mark.parametrize("bad", ["a", {"a": 1}, [None], [["x"]], [{"a": 1}], ["a\0b"]])
+def test_positionals_must_be_a_list_of_plain_values(bad: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        runner.check_positional(bad)
+    assert info.value.field == "positional"
 
 
 @pytest.mark.parametrize("name", ["", "-x", "a b", "1abc", "a=b", "x" * 65, "--pages"])
@@ -81,6 +98,7 @@ def test_build_env_gives_the_contract_and_nothing_of_parseq() -> None:
         "PARSEQ_RUN_ID": "7",
         "PARSEQ_PARSER": "quotes",
         "PARSEQ_ARGS": json.dumps({"pages": 2}),
+        "PARSEQ_POSITIONAL": "[]",
         "PARSEQ_OUTPUT_DIR": "/r/7/output",
         "PARSEQ_STATE_DIR": "/s/quotes",
         "PARSEQ_SECRET_NAMES": "API_TOKEN",

@@ -31,7 +31,7 @@ from parseq_sdk import (
     save_file,
 )
 from parseq_sdk import reporting as sdk_reporting
-from parseq_sdk.run_context import parse_argv
+from parseq_sdk.run_context import parse_argv, split_argv
 from tests.conftest import add_parser, api_client, wait_for_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,13 +106,34 @@ def test_args_defaults_and_dash_underscore_aliases() -> None:
     assert args.str("none", "d") == "d"
 
 
-def test_parse_argv_pairs_flags_and_noise() -> None:
+def test_parse_argv_pairs_flags_and_short_options() -> None:
     assert parse_argv(["--a", "1", "--b=2", "--flag", "-f", "kernel.json", "--last"]) == {
         "a": "1",
         "b": "2",
         "flag": True,
+        "f": "kernel.json",
         "last": True,
     }
+
+
+def test_split_argv_reads_a_command_line_as_parseq_builds_it() -> None:
+    # What runner.build_command makes of {"m": 20, "r": true, "s": "phones"} and positionals.
+    argv = ["-m", "20", "-r", "-s", "phones", "--pages", "-1", "out.csv", "--", "--raw"]
+    assert split_argv(argv) == (
+        {"m": "20", "r": True, "s": "phones", "pages": "-1"},
+        [
+            "out.csv",
+            "--raw",
+        ],
+    )
+
+
+def test_positional_comes_from_the_contract_under_parseq(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARSEQ_POSITIONAL", '["a.csv", 3]')
+    assert context.positional == ["a.csv", 3]
+    monkeypatch.delenv("PARSEQ_POSITIONAL")
+    monkeypatch.setattr(sys, "argv", ["x.py", "in.txt", "-v"])
+    assert context.positional == ["in.txt"]
 
 
 def test_secrets_are_readable_but_never_shown(run_env: dict[str, Path]) -> None:
