@@ -239,7 +239,8 @@ def delete_parser(parser: Parser, storage: Storage, cascade: bool = False) -> in
     failure costs space (logged), never a run row whose files are gone.
     """
     name, parser_id = parser.name, parser.id
-    db.session.execute(db.select(Parser.id).where(Parser.id == parser_id).with_for_update())
+    lock = db.select(Parser.id).where(Parser.id == parser_id).with_for_update()
+    db.session.execute(lock)
     active = list(
         db.session.execute(
             db.select(Run).where(Run.parser_id == parser_id, Run.status.in_(ACTIVE_STATUSES))
@@ -252,7 +253,9 @@ def delete_parser(parser: Parser, storage: Storage, cascade: bool = False) -> in
             active_runs=[r.id for r in active],
         )
     for run in active:
-        cancel_run(run)
+        cancel_run(run)  # commits, which ends the lock: take it again
+    if active:
+        db.session.execute(lock)
     keys = list(
         db.session.execute(
             db.select(RunFile.storage_key).join(Run).where(Run.parser_id == parser_id)

@@ -192,3 +192,25 @@ def test_run_list_queries_walk_the_indexes(services_app: Flask, query: str, inde
         conn.exec_driver_sql("SET enable_seqscan = off")
         plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
     assert f"Index Scan Backward using {index}" in plan, plan
+
+
+def test_delete_on_postgresql_follows_the_rule_and_removes_s3_objects(
+    services_app: Flask, worker_process
+) -> None:  # type: ignore[no-untyped-def]
+    client = api_client(services_app)
+    with services_app.app_context():
+        name = _unique("echo")
+        add_parser(name, "echo_env.py")
+    done = client.post(f"/api/v1/parsers/{name}/runs?wait=30", json={}).json
+    assert done["status"] == "completed", done
+    storage = services_app.extensions["parseq"].storage
+    with services_app.app_context():
+        keys = [f.storage_key for f in runs.get_run(done["id"]).files if f.size]
+        assert keys and all(storage.exists(k) for k in keys)
+        pending = runs.create_run(runs.get_parser(name), enqueue=False).id
+    refused = client.delete(f"/api/v1/parsers/{name}")
+    assert refused.status_code == 409 and refused.json["error"]["active_runs"] == [pending]
+    resp = client.delete(f"/api/v1/parsers/{name}?cascade=true")
+    assert resp.json == {"deleted": name, "runs_deleted": 2}
+    assert not any(storage.exists(k) for k in keys)
+    assert client.get(f"/api/v1/runs/{done['id']}").status_code == 404
