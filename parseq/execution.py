@@ -293,6 +293,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
                 error_tail_bytes=config.error_tail_bytes,
                 cancel=watchdog.cancel,
                 secrets=list(secrets.values()),
+                run_uid=None if user is None else user.uid,
             )
         finally:
             watchdog.stop()

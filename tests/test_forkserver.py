@@ -148,8 +148,8 @@ def test_a_failed_sandbox_setup_ends_the_child_with_one_line(tmp_path: Path) -> 
     assert "missing" in err
 
 
-def _server_pid(python: str) -> int:
-    return forkserver._servers[python].proc.pid
+def _server_pid(python: str, uid: int | None = None) -> int:
+    return forkserver._servers[python, uid].proc.pid
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root")
@@ -210,7 +210,7 @@ def test_idle_servers_past_the_limit_stop_and_busy_ones_stay(tmp_path: Path) -> 
     env = {"PATH": "/bin"}
     busy = _spawn([sys.executable, str(sleeper)], env, tmp_path, fork_servers=1)
     assert busy.stdout.readline() == b"up\n"
-    first = forkserver._servers[sys.executable].proc
+    first = forkserver._servers[sys.executable, None].proc
     assert (
         _communicate(_spawn([str(other), str(quick)], env, tmp_path, fork_servers=1))[0] == "ok\n"
     )
@@ -218,7 +218,7 @@ def test_idle_servers_past_the_limit_stop_and_busy_ones_stay(tmp_path: Path) -> 
     busy_pgid = busy.pid
     supervisor.kill_group(busy_pgid)
     assert busy.wait(timeout=10) == -signal.SIGKILL
-    second = forkserver._servers[str(other)].proc
+    second = forkserver._servers[str(other), None].proc
     assert (
         _communicate(_spawn([sys.executable, str(quick)], env, tmp_path, fork_servers=1))[0]
         == "ok\n"
@@ -278,7 +278,7 @@ def test_a_worker_forks_runs_from_its_env_server_unless_turned_off(
             servers.append(dict(forkserver._servers))
     if fork_servers:
         assert len(servers[0]) == 1 and servers[0] == servers[1]
-        (python,) = servers[0]
+        ((python, _uid),) = servers[0]
         assert python.endswith("/bin/python")
     else:
         assert servers == [{}, {}]
