@@ -86,14 +86,12 @@ def children(pid: int | None = None) -> list[int]:
     included."""
     pid = os.getpid() if pid is None else pid
     found: list[int] = []
-    try:
+    if os.path.exists(f"/proc/{pid}/task/{pid}/children"):
         for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                found += [int(p) for p in fh.read().split()]
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as fh:
+                found += [int(p) for p in fh.read().split()]  # a thread may end meanwhile
         return found
-    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: ask every process
-        pass
-    found = []
+    # A kernel without CONFIG_PROC_CHILDREN: ask every process for its parent.
     for entry in filter(str.isdigit, os.listdir("/proc")):
         with (
             contextlib.suppress(OSError, ValueError, IndexError),

@@ -198,8 +198,10 @@ def shared_user_problem(config: Config) -> str | None:
     kill its fork servers; only its environment and memory stay out of reach (non-dumpable)."""
     if sandbox_user(config) is not None:
         return None
-    if procs.can_switch_user():
-        why = f"PARSEQ_RUN_AS_USER={config.run_as_user or 'none'} is this worker's own user"
+    if config.run_as_user.strip().lower() in NO_USER:
+        why = "PARSEQ_RUN_AS_USER is none"
+    elif procs.can_switch_user():
+        why = f"PARSEQ_RUN_AS_USER={config.run_as_user} is this worker's own user"
     else:
         missing = ", ".join(procs.missing_switch_caps())
         why = f"this worker is not root and lacks the capabilities {missing}"

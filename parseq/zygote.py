@@ -139,20 +139,18 @@ def _kill_orphans(running: set[int]) -> None:
 
 def _children() -> list[int]:
     """This process's children, from ``/proc`` (each thread's list, else every process's)."""
-    found: list[int] = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children") as fh:
+    me, found = os.getpid(), []
+    if os.path.exists(f"/proc/{me}/task/{me}/children"):
+        for tid in os.listdir(f"/proc/{me}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{me}/task/{tid}/children") as fh:
                 found += [int(p) for p in fh.read().split()]
         return found
-    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN
-        found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
+    for entry in filter(str.isdigit, os.listdir("/proc")):  # no CONFIG_PROC_CHILDREN
         with (
             contextlib.suppress(OSError, ValueError, IndexError),
             open(f"/proc/{entry}/stat") as fh,
         ):
-            if int(fh.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+            if int(fh.read().rsplit(")", 1)[1].split()[1]) == me:
                 found.append(int(entry))
     return found
 

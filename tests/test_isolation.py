@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from parseq import forkserver, procs, runner, supervisor
+from parseq import forkserver, procs, runner, sandbox, supervisor
+from parseq.config import Config
+from parseq.errors import ConfigError
 from parseq.models import RunStatus
 from parseq.sandbox import SandboxUser
 from tests.conftest import PARSER_PYTHON, traversable
@@ -124,6 +126,17 @@ def test_a_non_root_process_can_switch_users_only_with_every_switch_capability()
         "kill",
         "setgid",
     ]
+
+
+@as_root
+def test_parsers_sharing_the_workers_user_is_named_as_a_problem() -> None:
+    assert sandbox.shared_user_problem(Config(run_as_user="nobody")) is None
+    assert sandbox.shared_user_problem(Config(run_as_uid_base=200_000)) is None
+    problem = sandbox.shared_user_problem(Config(run_as_user="none"))
+    assert problem is not None and problem.startswith("PARSEQ_RUN_AS_USER is none: parsers")
+    assert "PARSEQ_ALLOW_SHARED_USER=1" in problem
+    with pytest.raises(ConfigError, match="must not be root"):  # refused outright
+        sandbox.shared_user_problem(Config(run_as_user="root"))
 
 
 # --- escaped processes die with their run (in this process) ------------------------------------
