@@ -77,7 +77,9 @@ def can_switch_user(euid: int | None = None, caps: int | None = None) -> bool:
     of :data:`SWITCH_CAPS` (a non-root worker started with them as ambient caps). Without
     ``euid``, this process; with it, one of that euid and effective ``caps``."""
     if euid is None:
-        euid, caps = os.geteuid(), effective_caps() if caps is None else caps
+        euid = os.geteuid()
+        if euid != 0 and caps is None:  # root needs no look at /proc (asked on every run)
+            caps = effective_caps()
     return euid == 0 or (caps is not None and not missing_switch_caps(caps))
 
 

@@ -249,12 +249,13 @@ def _parseq(
     caps: bool,
     wait: bool = True,
     module: bool = True,
+    as_root: bool = False,
     **settings: str,
 ) -> Any:
     """``parseq <command>`` as :data:`WORKER_UID`, with the switch capabilities (ambient, as a
     container's or systemd's would be) or none; settings and keys in its environment only.
     Returns the finished process, or (``wait=False``) the started one. ``module=False``: run
-    ``python <command>`` instead."""
+    ``python <command>`` instead; ``as_root``: as root, as we are."""
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(site / "home"),
@@ -270,6 +271,8 @@ def _parseq(
     setpriv = ["setpriv", f"--reuid={WORKER_UID}", f"--regid={WORKER_UID}", "--clear-groups"]
     if caps:
         setpriv += [f"--inh-caps={SWITCH_CAPS}", f"--ambient-caps={SWITCH_CAPS}"]
+    if as_root:
+        setpriv = ["setpriv"]
     argv = [*setpriv, "--", sys.executable, *(["-m", "parseq.cli"] if module else []), *command]
     if not wait:
         pipe = subprocess.PIPE
@@ -287,18 +290,23 @@ def _run_id(result: subprocess.CompletedProcess[str]) -> int:
 
 
 @as_root
+@pytest.mark.parametrize("worker", ["root", "non-root"])
 @pytest.mark.parametrize("fork_servers", ["0", "8"], ids=["fresh", "fork-server"])
-def test_a_non_root_worker_with_the_switch_capabilities_runs_parsers_as_another_user(
-    site: Path, var: Path, fork_servers: str
+def test_a_worker_that_can_switch_users_runs_parsers_as_another_user(
+    site: Path, var: Path, fork_servers: str, worker: str
 ) -> None:
-    """The parser runs as nobody, with no capability left, and finds none of the worker's keys
-    in any process's environment or command line, nor can it open the worker's (or its fork
-    server's) environment or memory, its key files, its database, or list var/."""
+    """Root, or not root with the switch capabilities: the parser runs as nobody, with no
+    capability left, and finds none of the worker's keys in any process's environment or
+    command line, nor can it open the worker's (or its fork server's) environment or memory,
+    its key files, its database, or list var/."""
+    if worker == "root":
+        os.chown(var, 0, 0)
     result = _parseq(
         site,
         var,
         ["run", "probe", "--arg", f"var={var}"],
         caps=True,
+        as_root=worker == "root",
         PARSEQ_FORK_SERVERS=fork_servers,
     )
     assert result.returncode == 0, result.stdout + result.stderr
