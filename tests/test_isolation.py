@@ -388,3 +388,38 @@ def test_a_non_root_workers_runs_leave_no_process_behind(
     while _alive(pid) and time.monotonic() < deadline:  # ``parseq run`` itself has exited
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+@pytest.mark.usefixtures("_stop_servers")
+def test_a_forked_runs_daemon_lives_while_its_run_does_whatever_other_runs_end(
+    tmp_path: Path,
+) -> None:
+    """The fork server kills only what ended runs left: a daemon of a run still running stays
+    below that run (a subreaper) until it ends."""
+    user = SandboxUser("parseq-test", 300_602, 300_602) if os.geteuid() == 0 else None
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    holder = tmp_path / "holder.py"
+    holder.write_text(ESCAPE + "import time\ntime.sleep(600)\n")
+    quick = tmp_path / "quick.py"
+    quick.write_text("print('done')\n")
+    env = {"PATH": "/usr/bin:/bin"}
+    held = runner.spawn(
+        [PARSER_PYTHON, str(holder), "double-fork", str(out)],
+        env,
+        tmp_path,
+        user=user,
+        fork_servers=2,
+    )
+    assert held.stdout.readline().startswith(b"left ")
+    pid = int((out / "escaped.pid").read_text())
+    other = runner.spawn([PARSER_PYTHON, str(quick)], env, tmp_path, user=user, fork_servers=2)
+    assert isinstance(other, forkserver.ForkedProcess) and isinstance(held, type(other))
+    run_uid = user.uid if user else None
+    outcome = supervisor.supervise(other, tmp_path / "other.log", timeout_s=20, run_uid=run_uid)
+    assert outcome.status is RunStatus.COMPLETED
+    assert _alive(pid)  # the other run's end left it alone
+    outcome = supervisor.supervise(held, tmp_path / "held.log", timeout_s=0.5, run_uid=run_uid)
+    assert outcome.status is RunStatus.TIMEOUT
+    assert not _alive(pid)
