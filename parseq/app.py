@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from flask import Flask, Response
 
+from parseq import procs
 from parseq.config import Config
 from parseq.crypto import local_key, make_cipher
 from parseq.models import db
@@ -52,6 +54,11 @@ def create_app(config: Config | None = None) -> Flask:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     for path in (config.var_dir, config.runs_dir, config.state_dir):
         path.mkdir(parents=True, exist_ok=True)
+    # Parsers pass through var/ to their own folders but may not list it (the key files).
+    with contextlib.suppress(PermissionError):  # another user's var/: theirs to set
+        config.var_dir.chmod(0o711)
+    # Keys in this process's environment and memory stay out of a same-user parser's reach.
+    procs.make_undumpable()
 
     app = Flask(__name__)
     app.config.update(

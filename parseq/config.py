@@ -96,6 +96,9 @@ class Config:
     #: number + the parser's id (no passwd entry needed), instead of ``run_as_user``: parsers
     #: running at the same moment cannot reach each other's files. 0 = off.
     run_as_uid_base: int = 0
+    #: Let ``parseq worker`` run parsers as its own user (not root, nor given the capabilities
+    #: to switch users): they could then read its files and signal it. Off: it refuses to start.
+    allow_shared_user: bool = False
     #: Fork servers each worker process keeps, one per recently used env: a run's script is
     #: forked from a pre-started interpreter of its env instead of starting one (about 10 ms
     #: of CPU less per run; runs of an env then share its address-space layout and hash seed).
