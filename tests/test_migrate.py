@@ -30,6 +30,9 @@ from tests.conftest import PG_ADMIN_DSN, add_parser, sql_sent
 pytestmark = pytest.mark.services
 
 DIALECTS = ["sqlite", "postgresql"]
+#: The newest migration, and the number ``parseq db revision`` gives the next one.
+HEAD = migrate.heads()[0]
+NEXT = f"{int(HEAD) + 1:04d}"
 
 
 @pytest.fixture
@@ -127,9 +130,11 @@ def _schema(app: Flask) -> dict[str, Any]:
 
 
 def _old_build_create_all(app: Flask) -> None:
-    """What ``init_db`` did before migrations: ``create_all()``, no version table."""
-    with app.app_context():
-        db.create_all()
+    """What ``init_db`` did before migrations: ``create_all()`` of the baseline's models (the
+    baseline migration's schema), no version table."""
+    migrate.upgrade(app, migrate.BASELINE)
+    with app.app_context(), db.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE {migrate.VERSION_TABLE}"))
 
 
 # --- the migrations make the models' schema ------------------------------------------------
@@ -174,7 +179,7 @@ def test_init_db_on_an_empty_database_makes_the_same_schema_and_records_head(
     migrated, created = make_app(new_database(dialect)), make_app(new_database(dialect))
     migrate.upgrade(migrated)
     init_db(created)
-    assert migrate.current(created) == migrate.heads() == (migrate.BASELINE,)
+    assert migrate.current(created) == migrate.heads() == (HEAD,)
     assert _differences(created) == []
     assert _schema(created) == _schema(migrated)
 
@@ -216,12 +221,12 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
 ) -> None:
     """A later migration that rebuilds ``parsers`` (SQLite's batch mode copies the table) keeps
     its rows and the runs that reference them (no ON DELETE CASCADE on the way)."""
-    (migrations_copy / "versions" / "0002_parser_note.py").write_text(
+    (migrations_copy / "versions" / f"{NEXT}_parser_note.py").write_text(
         '"""A test revision."""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        'revision = "0002"\n'
-        'down_revision = "0001"\n\n\n'
+        f'revision = "{NEXT}"\n'
+        f'down_revision = "{HEAD}"\n\n\n'
         "def upgrade() -> None:\n"
         '    with op.batch_alter_table("parsers") as batch:\n'
         '        batch.add_column(sa.Column("note", sa.String(50), nullable=True))\n'
@@ -238,7 +243,7 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
 
     init_db(app)
 
-    assert migrate.current(app) == ("0002",)
+    assert migrate.current(app) == (NEXT,)
     with app.app_context(), db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT name, cron, note FROM parsers")).all()
         assert [tuple(r) for r in rows] == [("old", "0 * * * *", None)]
@@ -312,9 +317,7 @@ def test_processes_starting_together_on_postgresql_migrate_once(
         t.join()
     assert errors == []
     with apps[0].app_context(), db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
-            (migrate.BASELINE,)
-        ]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
     assert _differences(apps[0]) == []
 
 
@@ -376,12 +379,12 @@ def test_db_upgrade_and_current_commands(
     env = cli_env(url)
     before = _cli(env, "db", "current")
     assert before.exit_code == 0, before.output
-    assert before.output == f"none (head is {migrate.BASELINE}: run 'parseq db upgrade')\n"
+    assert before.output == f"none (head is {HEAD}: run 'parseq db upgrade')\n"
 
     up = _cli(env, "db", "upgrade")
     assert up.exit_code == 0, up.output
-    assert up.output == f"database schema at {migrate.BASELINE}\n"
-    assert _cli(env, "db", "current").output == f"{migrate.BASELINE} (head)\n"
+    assert up.output == f"database schema at {HEAD}\n"
+    assert _cli(env, "db", "current").output == f"{HEAD} (head)\n"
     assert _cli(env, "db", "upgrade").exit_code == 0
     assert _differences(make_app(url)) == []
 
@@ -424,16 +427,16 @@ def test_db_revision_writes_the_next_numbered_migration_from_the_models(
 
     made = _cli(env, "db", "revision", "-m", "worker start time")
     assert made.exit_code == 0, made.output
-    path = migrations_copy / "versions" / "0002_worker_start_time.py"
+    path = migrations_copy / "versions" / f"{NEXT}_worker_start_time.py"
     assert made.output.endswith(f"wrote {path}\n")
     text = path.read_text()
-    assert 'revision = "0002"' in text
-    assert 'down_revision = "0001"' in text
+    assert f'revision = "{NEXT}"' in text
+    assert f'down_revision = "{HEAD}"' in text
     assert "sa.DateTime(timezone=True)" in text  # UTCDateTime, written as what it stores
     assert "import parseq" not in text
     assert "parseq." not in text  # migrations never use app code, which changes after them
     assert "op.create_index" in text
 
     assert _cli(env, "db", "upgrade").exit_code == 0
-    assert _cli(env, "db", "current").output == "0002 (head)\n"
+    assert _cli(env, "db", "current").output == f"{NEXT} (head)\n"
     assert _differences(make_app(url)) == []
