@@ -4,7 +4,7 @@ trusted proxies' ``X-Forwarded-*`` headers (``PARSEQ_TRUSTED_PROXY_COUNT``).
 
 The policy allows scripts and styles from this site only. An inline ``<script>`` runs only with
 the request's nonce (``{{ csp_nonce() }}`` in a template; Flask-Admin adds it to its own
-scripts), and inline event handlers only when they are the two Flask-Admin's list pages use
+scripts), and inline event handlers only when they are the ones Flask-Admin's list pages use
 (hashed below; ``'unsafe-hashes'`` allows exactly those strings, nothing an injection could
 vary). Inline ``style`` attributes stay allowed: the admin's progress bars and Flask-Admin's
 widgets set them, and a style cannot run code.
@@ -29,10 +29,14 @@ SECURITY_HEADERS = {
 }
 #: Sent on responses to HTTPS requests only (a browser ignores it over plain HTTP), seconds.
 HSTS_MAX_AGE_S = 365 * 24 * 3600
-#: Flask-Admin's inline handlers (bootstrap4 ``row_actions.html`` and ``layout.html``).
+#: The list actions of the admin's views (``@action`` names, and Flask-Admin's ``delete``).
+ADMIN_ACTIONS = ("run", "enable", "disable", "delete")
+#: Flask-Admin's inline handlers (bootstrap4 ``row_actions.html``, ``layout.html`` and
+#: ``actions.html``); ``tests/test_security.py`` fails when a page has one not listed here.
 INLINE_HANDLERS = (
     "return faHelpers.safeConfirm('Are you sure you want to delete this record?');",
     "return false;",
+    *(f"return modelActions.execute('{name}');" for name in ADMIN_ACTIONS),
 )
 
 
