@@ -77,15 +77,21 @@ def safe_path(target: str | None) -> str | None:
     """``target`` when it is a path on this site (one leading ``/``, no scheme, host,
     backslash or control character, also as the ``Location`` header will spell it), else None.
     """
-    if not target or _UNSAFE_URL_CHARS.search(target):
+    if not target or _UNSAFE_URL_CHARS.search(target) or not _one_leading_slash(target):
         return None
-    for candidate in (target, iri_to_uri(target)):
-        parts = urlsplit(candidate)
-        if parts.scheme or parts.netloc or not candidate.startswith("/"):
+    try:
+        location = iri_to_uri(target)  # what werkzeug's redirect() will send
+        if not _one_leading_slash(location):
             return None
-        if candidate.startswith("//"):
-            return None
+        if any(urlsplit(url)[:2] != ("", "") for url in (target, location)):
+            return None  # a scheme or a host
+    except ValueError:  # e.g. "//[x": not even a URL
+        return None
     return target
+
+
+def _one_leading_slash(url: str) -> bool:
+    return url.startswith("/") and not url.startswith("//")
 
 
 def _refuse_offsite_return_url() -> None:
@@ -204,7 +210,7 @@ class LoginView(BaseView):
         try:
             user = check_login(form.username.data or "", form.password.data or "", address)
         except TooManyRequests as exc:
-            flash(exc.message[0].upper() + exc.message[1:] + ".", "error")
+            flash(exc.message, "error")
             headers = {"Retry-After": str(exc.retry_after_s)}
             return self.render("parseq/login.html", form=form), 429, headers
         except ValidationError as exc:

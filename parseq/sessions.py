@@ -99,9 +99,3 @@ def end_expired(user_id: int, config: Config) -> None:
             ),
         )
     )
-
-
-def count(user_id: int) -> int:
-    """Sessions of ``user_id`` still stored (live or not yet swept)."""
-    query = db.select(sa.func.count()).where(AdminSession.user_id == user_id)
-    return int(db.session.execute(query).scalar() or 0)

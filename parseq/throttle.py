@@ -51,9 +51,9 @@ class Throttle:
             wait_s = max(wait_s, reset - time.time())
         if wait_s > 0:
             minutes = max(1, math.ceil(wait_s / 60))
+            plural = "s" if minutes > 1 else ""
             raise TooManyRequests(
-                f"too many failed attempts; try again in {minutes} minute"
-                + ("s" if minutes > 1 else ""),
+                f"Too many failed attempts; try again in {minutes} minute{plural}.",
                 retry_after_s=math.ceil(wait_s),
             )
 
