@@ -196,7 +196,8 @@ class LoginForm(FlaskForm):
 
 
 class LoginView(BaseView):
-    """``/admin/login/`` and ``/admin/login/logout``; not in the menu."""
+    """``/admin/login/``, ``/admin/login/logout`` and ``/admin/login/logout-everywhere``; not
+    in the menu."""
 
     def is_visible(self) -> bool:
         return False
