@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from flask import Flask, Response
 
-from parseq import procs
+from parseq import headers, procs
 from parseq.config import Config
 from parseq.crypto import local_key, make_cipher
 from parseq.models import db
@@ -87,7 +87,7 @@ def create_app(config: Config | None = None) -> Flask:
     )
     api.init_app(app)
     admin.init_app(app)
-    app.after_request(_security_headers)
+    headers.init_app(app, config)
     app.register_error_handler(sa.exc.DBAPIError, _database_error)
     return app
 
@@ -109,22 +109,6 @@ def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
     from flask import jsonify
 
     return jsonify({"error": {"code": code, "message": message}}), status
-
-
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    # Only frame-ancestors: a script-src policy would break Flask-Admin's inline scripts.
-    "Content-Security-Policy": "frame-ancestors 'none'",
-    "Referrer-Policy": "same-origin",
-}
-
-
-def _security_headers(response: Response) -> Response:
-    """Every response: no MIME sniffing, no framing (clickjacking), no URL leaks in Referer."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
 
 
 def init_db(app: Flask) -> None:
