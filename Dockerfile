@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PARSEQ_VAR_DIR=/data/var \
     PARSEQ_ENVS_DIR=/data/envs
 
-RUN useradd --create-home --uid 10001 parseq
+# setpriv and prlimit (util-linux) launch sandboxed parsers: fail the build if they are missing.
+RUN useradd --create-home --uid 10001 parseq && setpriv --version && prlimit --version
 WORKDIR /app
 
 COPY requirements.txt .
@@ -24,6 +25,8 @@ RUN uv pip install --system --no-deps . \
     && mkdir -p /data/var /data/envs \
     && chown -R parseq:parseq /data
 
+# web, scheduler and init run as this user; docker-compose runs the worker as root (with few
+# capabilities) so that parsers run as users of their own: README "Deployment".
 USER parseq
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --retries=5 \

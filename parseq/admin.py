@@ -21,7 +21,7 @@ from wtforms import SelectChoice, fields
 from wtforms import ValidationError as FormValidationError
 from wtforms.validators import NumberRange, Optional
 
-from parseq import admin_tokens, auth, notebooks, registry, runs
+from parseq import admin_tokens, auth, headers, notebooks, registry, runs
 from parseq import requirements as reqs
 from parseq.admin_forms import (
     JSONListField,
@@ -343,7 +343,7 @@ class ParserView(auth.LoginRequired, ModelView):
         parser = db.get_or_404(Parser, parser_id)
         registry.set_enabled(parser, not parser.enabled)
         flash(f"{parser.name} {'enabled' if parser.enabled else 'disabled'}.", "success")
-        return redirect(request.form.get("url") or url_for(".index_view"))
+        return redirect(auth.safe_path(request.form.get("url")) or url_for(".index_view"))
 
     def _selected(self, ids: list[str]) -> list[Parser]:
         query = db.select(Parser).where(Parser.id.in_([int(i) for i in ids]))
@@ -379,6 +379,7 @@ def init_app(app: Flask) -> Admin:
         url="/admin",
         index_view=DashboardView(name="Dashboard", url="/admin"),
         theme=Bootstrap4Theme(base_template="parseq/master.html", fluid=True),
+        csp_nonce_generator=headers.csp_nonce,
     )
     admin.add_view(ParserView(Parser, db, name="Parsers", endpoint="parsers"))
     admin.add_view(RunView(Run, db, name="Runs", endpoint="runs"))

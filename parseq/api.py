@@ -16,8 +16,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
-from parseq import downloads, health, openapi, runs, schemas, tokens
-from parseq.errors import BadRequest, ParseqError
+from parseq import downloads, health, openapi, runs, schemas, throttle, tokens
+from parseq.errors import BadRequest, ParseqError, TooManyRequests, Unauthorized
 from parseq.models import Parser, Run, RunStatus, RunTrigger, db
 from parseq.runner import check_positional
 
@@ -32,6 +32,7 @@ MAX_ID = 2**63 - 1  # ids and cursors beyond a signed 64-bit integer cannot exis
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.register_blueprint(downloads.bp)
+    throttle.init_app(app)
     app.before_request(_require_token)
     app.before_request(_refuse_unknown_query_params)
     app.register_error_handler(ParseqError, _parseq_error)
@@ -45,7 +46,18 @@ def _require_token() -> None:
     write = request.method not in SAFE_METHODS
     if not write and "Authorization" not in request.headers and _admin_logged_in():
         return  # the admin's own pages link to file downloads
-    tokens.authenticate(request.headers.get("Authorization"), write=write)
+    header = request.headers.get("Authorization")
+    if header is None:  # no guess at a token: nothing to throttle
+        tokens.authenticate(header, write=write)
+        return
+    # Failed tokens count per client address, as failed admin logins do.
+    address_key = throttle.key("token-address", request.remote_addr or "unknown")
+    throttle.current().check(address_key)
+    try:
+        tokens.authenticate(header, write=write)
+    except Unauthorized:
+        throttle.current().fail(address_key)
+        raise
 
 
 def _refuse_unknown_query_params() -> None:
@@ -73,7 +85,10 @@ def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response
 
 
 def _parseq_error(exc: ParseqError) -> tuple[Response, int]:
-    return jsonify({"error": exc.to_dict()}), exc.status_code
+    resp = jsonify({"error": exc.to_dict()})
+    if isinstance(exc, TooManyRequests):
+        resp.headers["Retry-After"] = str(exc.retry_after_s)
+    return resp, exc.status_code
 
 
 def _http_error(exc: HTTPException) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from flask import Flask, Response
 
+from parseq import headers, procs
 from parseq.config import Config
 from parseq.crypto import local_key, make_cipher
 from parseq.models import db
@@ -56,6 +58,11 @@ def create_app(config: Config | None = None) -> Flask:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     for path in (config.var_dir, config.runs_dir, config.state_dir):
         path.mkdir(parents=True, exist_ok=True)
+    # Parsers pass through var/ to their own folders but may not list it (the key files).
+    with contextlib.suppress(PermissionError):  # another user's var/: theirs to set
+        config.var_dir.chmod(0o711)
+    # Keys in this process's environment and memory stay out of a same-user parser's reach.
+    procs.make_undumpable()
 
     app = Flask(__name__)
     app.config.update(
@@ -84,7 +91,7 @@ def create_app(config: Config | None = None) -> Flask:
     )
     api.init_app(app)
     admin.init_app(app)
-    app.after_request(_security_headers)
+    headers.init_app(app, config)
     app.register_error_handler(sa.exc.DBAPIError, _database_error)
     return app
 
@@ -106,22 +113,6 @@ def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
     from flask import jsonify
 
     return jsonify({"error": {"code": code, "message": message}}), status
-
-
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    # Only frame-ancestors: a script-src policy would break Flask-Admin's inline scripts.
-    "Content-Security-Policy": "frame-ancestors 'none'",
-    "Referrer-Policy": "same-origin",
-}
-
-
-def _security_headers(response: Response) -> Response:
-    """Every response: no MIME sniffing, no framing (clickjacking), no URL leaks in Referer."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
 
 
 def init_db(app: Flask) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import sys
 import threading
@@ -13,7 +14,23 @@ import click
 
 from parseq.cli_common import OneLineErrorsGroup, app_with_db, build_app, one_line_errors
 from parseq.cli_envs import envs
-from parseq.errors import ParseqError
+from parseq.config import Config
+from parseq.errors import ConfigError, ParseqError
+
+log = logging.getLogger("parseq.cli")
+
+
+def _check_parser_user(config: Config, refuse: bool) -> None:
+    """Refuse (``refuse``, unless PARSEQ_ALLOW_SHARED_USER), else warn, when parsers would run
+    as this process's own user."""
+    from parseq.sandbox import shared_user_problem
+
+    problem = shared_user_problem(config)
+    if problem is None:
+        return
+    if refuse and not config.allow_shared_user:
+        raise ConfigError(problem)
+    log.warning("PARSERS ARE NOT SANDBOXED FROM PARSEQ: %s", problem)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -148,6 +165,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
 
     app = app_with_db(host=host, port=port, worker_threads=threads)
     config = app.extensions["parseq"].config
+    _check_parser_user(config, refuse=False)  # the embedded mode, on a desktop as yourself
     # The in-memory queue starts empty: every run still pending from before must be re-sent.
     sweep_pending(app, older_than_s=0, resend_all=True)
     with app.app_context():
@@ -259,6 +277,7 @@ def worker(threads: int | None) -> None:
     from parseq.tasks import start_worker, warn_if_runs_outlast_consumer_timeout
 
     app = build_app(worker_threads=threads)
+    _check_parser_user(app.extensions["parseq"].config, refuse=True)
     warn_if_runs_outlast_consumer_timeout(app.extensions["parseq"].config)
     stop = _stop_on_signals()
     w = start_worker(app)
@@ -328,6 +347,7 @@ def run_cmd(parser: str, args: dict[str, Any], positional: tuple[str, ...]) -> N
     from parseq.runs import get_parser, run_now
 
     app = app_with_db()
+    _check_parser_user(app.extensions["parseq"].config, refuse=False)
     with app.app_context():
         sync_shipped(app.extensions["parseq"].config)
         run = run_now(get_parser(parser), args, list(positional) if positional else None)

@@ -20,6 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Bounds of ``run_as_uid_base``: above system and login users, below 2**31 with room for ids.
 MIN_UID_BASE = 100_000
 MAX_UID_BASE = 2**31 - 2**24
+#: Where the login throttle may keep its counters (``limits`` storages Parseq installs for).
+THROTTLE_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ class Config:
     #: number + the parser's id (no passwd entry needed), instead of ``run_as_user``: parsers
     #: running at the same moment cannot reach each other's files. 0 = off.
     run_as_uid_base: int = 0
+    #: Let ``parseq worker`` run parsers as its own user (not root, nor given the capabilities
+    #: to switch users): they could then read its files and signal it. Off: it refuses to start.
+    allow_shared_user: bool = False
     #: Fork servers each worker process keeps, one per recently used env: a run's script is
     #: forked from a pre-started interpreter of its env instead of starting one (about 10 ms
     #: of CPU less per run; runs of an env then share its address-space layout and hash seed).
@@ -139,8 +144,23 @@ class Config:
     #: Password of the ``admin`` user that ``parseq up`` creates on first start; empty = a random
     #: one, printed once.
     admin_password: str = ""
-    #: Send session cookies over HTTPS only (set it when Parseq is served behind TLS).
+    #: Send session cookies over HTTPS only, always. Without it they are ``Secure`` (and HSTS is
+    #: sent) on requests that came over HTTPS, directly or through a trusted proxy.
     secure_cookies: bool = False
+    #: Reverse proxies in front of Parseq whose ``X-Forwarded-For/-Proto/-Host/-Port`` headers
+    #: are trusted (werkzeug's ``ProxyFix``); 0 = none, the client connects directly.
+    trusted_proxy_count: int = 0
+    #: An admin session ends this long after login, used or not, in seconds.
+    session_max_age_s: float = 12 * 3600.0
+    #: An admin session ends after this long without a request, in seconds.
+    session_idle_timeout_s: float = 3600.0
+    #: Failed admin logins (per username and per client address) and failed API tokens (per
+    #: address) allowed within the window; more are refused until the window passes.
+    login_max_failures: int = 10
+    login_failure_window_s: float = 900.0
+    #: Where failure counters live: ``memory://`` (per process) or ``redis://host:6379/0``
+    #: (shared by every web process: use it when more than one serves the admin).
+    throttle_storage_url: str = "memory://"
     #: Fernet key that encrypts parser secrets at rest. Generated into ``var/`` when empty.
     secrets_key: str = ""
     #: Comma-separated previous Fernet keys: still decrypt, never encrypt (key rotation).
@@ -266,6 +286,7 @@ class Config:
                 raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
         if self.schedule_grace_s < 0:
             raise ConfigError("PARSEQ_SCHEDULE_GRACE_S must be >= 0")
+        self._check_web_security()
         if self.fork_servers < 0:
             raise ConfigError("PARSEQ_FORK_SERVERS must be >= 0 (0 = off)")
         if self.run_as_uid_base and not MIN_UID_BASE <= self.run_as_uid_base <= MAX_UID_BASE:
@@ -274,6 +295,20 @@ class Config:
                 f"{MAX_UID_BASE}: above the machine's users, with room for every parser id"
             )
         return replace(self, **changes)
+
+    def _check_web_security(self) -> None:
+        """The session, login-throttle and proxy settings."""
+        for name in ("session_max_age_s", "session_idle_timeout_s", "login_failure_window_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
+        if self.login_max_failures < 1:
+            raise ConfigError("PARSEQ_LOGIN_MAX_FAILURES must be >= 1")
+        if self.trusted_proxy_count < 0:
+            raise ConfigError("PARSEQ_TRUSTED_PROXY_COUNT must be >= 0")
+        if not self.throttle_storage_url.startswith(THROTTLE_STORAGE_SCHEMES):
+            raise ConfigError(
+                "PARSEQ_THROTTLE_STORAGE_URL must start with " + ", ".join(THROTTLE_STORAGE_SCHEMES)
+            )
 
 
 _INSTALLER_VARS = frozenset(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +25,8 @@ bp = Blueprint("api_files", __name__, url_prefix="/api/v1")
 
 #: Files that ``?format=json`` may turn from JSON Lines into a JSON document.
 JSON_LINES_SUFFIXES = (".txt", ".jsonl", ".ndjson")
+#: What cannot stand in a quoted ``filename="..."``: quote, backslash, controls.
+_UNQUOTABLE = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 def file_url(run_id: int, name: str) -> str:
@@ -194,5 +197,8 @@ def _content_type(filename: str) -> str:
 
 
 def _content_disposition(filename: str) -> str:
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+    """``attachment`` with the name twice: a plain ASCII fallback where quotes, backslashes and
+    control characters (CR/LF would end the header) become ``_``, and the exact name
+    percent-encoded (RFC 6266 ``filename*``), which every current browser prefers."""
+    ascii_name = _UNQUOTABLE.sub("_", filename.encode("ascii", "replace").decode())
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"

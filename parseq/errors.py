@@ -44,6 +44,17 @@ class Forbidden(ParseqError):
     code = "forbidden"
 
 
+class TooManyRequests(ParseqError):
+    """Too many failed logins or API tokens from this address or for this user; retry later."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after_s: int, **fields: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **fields)
+        self.retry_after_s = retry_after_s
+
+
 class NotFound(ParseqError):
     """A parser, run or file does not exist."""
 

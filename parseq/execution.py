@@ -314,6 +314,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
                 cancel=watchdog.cancel,
                 on_line=stdout,
                 secrets=list(secrets.values()),
+                run_uid=None if user is None else user.uid,
             )
             ended_at = utcnow()  # the run's finished_at, however late a database lets it in
         finally:

@@ -120,6 +120,10 @@ def _read_line(sock: socket.socket, buf: bytes) -> tuple[bytes | None, bytes]:
     return line, rest
 
 
+#: What a server is kept for: the env's interpreter and the uid its runs switch to (None: none).
+ServerKey = tuple[str, int | None]
+
+
 class ForkServer:
     """One :mod:`parseq.zygote` process, for the env whose interpreter is ``python``."""
 
@@ -209,7 +213,9 @@ class ForkServer:
         threading.Thread(target=self.proc.wait, daemon=True).start()
 
 
-_servers: OrderedDict[str, ForkServer] = OrderedDict()
+#: Servers by (interpreter, uid of the runs' sandbox user): runs of different users never
+#: share a server (its address-space layout and hash seed).
+_servers: OrderedDict[ServerKey, ForkServer] = OrderedDict()
 _servers_lock = threading.Lock()
 _servers_pid = 0
 
@@ -231,26 +237,27 @@ def spawn(
     max_servers: int,
 ) -> ForkedProcess:
     """Start ``argv`` (``python script args...``, see :func:`can_fork`) from the fork server
-    of its interpreter, started on first use; the least recently used idle servers past
+    of its interpreter and ``user``, started on first use; the least recently used idle servers past
     ``max_servers`` stop. Raises :class:`ForkServerError` when it fails: a dead server is
     started again once, a live one is kept (with its other runs)."""
     global _servers_pid
     python = argv[0]
+    key: ServerKey = (python, None if user is None else user.uid)
     for attempt in (1, 2):
         with _servers_lock:
             if _servers_pid != os.getpid():  # a forked copy of the worker: not its servers
                 _servers.clear()
                 _servers_pid = os.getpid()
-            server = _servers.get(python)
+            server = _servers.get(key)
             if server is not None and not server.alive():
-                del _servers[python]
+                del _servers[key]
                 server = None
             if server is None:
                 # The server's locale is the child's: it sets the encoding of the child's stdio.
                 locale = {k: v for k, v in env.items() if k == "LANG" or k.startswith("LC_")}
-                server = _servers[python] = ForkServer(python, locale)
-            _servers.move_to_end(python)
-            _evict(max_servers, keep=python)
+                server = _servers[key] = ForkServer(python, locale)
+            _servers.move_to_end(key)
+            _evict(max_servers, keep=key)
             server.active += 1
         try:
             return server.spawn(argv, env, cwd, limits, user)
@@ -258,8 +265,8 @@ def spawn(
             alive = server.alive()
             with _servers_lock:
                 server.active -= 1
-                if not alive and _servers.get(python) is server:
-                    del _servers[python]
+                if not alive and _servers.get(key) is server:
+                    del _servers[key]
             # A live server keeps its other runs: only this one starts fresh.
             if alive or attempt == 2:
                 raise
@@ -267,10 +274,10 @@ def spawn(
     raise AssertionError("unreachable")
 
 
-def _evict(max_servers: int, keep: str) -> None:
-    idle = [p for p, s in _servers.items() if s.active == 0 and p != keep]
-    for python in idle[: max(0, len(_servers) - max_servers)]:
-        _servers.pop(python).stop()
+def _evict(max_servers: int, keep: ServerKey) -> None:
+    idle = [k for k, s in _servers.items() if s.active == 0 and k != keep]
+    for key in idle[: max(0, len(_servers) - max_servers)]:
+        _servers.pop(key).stop()
 
 
 def stop_all() -> None:

@@ -33,8 +33,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "conflict with the current state",
         416: "range not satisfiable",
         422: "invalid values (field-level messages in error.fields)",
+        429: "too many failed tokens from this address (Retry-After says how long to wait)",
         503: "a dependency is down",
     }
+    if 401 in codes:  # wherever a token is checked, failed ones are throttled
+        codes = (*codes, 429)
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
 

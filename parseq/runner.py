@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from parseq import forkserver
+from parseq import forkserver, procs
 from parseq.errors import ValidationError
 from parseq.sandbox import (
     Launcher,
@@ -179,11 +179,15 @@ def spawn(
     limits = clamp_rlimits(list(limits or []))
     if fork_servers > 0 and forkserver.can_fork(argv, env):
         try:
-            return forkserver.spawn(
+            proc: Process = forkserver.spawn(
                 argv, env, cwd, limits=limits, user=user, max_servers=fork_servers
             )
         except forkserver.ForkServerError as exc:
             log.warning("%s; starting a fresh interpreter", exc)
+        else:
+            if user is not None:
+                procs.run_started(user.uid)
+            return proc
     if launcher == "auto":
         launcher = default_launcher()
     popen: dict[str, Any] = {}
@@ -196,17 +200,24 @@ def spawn(
     # argv is a list (no shell); its parts are the launcher's fixed flags, the interpreter, a
     # script path resolved inside the parsers root and --name flags checked by
     # validate_arg_name: hence the nosec.
-    return subprocess.Popen(  # nosec B603  # see above
-        argv,
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        close_fds=True,
-        **popen,
-    )
+    if user is not None:  # before the start: what it leaves behind must be re-parented here
+        procs.run_started(user.uid)
+    try:
+        return subprocess.Popen(  # nosec B603  # see above
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            **popen,
+        )
+    except BaseException:
+        if user is not None:
+            procs.run_ended(user.uid)
+        raise
 
 
 @functools.cache
@@ -227,6 +238,7 @@ def _child_setup(limits: list[RLimit], parent_pid: int) -> Callable[[], None]:
 
     def setup() -> None:
         apply_rlimits(limits)
+        procs.clear_ambient_caps()  # a non-root worker's capabilities would survive the exec
         if _PRCTL is not None:
             _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # the worker died before prctl took effect

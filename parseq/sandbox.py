@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from parseq import procs
 from parseq.config import Config
 from parseq.errors import ConfigError
 from parseq.models import Parser
@@ -146,7 +147,8 @@ def find_launcher(dirs: tuple[str, ...] = ("/usr/bin", "/bin")) -> Launcher | No
 
 def launcher_argv(launcher: Launcher, limits: list[RLimit], user: SandboxUser | None) -> list[str]:
     """The argv prefix that sets ``limits`` (clamped already), switches to ``user`` (no
-    supplementary groups) and asks for SIGKILL when the worker dies, then execs the rest.
+    supplementary groups, and none of a non-root worker's capabilities: a uid change between
+    two non-zero uids keeps them) and asks for SIGKILL when the worker dies, then execs the rest.
 
     The parent-death signal is set by ``setpriv`` after its uid change, which would clear it.
     """
@@ -159,18 +161,20 @@ def launcher_argv(launcher: Launcher, limits: list[RLimit], user: SandboxUser | 
     argv += ["--", launcher.setpriv]
     if user is not None:
         argv += [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+        argv += ["--inh-caps=-all", "--ambient-caps=-all"]
     return [*argv, "--pdeathsig=KILL", "--"]
 
 
 def sandbox_user(
     config: Config, euid: int | None = None, parser_id: int | None = None
 ) -> SandboxUser | None:
-    """The user a parser runs as when this process is root: a uid of the parser's own with
-    ``run_as_uid_base``, else ``run_as_user``. None when not root (a non-root worker cannot
-    switch users, and its parsers already lack root's rights)."""
-    euid = os.geteuid() if euid is None else euid
-    if euid != 0:
+    """The user a parser runs as when this process can switch users (root, or the
+    capabilities of :data:`procs.SWITCH_CAPS`): a uid of the parser's own with
+    ``run_as_uid_base``, else ``run_as_user``. None when it cannot, or when that user is this
+    process's own: parsers then share its user (:func:`shared_user_problem`)."""
+    if not procs.can_switch_user(euid):
         return None
+    euid = os.geteuid() if euid is None else euid
     if config.run_as_uid_base and parser_id is not None:
         uid = config.run_as_uid_base + parser_id
         return SandboxUser(f"parseq-{parser_id}", uid, uid)
@@ -183,7 +187,30 @@ def sandbox_user(
         raise ConfigError(f"PARSEQ_RUN_AS_USER: no user {name!r} on this machine") from None
     if entry.pw_uid == 0:
         raise ConfigError("PARSEQ_RUN_AS_USER must not be root")
+    if entry.pw_uid == euid:
+        return None
     return SandboxUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def shared_user_problem(config: Config) -> str | None:
+    """Why parsers would run as this process's own user, or None when they get one of their
+    own: then they could read its files (``var/``, key files, a SQLite database), signal it and
+    kill its fork servers; only its environment and memory stay out of reach (non-dumpable)."""
+    if sandbox_user(config) is not None:
+        return None
+    if config.run_as_user.strip().lower() in NO_USER:
+        why = "PARSEQ_RUN_AS_USER is none"
+    elif procs.can_switch_user():
+        why = f"PARSEQ_RUN_AS_USER={config.run_as_user} is this worker's own user"
+    else:
+        missing = ", ".join(procs.missing_switch_caps())
+        why = f"this worker is not root and lacks the capabilities {missing}"
+    return (
+        f"{why}: parsers would run as its user (uid {os.geteuid()}) and could read its files "
+        "(var/, key files) and signal it; run the worker as root (or with those capabilities) "
+        "and PARSEQ_RUN_AS_USER / PARSEQ_RUN_AS_UID_BASE, or set PARSEQ_ALLOW_SHARED_USER=1 "
+        "to accept this"
+    )
 
 
 def check_reachable(user: SandboxUser, path: Path, need: int = 0o1) -> None:
@@ -281,9 +308,9 @@ def prepare_dirs(user: SandboxUser, run_dirs: list[Path], state_dir: Path, run_i
 
 
 def release_state(state_dir: Path, run_id: int) -> None:
-    """Give the state folder back to root (0700) once no run of its parser is left on this
-    machine, so parsers that share the sandbox user cannot reach each other's state between
-    their runs.
+    """Give the state folder back to the worker's user (0700) once no run of its parser is
+    left on this machine, so parsers that share the sandbox user cannot reach each other's
+    state between their runs.
 
     The runs using the folder are noted in a file beside its lock, as ``<worker pid> <run id>``
     lines (state folders are machine-local, so are the workers that use them); a dead worker's
@@ -295,7 +322,7 @@ def release_state(state_dir: Path, run_id: int) -> None:
         left.discard((os.getpid(), run_id))
         _write_users(state_dir, left)
         if not left:
-            os.chown(state_dir, 0, 0)
+            os.chown(state_dir, os.geteuid(), os.getegid())
             state_dir.chmod(0o700)
 
 
@@ -348,14 +375,16 @@ def _alive(pid: int) -> bool:
 
 def _chown_tree(top: Path, user: SandboxUser) -> None:
     """Own ``top`` and what the sandbox left in it, without following links: entries owned by
-    root are skipped, so a planted symlink or hard link to a system file is never handed over."""
+    root or the worker are skipped, so a planted symlink or hard link to a system file is never
+    handed over."""
     if os.lstat(top).st_uid == user.uid:
         return
     os.chown(top, user.uid, user.gid)
+    skip = {0, os.geteuid(), user.uid}
     for dirpath, dirnames, filenames in os.walk(top):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
-            if st.st_uid in (0, user.uid) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+            if st.st_uid in skip or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
                 continue
             os.lchown(path, user.uid, user.gid)

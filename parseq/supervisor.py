@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from parseq import forkserver
+from parseq import forkserver, procs
 from parseq.models import RunStatus
 from parseq.redaction import StreamRedactor
 
@@ -232,11 +232,13 @@ def supervise(
     on_line: LineCallback | None = None,
     poll_s: float = 0.1,
     secrets: Iterable[str] = (),
+    run_uid: int | None = None,
 ) -> Outcome:
     """Wait for ``proc``, streaming its output into ``log_path``; kill its group on timeout or
-    cancel. The group is always killed at the end so no stray child outlives the run. The
-    values of ``secrets`` never reach the log, the error or ``on_line``: they become ``***``.
-    All of it happens in the calling thread."""
+    cancel. The group is always killed at the end so no stray child outlives the run; with
+    ``run_uid`` (the sandbox user ``runner.spawn`` started it as) so are the processes that left
+    the group (:func:`procs.run_ended`). The values of ``secrets`` never reach the log, the
+    error or ``on_line``: they become ``***``. All of it happens in the calling thread."""
     started = time.monotonic()
     deadline = started + timeout_s
     pgid = proc.pid  # start_new_session made the child its group leader
@@ -244,20 +246,12 @@ def supervise(
         sink = _LogSink(fh, max_log_bytes, error_tail_bytes, on_line, secrets)
         watch = _Watch(proc, sink)
         try:
-            reason: RunStatus | None = None
-            while not watch.until_exit(min(time.monotonic() + poll_s, deadline)):
-                if cancel is not None and cancel.is_set():
-                    reason = RunStatus.CANCELLED
-                elif time.monotonic() >= deadline:
-                    reason = RunStatus.TIMEOUT
-                if reason is not None:
-                    kill_group(pgid, signal.SIGTERM)
-                    if not watch.until_exit(time.monotonic() + kill_grace_s):
-                        kill_group(pgid, signal.SIGKILL)
-                        watch.until_exit(float("inf"))
-                    break
-            proc.wait()
-            kill_group(pgid)  # children left behind by a script that exited
+            try:
+                reason = _wait(proc, watch, pgid, deadline, cancel, poll_s, kill_grace_s)
+                kill_group(pgid)  # children left behind by a script that exited
+            finally:
+                if run_uid is not None:  # and those that left its group (setsid, double fork)
+                    procs.run_ended(run_uid)
             watch.drain(2.0)
         finally:
             watch.close()
@@ -273,6 +267,33 @@ def supervise(
             reason = RunStatus.ERROR
             error = sink.stderr_tail() or _describe_exit(rc)
         return Outcome(reason, rc, error, duration, sink.written)
+
+
+def _wait(
+    proc: Process,
+    watch: _Watch,
+    pgid: int,
+    deadline: float,
+    cancel: threading.Event | None,
+    poll_s: float,
+    kill_grace_s: float,
+) -> RunStatus | None:
+    """Pump output until ``proc`` exits; on timeout or cancel, SIGTERM its group, then SIGKILL
+    after ``kill_grace_s``. Returns why it was stopped (None: it exited by itself)."""
+    reason: RunStatus | None = None
+    while not watch.until_exit(min(time.monotonic() + poll_s, deadline)):
+        if cancel is not None and cancel.is_set():
+            reason = RunStatus.CANCELLED
+        elif time.monotonic() >= deadline:
+            reason = RunStatus.TIMEOUT
+        if reason is not None:
+            kill_group(pgid, signal.SIGTERM)
+            if not watch.until_exit(time.monotonic() + kill_grace_s):
+                kill_group(pgid, signal.SIGKILL)
+                watch.until_exit(float("inf"))
+            break
+    proc.wait()
+    return reason
 
 
 _SIGNAL_MEANING = {

@@ -14,7 +14,12 @@ shares the server's address-space layout and string-hash seed. The server import
 standard library, and ``-S`` keeps the env's site-packages (the ``.pth`` files of the parser's
 requirements) out of it, as it may run as root: each child adds them after dropping to the
 sandbox user. The server is not dumpable, so a parser running as the same user cannot attach
-to it and tamper with later runs.
+to it and tamper with later runs; the child is made dumpable again (as an exec would), so it
+differs from a fresh start only in what the README lists.
+
+Both are child subreapers: what a run starts and leaves behind (a double fork, a new session)
+stays below the run's process while it lives, and comes to the server when it ends; the server
+kills all of it before it reports the run's exit.
 
 Standard library only; nothing of Parseq is importable here.
 """
@@ -39,7 +44,20 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
-_prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_prctl = _libc.prctl
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
 
 
 def serve(control: socket.socket) -> dict | None:
@@ -56,7 +74,7 @@ def serve(control: socket.socket) -> dict | None:
                 pid, run_sock = running.pop(key.fd)
                 sel.unregister(key.fd)
                 os.close(key.fd)
-                _reap(pid, run_sock)
+                _reap(pid, run_sock, {p for p, _ in running.values()})
                 continue
             try:
                 msg, fds, _flags, _addr = socket.recv_fds(control, 16, 3)
@@ -89,17 +107,52 @@ def serve(control: socket.socket) -> dict | None:
                 pidfd = os.pidfd_open(pid)
             except OSError:
                 os.kill(pid, signal.SIGKILL)
-                _reap(pid, run_sock)
+                _reap(pid, run_sock, {p for p, _ in running.values()})
                 continue
             running[pidfd] = (pid, run_sock)
             sel.register(pidfd, selectors.EVENT_READ, pid)
 
 
-def _reap(pid: int, run_sock: socket.socket) -> None:
-    """Wait for the exited child and report its exit code to the worker."""
+def _reap(pid: int, run_sock: socket.socket, running: set[int]) -> None:
+    """Wait for the exited child, kill what it left behind, report its exit code to the
+    worker."""
     _, status = os.waitpid(pid, 0)
+    _kill_orphans(running)
     _report(run_sock, b"X%d\n" % os.waitstatus_to_exitcode(status))
     run_sock.close()
+
+
+def _kill_orphans(running: set[int]) -> None:
+    """SIGKILL and reap every child but the runs still ``running``: orphans of ended runs, re-
+    parented here. Again until none is left: one forking as it dies leaves more."""
+    while True:
+        orphans = [p for p in _children() if p not in running]
+        if not orphans:
+            return
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in orphans:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _children() -> list[int]:
+    """This process's children, from ``/proc`` (each thread's list, else every process's)."""
+    me, found = os.getpid(), []
+    if os.path.exists(f"/proc/{me}/task/{me}/children"):
+        for tid in os.listdir(f"/proc/{me}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{me}/task/{tid}/children") as fh:
+                found += [int(p) for p in fh.read().split()]
+        return found
+    for entry in filter(str.isdigit, os.listdir("/proc")):  # no CONFIG_PROC_CHILDREN
+        with (
+            contextlib.suppress(OSError, ValueError, IndexError),
+            open(f"/proc/{entry}/stat") as fh,
+        ):
+            if int(fh.read().rsplit(")", 1)[1].split()[1]) == me:
+                found.append(int(entry))
+    return found
 
 
 def _report(run_sock: socket.socket, line: bytes) -> None:
@@ -125,16 +178,31 @@ def _child(run_sock: socket.socket, out_fd: int, err_fd: int, server_pid: int) -
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
+            _drop_caps()
         # After the user switch, which clears it (prctl(2)).
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != server_pid:  # the server died before prctl took effect
             os._exit(1)
         os.chdir(job["cwd"])
         os.closerange(3, 2**31 - 1)  # the run socket, the server's other files
+        # What it starts stays below it while it runs (then comes to the server: _reap).
+        _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        # Dumpable as after an exec (its own /proc/self/environ readable, core dumps): the
+        # server's memory it holds has nothing of the worker's, the job is its own.
+        _prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     except Exception as exc:
         os.write(2, f"parseq: could not start the parser: {exc}\n".encode())
         os._exit(1)
     return job
+
+
+def _drop_caps() -> None:
+    """Drop every capability: a non-root worker's (ambient) ones outlive a uid change between
+    two non-zero uids, and this child execs nothing that would drop them."""
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    if _libc.capset(ctypes.byref(header), (_CapData * 2)()) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
 
 
 def _read_job(run_sock: socket.socket) -> dict:
@@ -240,6 +308,7 @@ def shut_down(status: int, main_module: object) -> None:
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
     _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # the runs' orphans come here (_reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the worker
     # The first compile() of a process sets up the parser (~2 ms): do it once, here.
     with io.open_code(__file__) as fh:

@@ -376,7 +376,8 @@ def admin_client(app: Flask) -> FlaskClient:
         data={"username": ADMIN_USER, "password": ADMIN_PASSWORD, "csrf_token": token},
     )
     assert resp.status_code == 302, resp.data
-    client.csrf_token = token  # type: ignore[attr-defined]
+    # A login starts a new session, with a CSRF token of its own.
+    client.csrf_token = csrf_from(client.get("/admin/").data)  # type: ignore[attr-defined]
     return client
 
 

@@ -81,6 +81,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for CSP
     options.add_experimental_option(
         "prefs",
         {"download.default_directory": str(downloads), "download.prompt_for_download": False},
@@ -168,4 +169,74 @@ def test_login_create_parser_run_it_and_download_output(
         d.get(f"{server}/admin/runs/")
         d.save_screenshot(str(tmp_path / "runs-page-failure.png"))
         print(f"screenshot of the runs page: {tmp_path / 'runs-page-failure.png'}")
+        raise
+
+
+#: Every kind of page the admin has, and the API docs page (parser 1 is a shipped fixture).
+CSP_PAGES = [
+    "/admin/",
+    "/admin/parsers/",
+    "/admin/parsers/new/",
+    "/admin/parsers/details/?id=1",
+    "/admin/parsers/edit/?id=1",
+    "/admin/parsers/run/1",
+    "/admin/runs/",
+    "/admin/skips/",
+    "/admin/tokens/",
+    "/admin/tokens/new/",
+    "/api/v1/docs",
+]
+
+
+def _csp_violations(d) -> list[str]:  # type: ignore[no-untyped-def]
+    return [e["message"] for e in d.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+def test_sign_in_security_in_a_real_browser(server: str, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 25 where a browser matters: a login with ``next=////evil.example/`` stays on the
+    site, no page breaks the Content-Security-Policy (its scripts and Flask-Admin's confirm
+    handler still run), and "Log out everywhere" ends the session."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    d = browser
+    wait = WebDriverWait(d, 20)
+    try:
+        d.get(f"{server}/admin/login/?next=////evil.example/")
+        d.find_element(By.NAME, "username").send_keys("admin")
+        d.find_element(By.NAME, "password").send_keys(PASSWORD)
+        d.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+        wait.until(ec.url_to_be(f"{server}/admin/"))  # not evil.example
+        assert _csp_violations(d) == []
+
+        for page in CSP_PAGES:
+            d.get(server + page)
+            assert "/admin/login/" not in d.current_url, page
+            assert not (v := _csp_violations(d)), "\n".join([page, *v])
+        # The docs page's inline script (with its nonce) ran and listed the operations.
+        assert len(d.find_elements(By.CSS_SELECTOR, "#ops details.op")) > 5
+
+        d.get(f"{server}/admin/parsers/run/1")
+        d.find_element(By.CSS_SELECTOR, "#run-now-form button[type=submit]").click()
+        wait.until(ec.url_contains("/admin/runs/details/"))
+        assert _csp_violations(d) == []
+
+        # Flask-Admin's inline delete handler is allowed by its hash: the confirm appears.
+        d.get(f"{server}/admin/parsers/")
+        d.find_element(
+            By.CSS_SELECTOR, "form.delete-form button, button[title='Delete Record']"
+        ).click()
+        wait.until(ec.alert_is_present())
+        d.switch_to.alert.dismiss()  # nothing deleted
+        assert _csp_violations(d) == []
+
+        d.find_element(By.ID, "logout-everywhere").click()
+        wait.until(ec.url_contains("/admin/login/"))
+        d.get(f"{server}/admin/")
+        assert "/admin/login/" in d.current_url
+        assert _csp_violations(d) == []
+    except BaseException:
+        d.save_screenshot(str(tmp_path / "sign-in-failure.png"))
+        print(f"screenshot: {tmp_path / 'sign-in-failure.png'}")
         raise

@@ -16,8 +16,9 @@ import jsonschema
 import pytest
 import yaml
 
+from parseq import procs
 from parseq.cli import main as cli
-from parseq.config import Config
+from parseq.config import MIN_UID_BASE, Config
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {f"PARSEQ_{f.name.upper()}" for f in dataclasses.fields(Config)}
@@ -90,3 +91,23 @@ def test_rabbitmq_consumer_timeout_exceeds_the_default_run_timeout(compose: dict
     # ... and tells the workers, so they do not warn about it.
     told = compose["x-parseq"]["environment"]["PARSEQ_BROKER_CONSUMER_TIMEOUT_S"]
     assert float(told) == consumer_timeout_s
+
+
+def test_the_worker_gets_the_full_sandbox_and_the_other_processes_stay_unprivileged(
+    compose: dict,
+) -> None:
+    """Only a worker that can switch users gives parsers users of their own (a non-root one
+    refuses to start): root in its container, with no capability beyond those it needs, no
+    new privileges for parsers (setuid programs), and a uid per parser."""
+    services = compose["services"]
+    worker = services["worker"]
+    assert str(worker["user"]).split(":")[0] in ("0", "root")
+    assert worker["cap_drop"] == ["ALL"]
+    assert {c.lower() for c in worker["cap_add"]} == set(procs.SWITCH_CAPS)
+    assert "no-new-privileges:true" in worker["security_opt"]
+    assert int(worker["environment"]["PARSEQ_RUN_AS_UID_BASE"]) >= MIN_UID_BASE
+    # The rest of the shared environment is still there (merged, not replaced).
+    assert set(compose["x-parseq"]["environment"]) < set(worker["environment"])
+    for name in ("web", "scheduler", "init"):
+        assert "user" not in services[name]
+    assert "\nUSER parseq\n" in (REPO / "Dockerfile").read_text()

@@ -148,8 +148,8 @@ def test_a_failed_sandbox_setup_ends_the_child_with_one_line(tmp_path: Path) -> 
     assert "missing" in err
 
 
-def _server_pid(python: str) -> int:
-    return forkserver._servers[python].proc.pid
+def _server_pid(python: str, uid: int | None = None) -> int:
+    return forkserver._servers[python, uid].proc.pid
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root")
@@ -210,7 +210,7 @@ def test_idle_servers_past_the_limit_stop_and_busy_ones_stay(tmp_path: Path) -> 
     env = {"PATH": "/bin"}
     busy = _spawn([sys.executable, str(sleeper)], env, tmp_path, fork_servers=1)
     assert busy.stdout.readline() == b"up\n"
-    first = forkserver._servers[sys.executable].proc
+    first = forkserver._servers[sys.executable, None].proc
     assert (
         _communicate(_spawn([str(other), str(quick)], env, tmp_path, fork_servers=1))[0] == "ok\n"
     )
@@ -218,7 +218,7 @@ def test_idle_servers_past_the_limit_stop_and_busy_ones_stay(tmp_path: Path) -> 
     busy_pgid = busy.pid
     supervisor.kill_group(busy_pgid)
     assert busy.wait(timeout=10) == -signal.SIGKILL
-    second = forkserver._servers[str(other)].proc
+    second = forkserver._servers[str(other), None].proc
     assert (
         _communicate(_spawn([sys.executable, str(quick)], env, tmp_path, fork_servers=1))[0]
         == "ok\n"
@@ -278,7 +278,7 @@ def test_a_worker_forks_runs_from_its_env_server_unless_turned_off(
             servers.append(dict(forkserver._servers))
     if fork_servers:
         assert len(servers[0]) == 1 and servers[0] == servers[1]
-        (python,) = servers[0]
+        ((python, _uid),) = servers[0]
         assert python.endswith("/bin/python")
     else:
         assert servers == [{}, {}]
@@ -329,3 +329,64 @@ def test_a_script_that_cannot_run_fails_as_with_a_fresh_start(
     fresh, forked = results
     assert forked == fresh
     assert forked[2] in (1, 2) and "zygote" not in forked[1]
+
+
+SELF_PROBE = """\
+import ctypes, json, os
+try:
+    with open("/proc/self/environ", "rb") as fh:
+        environ = sorted(fh.read().decode().split("\\0")[:-1])
+except OSError as exc:
+    environ = type(exc).__name__
+print(json.dumps({
+    "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0), "environ": environ,
+    "owner": os.stat("/proc/self/environ").st_uid, "uid": os.getuid(),
+}))
+"""
+
+
+def test_a_forked_run_is_dumpable_and_reads_its_own_environ_as_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    """The server is not dumpable; its child must not stay so (its ``/proc/self`` files would
+    be root's, core dumps off), as the sandbox user when we are root."""
+    script = tmp_path / "self.py"
+    script.write_text(SELF_PROBE)
+    script.chmod(0o644)
+    user = SandboxUser("nobody", 65534, 65534) if os.geteuid() == 0 else None
+    env = {"PATH": "/usr/bin:/bin", "TOKEN": "t"}
+    seen = []
+    for fork_servers in (0, 2):
+        proc = _spawn(
+            [PARSER_PYTHON, str(script)], env, tmp_path, user=user, fork_servers=fork_servers
+        )
+        assert isinstance(proc, forkserver.ForkedProcess) is bool(fork_servers)
+        out, err, rc = _communicate(proc)
+        assert rc == 0, err
+        seen.append(json.loads(out))
+    fresh, forked = seen
+    assert forked["dumpable"] == fresh["dumpable"] == 1
+    uid = 65534 if user else os.geteuid()
+    assert forked["owner"] == forked["uid"] == uid
+    assert "TOKEN=t" in fresh["environ"]
+    # Readable, but the kernel's copy is the server's start-up environment (locale only): the
+    # run's is in os.environ alone. The README lists this difference.
+    assert isinstance(forked["environ"], list)
+    assert all(v.startswith(("LANG=", "LC_")) for v in forked["environ"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the user switch needs root")
+def test_runs_of_different_sandbox_users_never_share_a_server(tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("import os\nprint(os.getuid(), os.getppid())\n")
+    script.chmod(0o644)
+    parents = {}
+    for uid in (300_701, 300_702, 300_701):
+        user = SandboxUser(f"parseq-{uid}", uid, uid)
+        proc = _spawn([PARSER_PYTHON, str(script)], {"PATH": "/bin"}, tmp_path, user=user)
+        out, err, rc = _communicate(proc)
+        assert rc == 0, err
+        run_uid, server = map(int, out.split())
+        assert run_uid == uid
+        assert parents.setdefault(uid, server) == server == _server_pid(PARSER_PYTHON, uid)
+    assert parents[300_701] != parents[300_702]

@@ -30,8 +30,9 @@ from tests.conftest import PG_ADMIN_DSN, add_parser, sql_sent
 pytestmark = pytest.mark.services
 
 DIALECTS = ["sqlite", "postgresql"]
-#: The newest migration of this release.
-HEAD = "0002"
+#: The newest migration, and the number ``parseq db revision`` gives the next one.
+HEAD = migrate.heads()[0]
+NEXT = f"{int(HEAD) + 1:04d}"
 
 
 @pytest.fixture
@@ -129,19 +130,23 @@ def _schema(app: Flask) -> dict[str, Any]:
 
 
 def _old_build_create_all(app: Flask) -> None:
-    """What ``init_db`` did before migrations: ``create_all()``, no version table."""
+    """What ``init_db`` did before migrations: ``create_all()``, no version table (today's
+    models: ``_back_to_the_baseline`` then removes what they gained since)."""
     with app.app_context():
         db.create_all()
 
 
-#: Columns the migrations after the baseline add: an old build's ``create_all()`` lacked them.
+#: What the migrations after the baseline add: an old build's ``create_all()`` lacked them.
 LATER_COLUMNS = {"parsers": ["default_positional"], "runs": ["positional", "warnings"]}
+LATER_TABLES = ["admin_sessions"]
 
 
 def _back_to_the_baseline(app: Flask) -> None:
     """Drop what the models gained after the baseline from a ``create_all()`` database (after
     rows were added through today's models), so it is the schema an old build made."""
     with app.app_context(), db.engine.begin() as conn:
+        for table in LATER_TABLES:
+            conn.execute(sa.text(f"DROP TABLE {table}"))
         for table, columns in LATER_COLUMNS.items():
             for column in columns:
                 conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -232,11 +237,11 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
 ) -> None:
     """A later migration that rebuilds ``parsers`` (SQLite's batch mode copies the table) keeps
     its rows and the runs that reference them (no ON DELETE CASCADE on the way)."""
-    (migrations_copy / "versions" / "0099_parser_note.py").write_text(
+    (migrations_copy / "versions" / f"{NEXT}_parser_note.py").write_text(
         '"""A test revision."""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        'revision = "0099"\n'
+        f'revision = "{NEXT}"\n'
         f'down_revision = "{HEAD}"\n\n\n'
         "def upgrade() -> None:\n"
         '    with op.batch_alter_table("parsers") as batch:\n'
@@ -255,7 +260,7 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
 
     init_db(app)
 
-    assert migrate.current(app) == ("0099",)
+    assert migrate.current(app) == (NEXT,)
     with app.app_context(), db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT name, cron, note FROM parsers")).all()
         assert [tuple(r) for r in rows] == [("old", "0 * * * *", None)]
@@ -439,10 +444,10 @@ def test_db_revision_writes_the_next_numbered_migration_from_the_models(
 
     made = _cli(env, "db", "revision", "-m", "worker start time")
     assert made.exit_code == 0, made.output
-    path = migrations_copy / "versions" / "0003_worker_start_time.py"
+    path = migrations_copy / "versions" / f"{NEXT}_worker_start_time.py"
     assert made.output.endswith(f"wrote {path}\n")
     text = path.read_text()
-    assert 'revision = "0003"' in text
+    assert f'revision = "{NEXT}"' in text
     assert f'down_revision = "{HEAD}"' in text
     assert "sa.DateTime(timezone=True)" in text  # UTCDateTime, written as what it stores
     assert "import parseq" not in text
@@ -450,5 +455,5 @@ def test_db_revision_writes_the_next_numbered_migration_from_the_models(
     assert "op.create_index" in text
 
     assert _cli(env, "db", "upgrade").exit_code == 0
-    assert _cli(env, "db", "current").output == "0003 (head)\n"
+    assert _cli(env, "db", "current").output == f"{NEXT} (head)\n"
     assert _differences(make_app(url)) == []

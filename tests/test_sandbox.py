@@ -80,6 +80,8 @@ def test_launcher_argv_sets_the_limits_then_the_user_and_the_parent_death_signal
         "--reuid=65534",
         "--regid=65533",
         "--clear-groups",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
         "--pdeathsig=KILL",
         "--",
     ]
