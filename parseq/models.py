@@ -15,6 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from parseq.crypto import EncryptedJSON
 from parseq.errors import SecretsKeyError
+from parseq.notify_send import webhook_target
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -138,6 +139,9 @@ class Parser(db.Model):
     #: Secret name -> value, encrypted at rest (``crypto.EncryptedJSON``). Read and assign it
     #: as a whole dict. ``to_dict`` lists the names only.
     secrets: Mapped[dict[str, str]] = mapped_column(EncryptedJSON, default=dict)
+    #: Notification settings (``parseq.notify.SETTING_KEYS``; unset ones = the defaults),
+    #: encrypted like the secrets: webhook URLs (Slack's) and signing secrets are credentials.
+    notifications: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON, nullable=True)
     #: Wall-clock limit; None = the configured default.
     timeout_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     max_retries: Mapped[int] = mapped_column(default=0)
@@ -199,6 +203,7 @@ class Parser(db.Model):
             },
             "enabled": self.enabled,
             "schedule": self.schedule_dict(),
+            "notifications": notifications_dict(self.notifications),
             "next_run_at": _iso(self.next_run_at),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
@@ -394,6 +399,22 @@ class User(db.Model):
 
     def __str__(self) -> str:
         return self.username
+
+
+def notifications_dict(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A parser's own notification settings as the API shows them: the webhook URL by its
+    host only and the signing secret as set or not (both are credentials)."""
+    try:
+        own = dict(settings or {})
+    except SecretsKeyError:
+        return None
+    url = own.pop("webhook_url", None)
+    secret = own.pop("webhook_secret", None)
+    return {
+        **own,
+        "webhook": webhook_target(url) if url else None,
+        "webhook_secret_set": bool(secret),
+    }
 
 
 def _iso(value: datetime | None) -> str | None:

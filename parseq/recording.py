@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm.attributes import set_committed_value
 
+from parseq import notify
 from parseq.models import Run, RunFile, RunStatus, db, utcnow
 from parseq.reconnect import retry_db
 from parseq.retries import schedule_retry
@@ -124,6 +125,7 @@ def finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None
         db.session.commit()
         for name, value in end.items():
             set_committed_value(run, name, value)
+        notify.run_ended(run.id)  # a message to the notification queue: never fails the run
         return True
     db.session.refresh(run)
     if run.status.is_final and run.status is not RunStatus.CANCELLED:
@@ -134,4 +136,5 @@ def finish(run: Run, status: RunStatus, exit_code: int | None, error: str | None
     for name, value in end.items():
         setattr(run, name, value)
     db.session.commit()
+    notify.run_ended(run.id)
     return True
