@@ -139,9 +139,6 @@ class Parser(db.Model):
     #: Secret name -> value, encrypted at rest (``crypto.EncryptedJSON``). Read and assign it
     #: as a whole dict. ``to_dict`` lists the names only.
     secrets: Mapped[dict[str, str]] = mapped_column(EncryptedJSON, default=dict)
-    #: Notification settings (``parseq.notify.SETTING_KEYS``; unset ones = the defaults),
-    #: encrypted like the secrets: webhook URLs (Slack's) and signing secrets are credentials.
-    notifications: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON, nullable=True)
     #: Wall-clock limit; None = the configured default.
     timeout_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     max_retries: Mapped[int] = mapped_column(default=0)
@@ -173,6 +170,10 @@ class Parser(db.Model):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: Notification settings (``parseq.notify_settings``; unset ones = the defaults), encrypted
+    #: like the secrets: webhook URLs (Slack's) and signing secrets are credentials. Last, where
+    #: its migration adds it.
+    notifications: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON, nullable=True)
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="parser", cascade="all, delete-orphan", passive_deletes=True
