@@ -58,6 +58,7 @@ FORM_FIELDS: dict[str, Any] = {
     "notify_webhook_format": _Select(
         "Webhook format",
         choices=[SelectChoice("", "(default)"), SelectChoice("json"), SelectChoice("slack")],
+        validate_choice=False,  # checked with the API's rules (check_settings)
     ),
     "notify_webhook_remove": _Check("Remove the webhook URL and secret (use the defaults)"),
     "notify_email_to": _Text("Mail to", description="Comma-separated; empty = the default."),
