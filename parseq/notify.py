@@ -11,6 +11,7 @@ re-sending the delivery's message with a delay (bounded by ``PARSEQ_NOTIFY_ATTEM
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,22 +204,31 @@ def init_app(app: Flask) -> None:
 
 
 def run_ended(run_id: int) -> None:
-    """Announce a run's end to the notification queue; never raises (a broker outage costs
-    the notification, not the run)."""
+    """Announce a run's end to the notification queue, without waiting for the broker; never
+    raises (a broker outage costs the notification, not the run)."""
     if not has_app_context():
         return
     try:
-        send(current_app._get_current_object(), "run", run_id)
+        future = send(current_app._get_current_object(), "run", run_id, wait=False)
     except Exception:
         log.warning("run %s: its end could not be sent for notifications", run_id, exc_info=True)
+        return
+
+    def check(done: Future[Any]) -> None:
+        if done.exception() is not None:
+            log.warning("run %s: its end could not be sent: %s", run_id, done.exception())
+
+    future.add_done_callback(check)
 
 
-def send(app: Any, kind: str, ident: int, delay_s: float = 0.0) -> None:
-    """Send a ``notify`` message (``kind`` run, delivery or digest) through the app's broker."""
+def send(app: Any, kind: str, ident: int, delay_s: float = 0.0, wait: bool = True) -> Any:
+    """Send a ``notify`` message (``kind`` run, delivery or digest) through the app's broker
+    thread; with ``wait`` False, return its future at once."""
     state = app.extensions["parseq"]
     actor = app.extensions["parseq.notify"]
     options = {"delay": int(delay_s * 1000)} if delay_s > 0 else {}
-    state.broker_thread.call(actor.send_with_options, args=(kind, ident), **options)
+    future = state.broker_thread.submit(actor.send_with_options, args=(kind, ident), **options)
+    return future.result() if wait else future
 
 
 def handle(kind: str, ident: int) -> None:

@@ -49,7 +49,7 @@ def deliver_mail(
         last = _last_mail_at(delivery.parser_id)
         if last is not None and utcnow() - last < timedelta(seconds=digest_s):
             first = not _held(delivery.parser_id)
-            delivery.status = DeliveryStatus.HELD
+            delivery.status, delivery.attempts = DeliveryStatus.HELD, 0  # not tried on its own
             db.session.commit()
             if first:
                 left = (last + timedelta(seconds=digest_s) - utcnow()).total_seconds()
