@@ -292,6 +292,10 @@ class Config:
                 raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
         if self.schedule_grace_s < 0:
             raise ConfigError("PARSEQ_SCHEDULE_GRACE_S must be >= 0")
+        if self.notify_webhook_url and not self.notify_webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError("PARSEQ_NOTIFY_WEBHOOK_URL must be an http:// or https:// URL")
         if self.notify_webhook_format not in ("json", "slack"):
             raise ConfigError("PARSEQ_NOTIFY_WEBHOOK_FORMAT must be json or slack")
         if self.smtp_security not in ("starttls", "ssl", "none"):

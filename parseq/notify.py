@@ -280,6 +280,10 @@ def attempt(delivery_id: int, retry: bool = True) -> None:
     parser_id = delivery.parser_id
     delivery.attempts += 1
     try:
+        if delivery.channel == "webhook" and not settings.webhook_url:
+            raise notify_send.SendFailed("no webhook URL is set any more", retry=False)
+        if delivery.channel == "email" and not settings.email_to:
+            raise notify_send.SendFailed("no mail address is set any more", retry=False)
         if delivery.channel == "webhook":
             notify_send.post_webhook(
                 settings.webhook_url,
