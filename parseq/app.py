@@ -79,8 +79,8 @@ def create_app(config: Config | None = None) -> Flask:
         config, get_storage(config), broker, actor, make_cipher(config), BrokerThread()
     )
     api.init_app(app)
-    admin.init_app(app)
     notify.init_app(app)  # /metrics and the live log
+    admin.init_app(app)
     app.after_request(_security_headers)
     app.register_error_handler(sa.exc.DBAPIError, _database_error)
     return app
