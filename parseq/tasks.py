@@ -176,13 +176,26 @@ def start_worker(app: Flask, threads: int | None = None) -> dramatiq.Worker:
     )
     worker.queue_prefetch = threads
     worker.start()
-    worker.notifier = dramatiq.Worker(
-        state.broker, queues={notify_queue(state.config)}, worker_threads=1, worker_timeout=100
-    )
-    worker.notifier.start()
+    worker.notifier = _start_notification_worker(state.broker, notify_queue(state.config))
     worker.heartbeat = Heartbeat(app, WORKER_ID, state.config.queue_name, threads)
     worker.heartbeat.start()
     log.info("worker started: %d threads on queue %s", threads, state.config.queue_name)
+    return worker
+
+
+def _start_notification_worker(broker: Broker, queue: str) -> dramatiq.Worker:
+    """One thread on the notification queue, beside the run threads. Dramatiq warns that a
+    second worker on a broker adds a second worker middleware: each worker has its own (it
+    adds consumers for the worker's own queues only), as intended here, so that warning is
+    kept out of the logs."""
+    worker = dramatiq.Worker(broker, queues={queue}, worker_threads=1, worker_timeout=100)
+    broker_log = logging.getLogger(f"dramatiq.broker.{type(broker).__name__}")
+    level = broker_log.level
+    broker_log.setLevel(logging.ERROR)
+    try:
+        worker.start()
+    finally:
+        broker_log.setLevel(level)
     return worker
 
 
