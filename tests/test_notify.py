@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from flask import Flask
 
 from parseq import runs
 from parseq.config import Config
@@ -358,7 +357,3 @@ def test_test_button_sends_a_sample(
         assert len(box.messages) == 1
         page = client.get(resp.headers["Location"]).data.decode()
         assert "Sample notification sent" in page
-
-
-def _flask_app(app: Flask) -> Flask:
-    return app
