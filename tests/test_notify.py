@@ -357,3 +357,25 @@ def test_test_button_sends_a_sample(
         assert len(box.messages) == 1
         page = client.get(resp.headers["Location"]).data.decode()
         assert "Sample notification sent" in page
+
+
+def test_a_run_the_reaper_finishes_is_notified(
+    make_config: Callable[..., Config], receiver: Callable[..., Receiver]
+) -> None:
+    from datetime import timedelta
+
+    from parseq import reaper
+    from parseq.models import utcnow
+
+    hook = receiver()
+    with running(_config(make_config, notify_webhook_url=hook.url)) as app:
+        parser = add_parser("lost", "items.py")
+        run = runs.create_run(parser, enqueue=False)
+        long_ago = utcnow() - timedelta(hours=1)
+        run.status, run.started_at, run.heartbeat_at = RunStatus.RUNNING, long_ago, long_ago
+        db.session.commit()
+        assert reaper.reap_once(app) == 1
+        hook.wait_for(1)
+        [body] = hook.bodies()
+        assert body["event"] == "error" and body["run"]["id"] == run.id
+        assert body["run"]["error"].startswith("worker lost")
