@@ -21,7 +21,7 @@ from wtforms import SelectChoice, fields
 from wtforms import ValidationError as FormValidationError
 from wtforms.validators import NumberRange, Optional
 
-from parseq import admin_tokens, auth, headers, notebooks, registry, runs
+from parseq import admin_notify, admin_tokens, auth, headers, notebooks, registry, runs
 from parseq import requirements as reqs
 from parseq.admin_forms import (
     JSONListField,
@@ -174,8 +174,10 @@ class ParserView(auth.LoginRequired, ModelView):
         "schedule_end_at",
         "timezone",
         "overlap",
+        *admin_notify.FORM_FIELDS,
     )
     form_extra_fields = {
+        **admin_notify.FORM_FIELDS,
         "script": ScriptField("Script or notebook", choices=[], validate_choice=True),
         "upload": UploadField("…or upload a .py / .ipynb"),
         "secrets_set": SecretsField(
@@ -258,6 +260,7 @@ class ParserView(auth.LoginRequired, ModelView):
         from zoneinfo import ZoneInfo
 
         model = self.get_one(id)
+        admin_notify.prefill(form, model)
         try:
             tz = ZoneInfo(model.timezone or "UTC")
         except (KeyError, ValueError):
@@ -282,6 +285,7 @@ class ParserView(auth.LoginRequired, ModelView):
             if model.kind is ParserKind.NOTEBOOK:
                 notebooks.check_parser_notebook(config, model.path)
             apply_schedule(form, model, is_created)
+            admin_notify.apply_form(form, model)
         except (ParseqError, ValueError) as exc:
             field = getattr(exc, "field", None)
             message = getattr(exc, "message", str(exc))
@@ -337,6 +341,15 @@ class ParserView(auth.LoginRequired, ModelView):
             flash(f"Queued run {run.id} of {parser.name}.", "success")
             return redirect(url_for("runs.details_view", id=run.id))
         return self.render("parseq/run_now.html", form=form, parser=parser)
+
+    @expose("/notify-test/<int:parser_id>", methods=("POST",))
+    def notify_test(self, parser_id: int) -> Response:
+        """Send a sample notification to each of the parser's channels."""
+        admin_notify.send_test(db.get_or_404(Parser, parser_id))
+        return redirect(url_for(".details_view", id=parser_id))
+
+    def trend_chart(self, parser: Parser) -> Markup:
+        return admin_notify.trend_chart(parser)
 
     @expose("/toggle/<int:parser_id>", methods=("POST",))
     def toggle(self, parser_id: int) -> Response:

@@ -20,7 +20,7 @@ from flask_admin.contrib.sqla import filters as sqla_filters
 from markupsafe import Markup, escape
 from werkzeug.wrappers import Response
 
-from parseq import downloads, runs
+from parseq import downloads, livelog, notify, runs
 from parseq.auth import LoginRequired
 from parseq.errors import ParseqError
 from parseq.models import Parser, Run, RunFile, RunStatus, RunTrigger, db
@@ -329,8 +329,15 @@ class RunView(LoginRequired, ModelView):
 
     def run_info(self, run: Run) -> RunInfo:
         log_tail, log_cut = _read(run.file(runs.LOG_FILE), _read_tail)
+        if log_tail is None and not run.status.is_final:
+            # Live: what the worker copied so far (the page reloads every 2 s meanwhile).
+            log_tail, log_cut = livelog.tail(run, LOG_TAIL_BYTES), False
         preview, preview_cut = _read(run.file(runs.OUTPUT_FILE), _read_head)
         return RunInfo(log_tail, log_cut, preview, preview_cut)
+
+    def deliveries(self, run: Run) -> list[dict[str, Any]]:
+        """The notifications of the run's end."""
+        return notify.deliveries_json(run.id)
 
     # The parameter is not called ``name``: Flask-Admin's view wrapper takes that one.
     @expose("/<int:run_id>/files/<path:filename>")

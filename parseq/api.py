@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
-from parseq import downloads, health, openapi, runs, schemas, throttle, tokens
+from parseq import downloads, health, notify, openapi, runs, schemas, throttle, tokens
 from parseq.errors import BadRequest, ParseqError, TooManyRequests, Unauthorized
 from parseq.models import Parser, Run, RunStatus, RunTrigger, db
 from parseq.runner import check_positional
@@ -347,7 +347,8 @@ def list_runs() -> Response:
 
 @bp.get("/runs/<int:run_id>")
 def get_run(run_id: int) -> Response:
-    return jsonify(run_json(runs.get_run(run_id)))
+    run = runs.get_run(run_id)
+    return jsonify({**run_json(run), "notifications": notify.deliveries_json(run.id)})
 
 
 @bp.post("/runs/<int:run_id>/cancel")

@@ -41,7 +41,7 @@ class ParseqState:
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
-    from parseq import admin, api, tokens, workers  # noqa: F401 (tokens, workers: their tables)
+    from parseq import admin, api, notify, tokens, workers  # noqa: F401 (tokens, workers: tables)
     from parseq.tasks import BrokerThread, init_broker
 
     config = config or Config.from_env()
@@ -90,6 +90,7 @@ def create_app(config: Config | None = None) -> Flask:
         config, get_storage(config), broker, actor, make_cipher(config), BrokerThread()
     )
     api.init_app(app)
+    notify.init_app(app)  # /metrics and the live log
     admin.init_app(app)
     headers.init_app(app, config)
     app.register_error_handler(sa.exc.DBAPIError, _database_error)

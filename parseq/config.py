@@ -6,6 +6,7 @@ embedded all-in-one mode (SQLite, local storage, in-memory broker) under ``./var
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -187,6 +188,40 @@ class Config:
     #: How this process names itself to PostgreSQL (``pg_stat_activity``, lock-wait errors);
     #: the CLI sets ``parseq <command>``. Not read from the environment.
     application_name: str = "parseq"
+    #: Base URL of Parseq as its users reach it, for the links in notifications; empty =
+    #: ``http://HOST:PORT``.
+    public_url: str = ""
+    #: Notification defaults of parsers that set none (``parseq.notify``). Events: error,
+    #: timeout, cancelled, recovered, empty, slow (comma-separated).
+    notify_events: str = "error,timeout,recovered,empty"
+    #: Webhook URL (JSON POST), its HMAC-SHA256 signing secret and body format (json, slack).
+    notify_webhook_url: str = ""
+    notify_webhook_secret: str = ""
+    notify_webhook_format: str = "json"
+    #: Comma-separated e-mail addresses.
+    notify_email_to: str = ""
+    #: A completed run longer than this is ``slow``, in seconds; 0 = never.
+    notify_slow_after_s: float = 0.0
+    #: At most one mail per parser per this many seconds, the rest in a summary; 0 = each.
+    notify_email_digest_s: float = 0.0
+    #: Tries per webhook delivery (5xx, timeouts, refused connections), the first pause
+    #: between them (doubling) and each request's timeout, in seconds.
+    notify_attempts: int = 4
+    notify_backoff_s: float = 2.0
+    notify_timeout_s: float = 10.0
+    #: SMTP server of notification mails: security ``starttls``, ``ssl`` or ``none``.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = "parseq@localhost"
+    #: ``/metrics``: a bearer token it requires; without one, the comma-separated networks
+    #: (CIDR) it answers.
+    metrics_token: str = ""
+    metrics_networks: str = "127.0.0.0/8,::1/128"
+    #: Largest live log a running run keeps in the database for ``/runs/<id>/log``, in bytes.
+    live_log_max_bytes: int = 1024 * 1024
     #: Logging level of Parseq's own processes.
     log_level: str = "INFO"
     #: Extra Flask settings (tests); not read from the environment.
@@ -287,6 +322,23 @@ class Config:
         if self.schedule_grace_s < 0:
             raise ConfigError("PARSEQ_SCHEDULE_GRACE_S must be >= 0")
         self._check_web_security()
+        if self.notify_webhook_url and not self.notify_webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError("PARSEQ_NOTIFY_WEBHOOK_URL must be an http:// or https:// URL")
+        if self.notify_webhook_format not in ("json", "slack"):
+            raise ConfigError("PARSEQ_NOTIFY_WEBHOOK_FORMAT must be json or slack")
+        if self.smtp_security not in ("starttls", "ssl", "none"):
+            raise ConfigError("PARSEQ_SMTP_SECURITY must be starttls, ssl or none")
+        for network in self.metrics_networks.split(","):
+            try:
+                ipaddress.ip_network(network.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"PARSEQ_METRICS_NETWORKS: {network.strip()!r} is not a network (CIDR)"
+                ) from None
+        if self.notify_attempts < 1:
+            raise ConfigError("PARSEQ_NOTIFY_ATTEMPTS must be >= 1")
         if self.fork_servers < 0:
             raise ConfigError("PARSEQ_FORK_SERVERS must be >= 0 (0 = off)")
         if self.run_as_uid_base and not MIN_UID_BASE <= self.run_as_uid_base <= MAX_UID_BASE:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parseq import envbuild, sandbox
+from parseq import envbuild, metrics, sandbox
 from parseq.config import Config
 from parseq.envbuild import EnvBuildFailed  # what acquire raises: callers catch it from here
 
@@ -139,8 +139,14 @@ def acquire(
         path = config.envs_dir / key
         built = False
         if not path.is_dir():
-            with while_building():
-                built = build_env(config, lines, extra)
+            started, ok = time.monotonic(), False
+            try:
+                with while_building():
+                    built = build_env(config, lines, extra)
+                ok = True
+            finally:
+                if built or not ok:  # not when another process built it meanwhile
+                    metrics.count_env_build(ok, time.monotonic() - started)
         return Env(key, path, built, lease)
     except BaseException:
         os.close(lease)

@@ -36,6 +36,7 @@ from parseq import (
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import ParseqError, ScriptNotFound
+from parseq.livelog import Capture as LiveLogCapture
 from parseq.models import Parser, ParserKind, Run, RunStatus, db, kept_loaded, utcnow
 from parseq.reconnect import retry_db
 from parseq.redaction import redact_json_file, redact_text
@@ -300,6 +301,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             progress_file,
             secrets.values(),
             extra_values={"env_key": run.env_key},
+            live_log=LiveLogCapture(log_path, config.live_log_max_bytes),
         )
         watchdog.start()
         stdout = collect.StdoutCopy(workdir / STDOUT_FILE, limits.file_bytes)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from parseq.crypto import EncryptedJSON
 from parseq.errors import SecretsKeyError
+from parseq.notify_send import webhook_target
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -171,6 +172,10 @@ class Parser(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     #: Positional arguments of a run that gives none, after the options in argv.
     default_positional: Mapped[list[Any] | None] = mapped_column(sa.JSON, default=list)
+    #: Notification settings (``parseq.notify_settings``; unset ones = the defaults), encrypted
+    #: like the secrets: webhook URLs (Slack's) and signing secrets are credentials. Last, where
+    #: its migration adds it.
+    notifications: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON, nullable=True)
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="parser", cascade="all, delete-orphan", passive_deletes=True
@@ -202,6 +207,7 @@ class Parser(db.Model):
             },
             "enabled": self.enabled,
             "schedule": self.schedule_dict(),
+            "notifications": notifications_dict(self.notifications),
             "next_run_at": _iso(self.next_run_at),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
@@ -403,6 +409,22 @@ class User(db.Model):
 
     def __str__(self) -> str:
         return self.username
+
+
+def notifications_dict(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A parser's own notification settings as the API shows them: the webhook URL by its
+    host only and the signing secret as set or not (both are credentials)."""
+    try:
+        own = dict(settings or {})
+    except SecretsKeyError:
+        return None
+    url = own.pop("webhook_url", None)
+    secret = own.pop("webhook_secret", None)
+    return {
+        **own,
+        "webhook": webhook_target(url) if url else None,
+        "webhook_secret_set": bool(secret),
+    }
 
 
 def _iso(value: datetime | None) -> str | None:

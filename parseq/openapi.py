@@ -139,6 +139,29 @@ SCHEMAS: dict[str, Any] = {
             },
             "files": {"type": "array", "items": _ref("File")},
             "url": {"type": "string"},
+            "notifications": {
+                "type": "array",
+                "items": _ref("Delivery"),
+                "description": "GET /runs/{run_id} only: the notifications of its end",
+            },
+        },
+    },
+    "Delivery": {
+        "type": "object",
+        "required": ["id", "event", "channel", "target", "status", "attempts"],
+        "properties": {
+            "id": {"type": "integer"},
+            "event": {"type": "string"},
+            "channel": {"type": "string", "enum": ["webhook", "email"]},
+            "target": {"type": "string", "description": "webhook host or mail addresses"},
+            "status": {
+                "type": "string",
+                "enum": ["pending", "held", "sent", "failed", "digested"],
+            },
+            "attempts": {"type": "integer"},
+            "last_error": {"type": ["string", "null"]},
+            "created_at": NULLABLE_TIME,
+            "sent_at": NULLABLE_TIME,
         },
     },
     "RunList": {
@@ -170,6 +193,11 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
             "schedule": {"type": ["object", "null"], "description": "as set in ParserCreate"},
+            "notifications": {
+                "type": ["object", "null"],
+                "description": "own settings (webhook by host, webhook_secret_set); null: "
+                "they do not decrypt with the configured keys",
+            },
             "next_run_at": NULLABLE_TIME,
             "next_fire_times": {"type": "array", "items": {"type": "string"}},
             "skipped": {"type": "array", "items": {"type": "object"}},
@@ -335,6 +363,23 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op(
             "Cancel a pending or running run",
             {"200": _json(_ref("Run"), "cancelled"), **_errors(401, 403, 404, 409)},
+        ),
+    },
+    "/runs/{run_id}/log": {
+        "parameters": [RUN_ID],
+        "get": _op(
+            "What the run printed so far (secrets masked); live while it runs",
+            {
+                "200": {
+                    "description": "log bytes from offset; X-Parseq-Log-Offset: where to go on",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **_errors(400, 401, 404),
+            },
+            parameters=[
+                _param("offset", "query", {"type": "integer", "minimum": 0}, "byte offset"),
+                _param("follow", "query", {"type": "boolean"}, "stream until the run ends"),
+            ],
         ),
     },
     "/runs/{run_id}/files": {

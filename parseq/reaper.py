@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from flask import Flask
 
+from parseq import notify
 from parseq.config import Config
 from parseq.models import Run, RunStatus, db, utcnow
 from parseq.retries import schedule_retry
@@ -53,6 +54,7 @@ def _reap(run_id: int, cutoff: datetime, config: Config) -> bool:
     db.session.commit()
     if result.rowcount != 1:
         return False
+    notify.run_ended(run_id)
     db.session.refresh(run)
     log.warning("run %s of %s: %s", run.id, run.parser.name, message)
     try:

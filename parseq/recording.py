@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm.attributes import set_committed_value
 
+from parseq import notify
 from parseq.errors import NotFound
 from parseq.models import Run, RunFile, RunStatus, db, utcnow
 from parseq.reconnect import retry_db
@@ -158,6 +159,7 @@ def finish(
         db.session.commit()
         for name, value in end.items():
             set_committed_value(run, name, value)
+        notify.run_ended(run.id)  # a message to the notification queue: never fails the run
         return True
     db.session.refresh(run)
     if run.status.is_final and run.status is not RunStatus.CANCELLED:
@@ -168,4 +170,5 @@ def finish(
     for name, value in end.items():
         setattr(run, name, value)
     db.session.commit()
+    notify.run_ended(run.id)
     return True

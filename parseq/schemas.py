@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from parseq import notify_settings, runs
 from parseq import requirements as reqs
-from parseq import runs
 from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, ParseqError, ValidationError
 from parseq.models import NAME_RE, OverlapPolicy, Parser, ParserKind, ScheduleType, db
@@ -200,6 +200,27 @@ PARSER_FIELDS: dict[str, Field] = {
         _schedule,
     ),
 }
+PARSER_FIELDS["notifications"] = Field(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "merged into the parser's settings; a missing or null key = the "
+        "PARSEQ_NOTIFY_* default. Shown with the webhook by host and the secret as set or not",
+        "properties": {
+            "events": {"type": ["array", "null"], "items": {"enum": list(notify_settings.EVENTS)}},
+            "webhook_url": {"type": ["string", "null"], "format": "uri", "writeOnly": True},
+            "webhook_secret": {"type": ["string", "null"], "writeOnly": True},
+            "webhook_format": {
+                "type": ["string", "null"],
+                "enum": [*notify_settings.FORMATS, None],
+            },
+            "email_to": {"type": ["array", "null"], "items": {"type": "string", "format": "email"}},
+            "slow_after_s": {"type": ["number", "null"], "minimum": 0},
+            "email_digest_s": {"type": ["number", "null"], "minimum": 0},
+        },
+    },
+    notify_settings.check_settings,
+)
 REQUIRED_ON_CREATE = ("name", "path")
 
 
@@ -267,6 +288,8 @@ def apply_parser_values(parser: Parser, values: Mapping[str, Any]) -> Parser:
     for name, value in values.items():
         if name == "schedule":
             value.apply(parser)
+        elif name == "notifications":
+            parser.notifications = notify_settings.merged(parser.notifications, value)
         elif name == "secrets":
             # Assign a new dict as a whole: encryption may sit behind this attribute.
             merged = {**(parser.secrets or {}), **value}

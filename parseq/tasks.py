@@ -18,6 +18,7 @@ from flask import Flask, current_app
 
 from parseq.config import Config
 from parseq.errors import BrokerError, ConfigError
+from parseq.notify import handle as notify_handle
 from parseq.outage_log import OutageLog
 from parseq.pools import ProcessPool
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "execute_run"
+NOTIFY_ACTOR_NAME = "notify"
 # Parseq enforces run timeouts itself by killing the process group; Dramatiq's time limit
 # cannot interrupt a wait on a child process, so it is set out of the way (7 days, in ms).
 ACTOR_TIME_LIMIT_MS = 7 * 24 * 3600 * 1000
@@ -88,7 +90,30 @@ def init_broker(app: Flask, config: Config) -> tuple[Broker, Actor]:
         max_retries=0,  # retries are Parseq's own (per parser), not Dramatiq's
         time_limit=ACTOR_TIME_LIMIT_MS,
     )
+    app.extensions["parseq.notify"] = _notify_actor(app, broker, config)
     return broker, actor
+
+
+def notify_queue(config: Config) -> str:
+    """Notifications have a queue of their own: they never wait behind runs."""
+    return f"{config.queue_name}-notify"
+
+
+def _notify_actor(app: Flask, broker: Broker, config: Config) -> Actor:
+    """The actor of run ends, notification deliveries and digests (``parseq.notify``)."""
+
+    def notify(kind: str, ident: int) -> None:
+        with app.app_context():
+            notify_handle(kind, ident)
+
+    return dramatiq.actor(
+        notify,
+        broker=broker,
+        actor_name=NOTIFY_ACTOR_NAME,
+        queue_name=notify_queue(config),
+        max_retries=0,  # deliveries retry themselves (PARSEQ_NOTIFY_ATTEMPTS)
+        time_limit=10 * 60 * 1000,
+    )
 
 
 class BrokerThread(ProcessPool):
@@ -128,11 +153,15 @@ def send_run(run_id: int, delay_s: float = 0.0) -> None:
 
 
 class ParseqWorker(dramatiq.Worker):
-    """A Dramatiq worker that also records its heartbeat in the ``workers`` table."""
+    """A Dramatiq worker that also records its heartbeat in the ``workers`` table, with a
+    worker of one thread for the notification queue beside it."""
 
     heartbeat: Heartbeat | None = None
+    notifier: dramatiq.Worker | None = None
 
     def stop(self, timeout: int = 600000) -> None:
+        if self.notifier is not None:
+            self.notifier.stop(timeout)
         super().stop(timeout)
         if self.heartbeat is not None:
             self.heartbeat.stop()
@@ -148,14 +177,32 @@ def start_worker(app: Flask, threads: int | None = None) -> dramatiq.Worker:
     # Prefetch no more than the threads can run, so idle workers elsewhere get the rest.
     worker = ParseqWorker(
         state.broker,
+        queues={state.config.queue_name},
         worker_threads=threads,
         worker_timeout=100,
     )
     worker.queue_prefetch = threads
     worker.start()
+    worker.notifier = _start_notification_worker(state.broker, notify_queue(state.config))
     worker.heartbeat = Heartbeat(app, WORKER_ID, state.config.queue_name, threads)
     worker.heartbeat.start()
     log.info("worker started: %d threads on queue %s", threads, state.config.queue_name)
+    return worker
+
+
+def _start_notification_worker(broker: Broker, queue: str) -> dramatiq.Worker:
+    """One thread on the notification queue, beside the run threads. Dramatiq warns that a
+    second worker on a broker adds a second worker middleware: each worker has its own (it
+    adds consumers for the worker's own queues only), as intended here, so that warning is
+    kept out of the logs."""
+    worker = dramatiq.Worker(broker, queues={queue}, worker_threads=1, worker_timeout=100)
+    broker_log = logging.getLogger(f"dramatiq.broker.{type(broker).__name__}")
+    level = broker_log.level
+    broker_log.setLevel(logging.ERROR)
+    try:
+        worker.start()
+    finally:
+        broker_log.setLevel(level)
     return worker
 
 
@@ -169,6 +216,8 @@ class Housekeeping(dramatiq.Middleware):
         self._thread: threading.Thread | None = None
 
     def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return  # the notification worker of the same process
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
         self._thread.start()

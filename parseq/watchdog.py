@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask
 
-from parseq import sdk
+from parseq import livelog, sdk
 from parseq.models import Run, RunStatus, db, utcnow
 from parseq.redaction import redact_text
 
@@ -36,8 +36,11 @@ class Watchdog:
         progress_file: Path | None = None,
         secrets: Iterable[str] = (),
         extra_values: dict[str, Any] | None = None,
+        live_log: livelog.Capture | None = None,
     ) -> None:
         self.app = app
+        #: Copies the run's log into the database at each beat, for live viewing.
+        self.live_log = live_log
         self.run_id = run_id
         self.interval_s = interval_s
         self.progress_file = progress_file
@@ -119,11 +122,25 @@ def beat(watchdogs: list[Watchdog]) -> None:
         statuses: dict[int, RunStatus] = dict(db.session.execute(query).all())
         ended = {i: statuses.get(i) for i in ids if i not in statuses or statuses[i].is_final}
     db.session.commit()
+    _copy_live_logs([w for w in watchdogs if w.run_id not in ended])
     for watchdog in watchdogs:
         watchdog._extra_values = {}
         if watchdog.run_id in ended:
             log.info("run %s is %s elsewhere: stopping it", watchdog.run_id, ended[watchdog.run_id])
             watchdog.cancel.set()
+
+
+def _copy_live_logs(watchdogs: list[Watchdog]) -> None:
+    """The runs' new log lines, in a transaction of their own: a failure costs the live view
+    a chunk, never the heartbeat."""
+    try:
+        for watchdog in watchdogs:
+            if watchdog.live_log is not None:
+                watchdog.live_log.flush(watchdog.run_id)
+        db.session.commit()
+    except Exception:
+        log.warning("live log of runs %s not copied", [w.run_id for w in watchdogs], exc_info=True)
+        db.session.rollback()
 
 
 def _update(*where: Any, **values: Any) -> int:

@@ -475,7 +475,7 @@ def services_env(
         "PARSEQ_PYTHON": PARSER_PYTHON,
     }
     yield env
-    delete_rabbit_queues(queue)
+    delete_rabbit_queues(queue, f"{queue}-notify")
 
 
 @pytest.fixture(scope="session")

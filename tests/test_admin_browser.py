@@ -240,3 +240,57 @@ def test_sign_in_security_in_a_real_browser(server: str, browser, tmp_path: Path
         d.save_screenshot(str(tmp_path / "sign-in-failure.png"))
         print(f"screenshot: {tmp_path / 'sign-in-failure.png'}")
         raise
+
+
+@pytest.mark.services
+def test_live_log_of_a_worker_process_in_the_browser(
+    services_app, services_env, worker_process, browser, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A ``parseq web`` process shows the log of a run a ``parseq worker`` process executes,
+    line by line while it runs (PostgreSQL + RabbitMQ + S3 between them)."""
+    import re
+    import uuid
+
+    from selenium.webdriver.common.by import By
+
+    from parseq import runs
+    from parseq.auth import create_user
+    from tests.conftest import add_parser, stop_process
+
+    name, user = f"live-{uuid.uuid4().hex[:8]}", f"watcher-{uuid.uuid4().hex[:6]}"
+    with services_app.app_context():
+        create_user(user, PASSWORD)
+        run = runs.create_run(add_parser(name, "ticker.py"), {"ticks": 60, "pause": 0.25})
+        run_id = run.id
+    port = free_port()
+    log_path = tmp_path / "web.log"
+    with log_path.open("wb") as log:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "parseq.cli", "web", "--port", str(port)],
+            env=services_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert _wait_until(lambda: b"Parseq web on" in log_path.read_bytes(), 20, 0.1)
+        d = browser
+        d.get(f"http://127.0.0.1:{port}/admin/login/")
+        d.find_element(By.NAME, "username").send_keys(user)
+        d.find_element(By.NAME, "password").send_keys(PASSWORD)
+        d.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+        d.get(f"http://127.0.0.1:{port}/admin/runs/details/?id={run_id}")
+
+        def ticks() -> int:
+            # From the page's source: the page reloads itself, so elements go stale.
+            found = re.search(r'id="log-tail">([^<]*)<', d.page_source)
+            return found.group(1).count("tick") if found else 0
+
+        assert _wait_until(lambda: ticks() >= 3, 30, 0.2), "no live log lines"
+        first = ticks()
+        page = d.page_source
+        assert "status-running" in page and 'id="live-log"' in page  # before the run ended
+        # The page reloads itself: more lines come without a click.
+        assert _wait_until(lambda: ticks() > first, 15, 0.2), "the log did not grow"
+        d.save_screenshot(str(tmp_path / "live-log.png"))
+    finally:
+        stop_process(web)

@@ -54,6 +54,11 @@ def test_only_path_and_locale_reach_child_processes() -> None:
         ("PARSEQ_RUN_AS_UID_BASE", "lots"),
         ("PARSEQ_FORK_SERVERS", "-1"),
         ("PARSEQ_FORK_SERVERS", "some"),
+        ("PARSEQ_NOTIFY_WEBHOOK_URL", "file:///etc/passwd"),
+        ("PARSEQ_NOTIFY_WEBHOOK_FORMAT", "xml"),
+        ("PARSEQ_NOTIFY_ATTEMPTS", "0"),
+        ("PARSEQ_SMTP_SECURITY", "tls"),
+        ("PARSEQ_METRICS_NETWORKS", "10.0.0.0/8,not-a-network"),
     ],
 )
 def test_bad_values_raise_a_clear_error(name: str, value: str) -> None:

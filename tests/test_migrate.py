@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,6 @@ from tests.conftest import PG_ADMIN_DSN, add_parser, sql_sent
 pytestmark = pytest.mark.services
 
 DIALECTS = ["sqlite", "postgresql"]
-#: The newest migration, and the number ``parseq db revision`` gives the next one.
-HEAD = migrate.heads()[0]
-NEXT = f"{int(HEAD) + 1:04d}"
 
 
 @pytest.fixture
@@ -130,26 +128,36 @@ def _schema(app: Flask) -> dict[str, Any]:
 
 
 def _old_build_create_all(app: Flask) -> None:
-    """What ``init_db`` did before migrations: ``create_all()``, no version table (today's
-    models: ``_back_to_the_baseline`` then removes what they gained since)."""
-    with app.app_context():
-        db.create_all()
-
-
-#: What the migrations after the baseline add: an old build's ``create_all()`` lacked them.
-LATER_COLUMNS = {"parsers": ["default_positional"], "runs": ["positional", "warnings"]}
-LATER_TABLES = ["admin_sessions"]
-
-
-def _back_to_the_baseline(app: Flask) -> None:
-    """Drop what the models gained after the baseline from a ``create_all()`` database (after
-    rows were added through today's models), so it is the schema an old build made."""
+    """What ``init_db`` did before migrations: ``create_all()`` of the models of then (the
+    baseline, which later migrations extend), no version table."""
+    migrate.upgrade(app, migrate.BASELINE)
     with app.app_context(), db.engine.begin() as conn:
-        for table in LATER_TABLES:
-            conn.execute(sa.text(f"DROP TABLE {table}"))
-        for table, columns in LATER_COLUMNS.items():
-            for column in columns:
-                conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(sa.text(f"DROP TABLE {migrate.VERSION_TABLE}"))
+
+
+def _add_baseline_rows(app: Flask) -> None:
+    """A parser and a run, written as the baseline schema has them (the models of now have
+    columns it lacks)."""
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with app.app_context(), db.engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            when = when.replace(tzinfo=None)
+        conn.execute(
+            sa.text(
+                "INSERT INTO parsers (name, description, kind, path, requirements, default_args,"
+                " secrets, max_retries, retry_on_timeout, enabled, timezone, overlap, created_at,"
+                " updated_at) VALUES ('old', '', 'script', 'old.py', '', '{}', '{}', 0, :no,"
+                " :yes, 'UTC', 'skip', :when, :when)"
+            ),
+            {"no": False, "yes": True, "when": when},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (parser_id, status, trigger, args, attempt, queued_at)"
+                " SELECT id, 'pending', 'manual', '{}', 1, :when FROM parsers"
+            ),
+            {"when": when},
+        )
 
 
 # --- the migrations make the models' schema ------------------------------------------------
@@ -194,7 +202,7 @@ def test_init_db_on_an_empty_database_makes_the_same_schema_and_records_head(
     migrated, created = make_app(new_database(dialect)), make_app(new_database(dialect))
     migrate.upgrade(migrated)
     init_db(created)
-    assert migrate.current(created) == migrate.heads() == (HEAD,)
+    assert migrate.current(created) == migrate.heads() and len(migrate.heads()) == 1
     assert _differences(created) == []
     assert _schema(created) == _schema(migrated)
 
@@ -209,11 +217,7 @@ def test_a_database_made_by_create_all_is_stamped_and_keeps_its_data(
 ) -> None:
     app = make_app(new_database(dialect))
     _old_build_create_all(app)
-    with app.app_context():
-        parser = add_parser("old")
-        db.session.add(Run(parser_id=parser.id))
-        db.session.commit()
-    _back_to_the_baseline(app)
+    _add_baseline_rows(app)
     assert migrate.current(app) == ()
 
     if entry == "init_db":
@@ -237,12 +241,13 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
 ) -> None:
     """A later migration that rebuilds ``parsers`` (SQLite's batch mode copies the table) keeps
     its rows and the runs that reference them (no ON DELETE CASCADE on the way)."""
-    (migrations_copy / "versions" / f"{NEXT}_parser_note.py").write_text(
+    [head] = migrate.heads()
+    (migrations_copy / "versions" / "0900_parser_note.py").write_text(
         '"""A test revision."""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        f'revision = "{NEXT}"\n'
-        f'down_revision = "{HEAD}"\n\n\n'
+        'revision = "0900"\n'
+        f'down_revision = "{head}"\n\n\n'
         "def upgrade() -> None:\n"
         '    with op.batch_alter_table("parsers") as batch:\n'
         '        batch.add_column(sa.Column("note", sa.String(50), nullable=True))\n'
@@ -252,15 +257,13 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
     )
     app = make_app(new_database(dialect))
     _old_build_create_all(app)
-    with app.app_context():
-        parser = add_parser("old", cron="0 * * * *")
-        db.session.add(Run(parser_id=parser.id))
-        db.session.commit()
-    _back_to_the_baseline(app)
+    _add_baseline_rows(app)
+    with app.app_context(), db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE parsers SET cron = '0 * * * *'"))
 
     init_db(app)
 
-    assert migrate.current(app) == (NEXT,)
+    assert migrate.current(app) == ("0900",)
     with app.app_context(), db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT name, cron, note FROM parsers")).all()
         assert [tuple(r) for r in rows] == [("old", "0 * * * *", None)]
@@ -334,7 +337,9 @@ def test_processes_starting_together_on_postgresql_migrate_once(
         t.join()
     assert errors == []
     with apps[0].app_context(), db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
+            migrate.heads()
+        ]
     assert _differences(apps[0]) == []
 
 
@@ -396,12 +401,13 @@ def test_db_upgrade_and_current_commands(
     env = cli_env(url)
     before = _cli(env, "db", "current")
     assert before.exit_code == 0, before.output
-    assert before.output == f"none (head is {HEAD}: run 'parseq db upgrade')\n"
+    [head] = migrate.heads()
+    assert before.output == f"none (head is {head}: run 'parseq db upgrade')\n"
 
     up = _cli(env, "db", "upgrade")
     assert up.exit_code == 0, up.output
-    assert up.output == f"database schema at {HEAD}\n"
-    assert _cli(env, "db", "current").output == f"{HEAD} (head)\n"
+    assert up.output == f"database schema at {head}\n"
+    assert _cli(env, "db", "current").output == f"{head} (head)\n"
     assert _cli(env, "db", "upgrade").exit_code == 0
     assert _differences(make_app(url)) == []
 
@@ -442,18 +448,20 @@ def test_db_revision_writes_the_next_numbered_migration_from_the_models(
         conn.execute(sa.text("ALTER TABLE workers DROP COLUMN started_at"))
         conn.execute(sa.text("DROP INDEX ix_runs_queued_at"))
 
+    [head] = migrate.heads()
+    following = f"{int(head) + 1:04d}"
     made = _cli(env, "db", "revision", "-m", "worker start time")
     assert made.exit_code == 0, made.output
-    path = migrations_copy / "versions" / f"{NEXT}_worker_start_time.py"
+    path = migrations_copy / "versions" / f"{following}_worker_start_time.py"
     assert made.output.endswith(f"wrote {path}\n")
     text = path.read_text()
-    assert f'revision = "{NEXT}"' in text
-    assert f'down_revision = "{HEAD}"' in text
+    assert f'revision = "{following}"' in text
+    assert f'down_revision = "{head}"' in text
     assert "sa.DateTime(timezone=True)" in text  # UTCDateTime, written as what it stores
     assert "import parseq" not in text
     assert "parseq." not in text  # migrations never use app code, which changes after them
     assert "op.create_index" in text
 
     assert _cli(env, "db", "upgrade").exit_code == 0
-    assert _cli(env, "db", "current").output == f"{NEXT} (head)\n"
+    assert _cli(env, "db", "current").output == f"{following} (head)\n"
     assert _differences(make_app(url)) == []
