@@ -128,9 +128,9 @@ def test_each_event_sends_one_signed_webhook(
         expected.append((run.id, "recovered"))
         hook.wait_for(2)
 
-        parser.path = "ticker.py"
+        parser.path = "real_silent.py"
         db.session.commit()
-        run = _run("site", {"ticks": 1, "pause": 0})  # no result at all: empty
+        run = _run("site")  # no file, no stdout (stderr only): empty
         assert run.status is RunStatus.COMPLETED
         expected.append((run.id, "empty"))
         hook.wait_for(3)
