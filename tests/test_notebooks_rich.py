@@ -1,0 +1,207 @@
+"""The fast engine's Jupyter fidelity: rich outputs, plots, IPython's display and magics,
+through real runs (each ``output.ipynb`` validated with nbformat by ``run_notebook``)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from parseq.models import RunStatus
+from tests.conftest import api_client
+from tests.test_notebooks import add_notebook, result, run_notebook, stream
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: One env for the plotting tests (same requirements: built once per session).
+PLOT_REQUIREMENTS = "matplotlib\nseaborn\nipython"
+
+REPRS = """
+class Rich:
+    def _repr_html_(self): return "<b>html</b>"
+    def _repr_markdown_(self): return "*md*", {"isolated": True}
+    def _repr_svg_(self): return "<svg xmlns='http://www.w3.org/2000/svg'></svg>"
+    def _repr_png_(self): return b"\\x89PNG\\r\\n\\x1a\\npng"
+    def _repr_jpeg_(self): return b"\\xff\\xd8jpeg"
+    def _repr_latex_(self): return "$x^2$"
+    def _repr_json_(self): return {"a": [1, 2]}
+    def __repr__(self): return "Rich()"
+
+class Bundle:
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": "plain", "text/html": "<i>from bundle</i>"}, {"text/html": {"m": 1}}
+    def _repr_html_(self): return "<i>not used: the bundle has html</i>"
+    def _repr_latex_(self): return "$y$"
+
+class Broken:
+    def _repr_html_(self): raise ValueError("broken repr")
+    def __repr__(self): return "Broken()"
+"""
+
+
+def data_of(cell: Any, kind: str = "execute_result", index: int = 0) -> dict[str, Any]:
+    found = [o for o in cell.outputs if o["output_type"] == kind]
+    return dict(found[index]["data"])
+
+
+def test_every_repr_method_gives_its_mime_type_in_ipython_order(embedded_app: Flask) -> None:
+    parser = add_notebook(
+        embedded_app,
+        "reprs",
+        [
+            new_code_cell(REPRS),
+            new_code_cell("Rich()"),
+            new_code_cell("display(Bundle(), Broken())\nRich;"),
+            new_code_cell(
+                "h = display('first', display_id=True)\nh.update('second')\n"
+                "display({'text/plain': 'raw'}, raw=True)"
+            ),
+            new_code_cell("print('gone')\nfrom builtins import display as d\nd(1, clear=True)"),
+        ],
+    )
+    run, nb = run_notebook(parser)
+    assert run.status is RunStatus.COMPLETED, run.error
+    _defs, rich, bundle, handle, cleared = nb.cells
+    data = data_of(rich)
+    assert list(data) == [
+        "text/plain",
+        "text/html",
+        "text/markdown",
+        "image/svg+xml",
+        "image/png",
+        "image/jpeg",
+        "text/latex",
+        "application/json",
+    ]
+    assert data["text/plain"] == "Rich()" and data["application/json"] == {"a": [1, 2]}
+    assert base64.b64decode(data["image/png"]) == PNG_MAGIC + b"png"
+    assert base64.b64decode(data["image/jpeg"]) == b"\xff\xd8jpeg"
+    assert rich.outputs[0]["metadata"] == {"text/markdown": {"isolated": True}}
+
+    from_bundle, broken = (dict(o) for o in bundle.outputs)
+    assert from_bundle["data"] == {
+        "text/plain": "plain",
+        "text/html": "<i>from bundle</i>",
+        "text/latex": "$y$",
+    }
+    assert from_bundle["metadata"] == {"text/html": {"m": 1}}
+    assert broken["data"] == {"text/plain": "Broken()"}  # a failing repr loses only its type
+    assert len(bundle.outputs) == 2  # "Rich;" hides the value
+
+    updated, raw = (dict(o) for o in handle.outputs)
+    assert updated["data"] == {"text/plain": "'second'"}  # updated in place, as Jupyter shows
+    assert raw["data"] == {"text/plain": "raw"}
+    assert [dict(o)["data"] for o in cleared.outputs] == [{"text/plain": "1"}]
+
+
+def test_magics_of_the_fast_engine(embedded_app: Flask) -> None:
+    parser = add_notebook(
+        embedded_app,
+        "magics",
+        [
+            new_code_cell("%time total = sum(range(10))\n%time total * 2"),
+            new_code_cell("%%time\nx = 5\nx * 2"),
+            new_code_cell("%timeit -n 2 -r 2 sum(range(10))\n%timeit sum(range(10))"),
+            new_code_cell("%%timeit -n 3\ny = [i for i in range(5)]"),
+            new_code_cell("%%capture captured\nprint('hidden')\ndisplay('shown later')\n42"),
+            new_code_cell("print(repr(captured.stdout))\ncaptured.show()"),
+            new_code_cell("%%writefile notes.txt\nline 1\n"),
+            new_code_cell("%%writefile -a notes.txt\nline 2\n"),
+            new_code_cell("%cd ..\n%cd work\n%env MODE=fast\n%env MODE"),
+            new_code_cell("%pwd"),
+            new_code_cell("%who"),
+            new_code_cell(
+                "import os, pathlib\nout = pathlib.Path(os.environ['PARSEQ_OUTPUT_DIR'])\n"
+                "(out / 'notes.txt').write_text(open('notes.txt').read())"
+            ),
+        ],
+    )
+    run, nb = run_notebook(parser)
+    assert run.status is RunStatus.COMPLETED, run.error
+    (
+        time_line,
+        time_cell,
+        timeit_line,
+        timeit_cell,
+        capture,
+        show,
+        write,
+        append,
+        cd,
+        pwd,
+        who,
+        _,
+    ) = nb.cells
+    assert stream(time_line).count("Wall time: ") == 2 and "CPU times: user " in stream(time_line)
+    assert result(time_line) == "90"
+    assert "Wall time: " in stream(time_cell) and result(time_cell) == "10"
+    first, second = stream(timeit_line).splitlines()
+    assert first.endswith("per loop (mean ± std. dev. of 2 runs, 2 loops each)")
+    assert " ± " in second and "loops each)" in second
+    assert stream(timeit_cell).endswith("(mean ± std. dev. of 3 runs, 3 loops each)\n")
+    assert capture.outputs == []  # %%capture keeps the cell empty, its value too
+    assert stream(show) == "'hidden\\n'\nhidden\n"
+    assert data_of(show, "display_data") == {"text/plain": "'shown later'"}
+    assert stream(write) == "Writing notes.txt\n" and stream(append) == "Appending to notes.txt\n"
+    work = Path(eval(result(pwd)))
+    assert stream(cd).splitlines() == [str(work.parent), str(work), "env: MODE=fast"]
+    assert result(cd) == "'fast'"  # %env NAME gives the value
+    assert "captured" in stream(who).split() and "x" in stream(who).split()
+    notes = api_client(embedded_app).get(f"/api/v1/runs/{run.id}/files/notes.txt").data
+    assert notes == b"line 1\nline 2\n"
+
+
+def test_plots_and_ipython_display_in_a_matplotlib_env(embedded_app: Flask) -> None:
+    parser = add_notebook(
+        embedded_app,
+        "plots",
+        [
+            new_markdown_cell("Plots as JupyterLab shows them"),
+            new_code_cell(
+                "import sys\n'matplotlib' in sys.modules, 'parseq_inline' in sys.modules"
+            ),
+            new_code_cell(
+                "%matplotlib inline\nimport matplotlib.pyplot as plt\n"
+                "plt.plot([1, 2, 3])\nplt.show()\nprint('after show')"
+            ),
+            new_code_cell("fig, ax = plt.subplots()\nax.bar(['a', 'b'], [3, 1])"),
+            new_code_cell(
+                "import seaborn as sns\nfor i in range(2):\n"
+                "    plt.figure()\n    sns.lineplot(x=[1, 2, 3], y=[i, 2, 1])"
+            ),
+            new_code_cell("fig"),
+            new_code_cell("import matplotlib.pyplot as plt\nplt.figure();"),
+            new_code_cell(
+                "import io\nfrom IPython.display import HTML, Image, Markdown, display\n"
+                "buf = io.BytesIO()\nfig.savefig(buf, format='png')\n"
+                "display(HTML('<b>bold</b>'), Markdown('**md**'))\nImage(data=buf.getvalue())"
+            ),
+        ],
+        requirements=PLOT_REQUIREMENTS,
+    )
+    run, nb = run_notebook(parser)
+    assert run.status is RunStatus.COMPLETED, run.error
+    _md, before, show, open_fig, seaborn, fig_value, empty, ipython = nb.cells
+    assert result(before) == "(False, False)"  # no import, nothing loaded: the fast path
+
+    def pngs(cell: Any) -> list[bytes]:
+        images = [o["data"].get("image/png") for o in cell.outputs if "data" in o]
+        return [base64.b64decode(i) for i in images if i]
+
+    assert [o["output_type"] for o in show.outputs] == ["display_data", "stream"]
+    assert stream(show) == "after show\n"
+    assert all(p.startswith(PNG_MAGIC) for p in pngs(show)) and len(pngs(show)) == 1
+    # the value first, then the figure still open at the end of the cell (then closed)
+    assert [o["output_type"] for o in open_fig.outputs] == ["execute_result", "display_data"]
+    assert open_fig.outputs[1]["data"]["text/plain"].startswith("<Figure size")
+    assert len(pngs(open_fig)) == 1
+    assert len(pngs(seaborn)) == 2
+    assert len(pngs(fig_value)) == 1  # a figure as a value renders as an image
+    assert empty.outputs == []  # nothing drawn: no image
+    html, md, image = (dict(o) for o in ipython.outputs)
+    assert html["data"]["text/html"] == "<b>bold</b>"
+    assert md["data"]["text/markdown"] == "**md**"
+    assert image["output_type"] == "execute_result"
+    assert base64.b64decode(image["data"]["image/png"]).startswith(PNG_MAGIC)
