@@ -287,6 +287,12 @@ class ParserView(auth.LoginRequired, ModelView):
             kept = {k: v for k, v in (model.secrets or {}).items() if k not in remove}
             model.secrets = {**kept, **new}  # a new dict: encryption may sit behind the attribute
 
+    def after_model_change(self, form: Any, model: Parser, is_created: bool) -> None:
+        """Saved, but say now what the fast engine would refuse at the first run."""
+        config = current_app.extensions["parseq"].config
+        for warning in notebooks.parser_warnings(config, model):
+            flash(f"Warning: {warning}", "warning")
+
     def history(self, parser: Parser, limit: int = 25) -> list[Run]:
         return list(
             db.session.execute(

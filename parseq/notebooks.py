@@ -7,6 +7,7 @@ notebook when a parser is saved, so a broken file is a form/API error, not a fai
 
 from __future__ import annotations
 
+import ast
 import json
 import warnings
 from collections.abc import Mapping
@@ -15,9 +16,10 @@ from typing import Any
 
 import nbformat
 
-from parseq import nbdoc, nbexec, runner
+from parseq import nbdoc, nbexec, nbsyntax, runner
 from parseq.config import Config
-from parseq.errors import ValidationError
+from parseq.errors import ParseqError, ValidationError
+from parseq.models import Parser, ParserKind
 
 #: Run as ``<interpreter> nbexec_launcher.py <notebook> <output> --key value ...``.
 EXECUTOR = Path(nbexec.__file__).resolve().with_name("nbexec_launcher.py")
@@ -104,3 +106,42 @@ def describe(nb: Mapping[str, Any]) -> str:
         chosen = prose[0] if prose else paragraphs[0].lstrip("#").strip() if paragraphs else ""
         return " ".join(chosen.split())[:500]
     return ""
+
+
+def syntax_warnings(nb: Mapping[str, Any]) -> list[str]:
+    """What the fast engine would refuse, cell by cell, in the words of the run's error
+    ("cell 3: magic %prun is not supported..."): said when the parser is saved, not at its
+    first run. Cells are numbered as authored (markdown too), as in run errors."""
+    found = []
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    for position, cell in enumerate(nb.get("cells", []), start=1):
+        if cell.get("cell_type") != "code":
+            continue
+        label, source = f"cell {position}", nbdoc.source_of(cell)
+        try:
+            try:
+                compile(source, f"<{label}>", "exec", flags=flags, dont_inherit=True)
+            except SyntaxError:
+                translated = nbsyntax.translate(source, label)
+                compile(translated, f"<{label}>", "exec", flags=flags, dont_inherit=True)
+        except nbsyntax.NotebookError as exc:
+            found.append(str(exc))
+        except (SyntaxError, ValueError) as exc:
+            line = getattr(exc, "lineno", None)
+            found.append(
+                f"{label}: {type(exc).__name__}: {getattr(exc, 'msg', exc)}"
+                + (f" (line {line})" if line else "")
+            )
+    return found
+
+
+def parser_warnings(config: Config, parser: Parser) -> list[str]:
+    """Warnings about a saved parser, for the admin's flash and the API's ``warnings``: the
+    notebook syntax the fast engine does not run. Empty for scripts."""
+    if parser.kind is not ParserKind.NOTEBOOK or not parser.path:
+        return []
+    try:
+        nb = check_parser_notebook(config, parser.path)
+    except ParseqError as exc:  # the file changed since it was validated
+        return [exc.message]
+    return syntax_warnings(nb)

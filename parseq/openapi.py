@@ -161,6 +161,11 @@ SCHEMAS: dict[str, Any] = {
             "next_fire_times": {"type": "array", "items": {"type": "string"}},
             "skipped": {"type": "array", "items": {"type": "object"}},
             "last_run": {"oneOf": [_ref("Run"), {"type": "null"}]},
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "on create/update: notebook syntax the fast engine refuses",
+            },
         },
     },
     "ParserList": {

@@ -10,9 +10,10 @@ from typing import Any
 from flask import Flask
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from parseq.models import RunStatus
-from tests.conftest import api_client
-from tests.test_notebooks import add_notebook, result, run_notebook, stream
+from parseq import notebooks
+from parseq.models import Parser, RunStatus, db
+from tests.conftest import admin_client, api_client
+from tests.test_notebooks import add_notebook, result, run_notebook, stream, write_nb
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: One env for the plotting tests (same requirements: built once per session).
@@ -205,3 +206,63 @@ def test_plots_and_ipython_display_in_a_matplotlib_env(embedded_app: Flask) -> N
     assert md["data"]["text/markdown"] == "**md**"
     assert image["output_type"] == "execute_result"
     assert base64.b64decode(image["data"]["image/png"]).startswith(PNG_MAGIC)
+
+
+# --- validation at save: what the fast engine refuses is a warning, not a run-time surprise --
+
+UNSUPPORTED = [
+    new_markdown_cell("# Title"),
+    new_code_cell("%time x = 1\n!echo ok"),  # supported: no warning
+    new_code_cell("len?"),
+    new_code_cell("%%bash\necho hi"),
+    new_code_cell("pip install requests"),
+    new_code_cell("def broken(:\n    pass"),
+]
+EXPECTED_WARNINGS = [
+    "cell 3: 'len?': IPython help (obj?) is not supported by the fast engine",
+    "cell 4: cell magic %%bash is not supported by the fast engine",
+    "cell 5: 'pip install requests' is not run by Parseq",
+    "cell 6: SyntaxError: ",
+]
+
+
+def _check_warnings(warnings: list[str]) -> None:
+    assert len(warnings) == len(EXPECTED_WARNINGS), warnings
+    for warning, start in zip(warnings, EXPECTED_WARNINGS, strict=True):
+        assert warning.startswith(start), warning
+    assert "engine to kernel" in warnings[0] and "requirements" in warnings[2]
+
+
+def test_syntax_warnings_name_each_cell_the_fast_engine_refuses(tmp_path: Path) -> None:
+    rel = write_nb(tmp_path, "ipy", UNSUPPORTED)
+    _check_warnings(notebooks.syntax_warnings(notebooks.validate_notebook(tmp_path / rel)))
+    clean = write_nb(tmp_path, "clean", [new_code_cell("%%capture\n!ls\n%cd /")])
+    assert notebooks.syntax_warnings(notebooks.validate_notebook(tmp_path / clean)) == []
+
+
+def test_api_and_admin_save_the_parser_and_warn(sqlite_app: Flask) -> None:
+    root = sqlite_app.extensions["parseq"].config.notebooks_dir
+    rel = write_nb(root, "ipy", UNSUPPORTED)
+    client = api_client(sqlite_app)
+    resp = client.post("/api/v1/parsers", json={"name": "ipy", "kind": "notebook", "path": rel})
+    assert resp.status_code == 201, resp.json
+    _check_warnings(resp.json["warnings"])
+    resp = client.patch("/api/v1/parsers/ipy", json={"description": "d"})
+    assert resp.status_code == 200 and len(resp.json["warnings"]) == 4
+    resp = client.post(
+        "/api/v1/parsers", json={"name": "script", "path": "echo_env.py", "kind": "script"}
+    )
+    assert resp.status_code == 201 and resp.json["warnings"] == []
+
+    admin = admin_client(sqlite_app)
+    form = {"default_args": "{}", "max_retries": "0", "enabled": "y"}
+    resp = admin.post(
+        "/admin/parsers/new/",
+        data={**form, "name": "ipy2", "script": f"notebook:{rel}", "csrf_token": admin.csrf_token},
+        follow_redirects=True,
+    )
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200
+    assert db.session.execute(db.select(Parser).filter_by(name="ipy2")).scalar_one()
+    assert "Warning: cell 3: &#39;len?&#39;: IPython help" in page
+    assert "Warning: cell 4: cell magic %%bash" in page
