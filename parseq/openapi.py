@@ -49,14 +49,20 @@ PARSER_NAME = _param("name", "path", {"type": "string"}, "parser name")
 RUN_ID = _param("run_id", "path", {"type": "integer"}, "run id")
 FILE_NAME = _param("name", "path", {"type": "string"}, "file name, may contain /")
 FORMAT = _param(
-    "format", "query", {"type": "string", "enum": ["raw", "json"]}, "json: JSON Lines as JSON"
+    "format",
+    "query",
+    {"type": "string", "enum": ["raw", "json", "html"]},
+    "json: JSON Lines as JSON; html: a .ipynb rendered as a sandboxed page",
 )
 RANGE = _param("Range", "header", {"type": "string"}, "bytes=START-END (one range)")
 
 DOWNLOAD_RESPONSES = {
     "200": {
-        "description": "the file's bytes",
-        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        "description": "the file's bytes (format=html: the notebook as a page)",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string"}},
+            "text/html": {"schema": {"type": "string"}},
+        },
     },
     "206": {
         "description": "the requested byte range",

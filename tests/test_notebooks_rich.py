@@ -4,6 +4,7 @@ through real runs (each ``output.ipynb`` validated with nbformat by ``run_notebo
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,55 @@ def test_api_and_admin_save_the_parser_and_warn(sqlite_app: Flask) -> None:
     assert db.session.execute(db.select(Parser).filter_by(name="ipy2")).scalar_one()
     assert "Warning: cell 3: &#39;len?&#39;: IPython help" in page
     assert "Warning: cell 4: cell magic %%bash" in page
+
+
+# --- the rendered view -----------------------------------------------------------------------
+
+XSS_HTML = (
+    '<b id="rich">rich html</b>'
+    "<script>document.getElementById('rich').textContent = 'pwned'</script>"
+    "<img src=x onerror=\"document.getElementById('rich').textContent = 'pwned'\">"
+)
+RENDERED_CELLS = [
+    new_markdown_cell("# Rendered heading\n\nSome **bold** prose."),
+    new_code_cell(f"print('from stdout')\ndisplay({{'text/html': {XSS_HTML!r}}}, raw=True)"),
+    new_code_cell("1 / 0"),
+]
+
+
+def test_output_ipynb_as_a_sandboxed_html_page(embedded_app: Flask) -> None:
+    parser = add_notebook(embedded_app, "rendered", RENDERED_CELLS)
+    run, _nb = run_notebook(parser)
+    assert run.status is RunStatus.ERROR
+    client = api_client(embedded_app)
+    url = f"/api/v1/runs/{run.id}/files/output.ipynb"
+    resp = client.get(f"{url}?format=html")
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
+    csp = resp.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and csp.endswith("; sandbox") and "script-src" not in csp
+    page = resp.get_data(as_text=True)
+    assert ">Rendered heading<" in page and "<strong>bold</strong>" in page
+    assert "from stdout" in page and "ZeroDivisionError" in page
+    assert '<b id="rich">rich html</b>' in page  # as is: the sandbox makes its script inert
+    assert "<script>document.getElementById('rich')" in page
+
+    admin_page = admin_client(embedded_app).get(f"/admin/runs/details/?id={run.id}")
+    html = admin_page.get_data(as_text=True)
+    frame = f'src="/admin/runs/{run.id}/files/output.ipynb?format=html"'
+    assert "<iframe sandbox " in html and frame in html
+    assert XSS_HTML not in html  # only inside the sandboxed frame
+    resp = admin_client(embedded_app).get(f"/admin/runs/{run.id}/files/output.ipynb?format=html")
+    assert resp.status_code == 200 and resp.headers["Content-Security-Policy"] == csp
+
+    resp = client.get(f"/api/v1/runs/{run.id}/files/output.txt?format=html")
+    assert resp.status_code == 400
+    assert resp.json["error"]["message"] == "format=html is only for .ipynb files"
+    state = embedded_app.extensions["parseq"]
+    config = state.config
+    state.config = replace(config, max_render_bytes=10)
+    try:
+        resp = client.get(f"{url}?format=html")
+    finally:
+        state.config = config
+    assert resp.status_code == 422 and "PARSEQ_MAX_RENDER_BYTES" in resp.json["error"]["message"]
