@@ -96,6 +96,13 @@ class ParserKind(str, enum.Enum):
     NOTEBOOK = "notebook"
 
 
+class NotebookEngine(str, enum.Enum):
+    """How a notebook runs: in place without a kernel (fast), or by a Jupyter kernel."""
+
+    FAST = "fast"
+    KERNEL = "kernel"
+
+
 class ScheduleType(str, enum.Enum):
     """APScheduler's three trigger types."""
 
@@ -169,6 +176,10 @@ class Parser(db.Model):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: Notebooks only (migration 0004 added it, hence last).
+    engine: Mapped[NotebookEngine] = mapped_column(
+        _str_enum(NotebookEngine), default=NotebookEngine.FAST, server_default="fast"
+    )
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="parser", cascade="all, delete-orphan", passive_deletes=True
@@ -185,6 +196,7 @@ class Parser(db.Model):
             "kind": self.kind.value,
             "path": self.path,
             "requirements": self.requirements,
+            "engine": (self.engine or NotebookEngine.FAST).value,
             "default_args": self.default_args or {},
             "secrets": self.secret_names(),
             "timeout_s": self.timeout_s,

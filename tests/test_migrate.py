@@ -126,10 +126,30 @@ def _schema(app: Flask) -> dict[str, Any]:
         }
 
 
-def _old_build_create_all(app: Flask) -> None:
-    """What ``init_db`` did before migrations: ``create_all()``, no version table."""
-    with app.app_context():
-        db.create_all()
+def _old_build_create_all(app: Flask, cron: str | None = None) -> None:
+    """What ``init_db`` did before migrations: the tables of that release (the baseline's), no
+    version table; with a parser "old" and one run of it, in SQL (today's models have columns
+    that release did not)."""
+    migrate.upgrade(app, migrate.BASELINE)
+    now = "2026-01-01 00:00:00+00:00"
+    with app.app_context(), db.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE {migrate.VERSION_TABLE}"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO parsers (name, description, kind, path, requirements, default_args,"
+                " secrets, max_retries, retry_on_timeout, enabled, timezone, overlap, cron,"
+                " created_at, updated_at) VALUES ('old', '', 'script', 'old.py', '', '{}', '{}',"
+                " 0, false, true, 'UTC', 'skip', :cron, :now, :now)"
+            ),
+            {"cron": cron, "now": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (parser_id, status, trigger, args, attempt, queued_at)"
+                " SELECT id, 'pending', 'manual', '{}', 1, :now FROM parsers"
+            ),
+            {"now": now},
+        )
 
 
 # --- the migrations make the models' schema ------------------------------------------------
@@ -174,7 +194,7 @@ def test_init_db_on_an_empty_database_makes_the_same_schema_and_records_head(
     migrated, created = make_app(new_database(dialect)), make_app(new_database(dialect))
     migrate.upgrade(migrated)
     init_db(created)
-    assert migrate.current(created) == migrate.heads() == (migrate.BASELINE,)
+    assert migrate.current(created) == migrate.heads()  # the head, whatever follows 0001
     assert _differences(created) == []
     assert _schema(created) == _schema(migrated)
 
@@ -189,10 +209,6 @@ def test_a_database_made_by_create_all_is_stamped_and_keeps_its_data(
 ) -> None:
     app = make_app(new_database(dialect))
     _old_build_create_all(app)
-    with app.app_context():
-        parser = add_parser("old")
-        db.session.add(Run(parser_id=parser.id))
-        db.session.commit()
     assert migrate.current(app) == ()
 
     if entry == "init_db":
@@ -221,7 +237,7 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
         'revision = "0002"\n'
-        'down_revision = "0001"\n\n\n'
+        f"down_revision = {migrate.heads()[0]!r}\n\n\n"  # after the shipped ones
         "def upgrade() -> None:\n"
         '    with op.batch_alter_table("parsers") as batch:\n'
         '        batch.add_column(sa.Column("note", sa.String(50), nullable=True))\n'
@@ -230,11 +246,7 @@ def test_a_create_all_database_is_upgraded_past_the_baseline_and_keeps_its_data(
         "    pass\n"
     )
     app = make_app(new_database(dialect))
-    _old_build_create_all(app)
-    with app.app_context():
-        parser = add_parser("old", cron="0 * * * *")
-        db.session.add(Run(parser_id=parser.id))
-        db.session.commit()
+    _old_build_create_all(app, cron="0 * * * *")
 
     init_db(app)
 
@@ -313,7 +325,7 @@ def test_processes_starting_together_on_postgresql_migrate_once(
     assert errors == []
     with apps[0].app_context(), db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
-            (migrate.BASELINE,)
+            migrate.heads()
         ]
     assert _differences(apps[0]) == []
 
@@ -374,14 +386,15 @@ def test_db_upgrade_and_current_commands(
 ) -> None:
     url = new_database(dialect)
     env = cli_env(url)
+    head = migrate.heads()[0]
     before = _cli(env, "db", "current")
     assert before.exit_code == 0, before.output
-    assert before.output == f"none (head is {migrate.BASELINE}: run 'parseq db upgrade')\n"
+    assert before.output == f"none (head is {head}: run 'parseq db upgrade')\n"
 
     up = _cli(env, "db", "upgrade")
     assert up.exit_code == 0, up.output
-    assert up.output == f"database schema at {migrate.BASELINE}\n"
-    assert _cli(env, "db", "current").output == f"{migrate.BASELINE} (head)\n"
+    assert up.output == f"database schema at {head}\n"
+    assert _cli(env, "db", "current").output == f"{head} (head)\n"
     assert _cli(env, "db", "upgrade").exit_code == 0
     assert _differences(make_app(url)) == []
 
@@ -422,18 +435,20 @@ def test_db_revision_writes_the_next_numbered_migration_from_the_models(
         conn.execute(sa.text("ALTER TABLE workers DROP COLUMN started_at"))
         conn.execute(sa.text("DROP INDEX ix_runs_queued_at"))
 
+    head = migrate.heads()[0]
+    number = f"{int(head) + 1:04d}"
     made = _cli(env, "db", "revision", "-m", "worker start time")
     assert made.exit_code == 0, made.output
-    path = migrations_copy / "versions" / "0002_worker_start_time.py"
+    path = migrations_copy / "versions" / f"{number}_worker_start_time.py"
     assert made.output.endswith(f"wrote {path}\n")
     text = path.read_text()
-    assert 'revision = "0002"' in text
-    assert 'down_revision = "0001"' in text
+    assert f'revision = "{number}"' in text
+    assert f'down_revision = "{head}"' in text
     assert "sa.DateTime(timezone=True)" in text  # UTCDateTime, written as what it stores
     assert "import parseq" not in text
     assert "parseq." not in text  # migrations never use app code, which changes after them
     assert "op.create_index" in text
 
     assert _cli(env, "db", "upgrade").exit_code == 0
-    assert _cli(env, "db", "current").output == "0002 (head)\n"
+    assert _cli(env, "db", "current").output == f"{number} (head)\n"
     assert _differences(make_app(url)) == []
