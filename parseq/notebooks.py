@@ -19,7 +19,7 @@ import nbformat
 from parseq import nbdoc, nbexec, nbsyntax, runner
 from parseq.config import Config
 from parseq.errors import ParseqError, ValidationError
-from parseq.models import Parser, ParserKind
+from parseq.models import NotebookEngine, Parser, ParserKind
 
 #: Run as ``<interpreter> nbexec_launcher.py <notebook> <output> --key value ...``.
 EXECUTOR = Path(nbexec.__file__).resolve().with_name("nbexec_launcher.py")
@@ -139,6 +139,8 @@ def parser_warnings(config: Config, parser: Parser) -> list[str]:
     """Warnings about a saved parser, for the admin's flash and the API's ``warnings``: the
     notebook syntax the fast engine does not run. Empty for scripts."""
     if parser.kind is not ParserKind.NOTEBOOK or not parser.path:
+        return []
+    if parser.engine is NotebookEngine.KERNEL:  # IPython itself runs every line
         return []
     try:
         nb = check_parser_notebook(config, parser.path)

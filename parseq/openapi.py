@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from parseq import schemas
-from parseq.models import ParserKind, RunStatus, RunTrigger
+from parseq.models import NotebookEngine, ParserKind, RunStatus, RunTrigger
 
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 
@@ -155,6 +155,7 @@ SCHEMAS: dict[str, Any] = {
             "kind": {"type": "string", "enum": [k.value for k in ParserKind]},
             "path": {"type": "string"},
             "requirements": {"type": "string"},
+            "engine": {"type": "string", "enum": [e.value for e in NotebookEngine]},
             "default_args": {"type": "object"},
             "secrets": {"type": "array", "items": {"type": "string"}, "description": "names"},
             "timeout_s": {"type": ["number", "null"]},
