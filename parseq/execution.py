@@ -233,7 +233,9 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         workdir.chmod(0o711)
     if parser.kind is ParserKind.NOTEBOOK:
         output_nb = dirs["output"] / notebooks.OUTPUT_NOTEBOOK
-        argv = notebooks.build_command(interpreter, script, output_nb, run.args or {})
+        argv = notebooks.build_command(
+            interpreter, script, output_nb, run.args or {}, engine=parser.engine
+        )
     else:
         argv = runner.build_command(interpreter, script, run.args or {})
     env = runner.build_env(

@@ -23,6 +23,8 @@ from parseq.models import NotebookEngine, Parser, ParserKind
 
 #: Run as ``<interpreter> nbexec_launcher.py <notebook> <output> --key value ...``.
 EXECUTOR = Path(nbexec.__file__).resolve().with_name("nbexec_launcher.py")
+#: The kernel engine's, run the same way (:mod:`parseq.nbkernel`, nbclient in the parser's env).
+KERNEL_EXECUTOR = EXECUTOR.with_name("nbkernel_launcher.py")
 #: Name of the executed notebook among a run's files.
 OUTPUT_NOTEBOOK = "output.ipynb"
 
@@ -32,10 +34,12 @@ def build_command(
     notebook: Path | str,
     output_path: Path | str,
     args: Mapping[str, Any],
+    engine: NotebookEngine = NotebookEngine.FAST,
 ) -> list[str]:
-    """The argv of a notebook run: the executor, the notebook, where to write the executed
-    copy, then the run args as ``--key value`` exactly as a script gets them."""
-    argv = runner.build_command(interpreter, EXECUTOR, args)
+    """The argv of a notebook run: the engine's executor, the notebook, where to write the
+    executed copy, then the run args as ``--key value`` exactly as a script gets them."""
+    executor = KERNEL_EXECUTOR if engine is NotebookEngine.KERNEL else EXECUTOR
+    argv = runner.build_command(interpreter, executor, args)
     argv[2:2] = [str(notebook), str(output_path)]
     return argv
 
