@@ -187,11 +187,12 @@ class Executor:
                 outputs.data(value, self.count)
         except BaseException as exc:  # SystemExit(0) too: the caller stops there, no failure
             error = exc
-        if not isinstance(error, Terminated):
-            error = self.flush_figures() or error
-        sys.stdout.flush()
-        sys.stdout, sys.stderr = real
-        cell["outputs"] = outputs.items
+        try:  # figures left open are shown after the value, as the inline backend does
+            error = error if isinstance(error, Terminated) else self.flush_figures() or error
+        finally:
+            sys.stdout.flush()
+            sys.stdout, sys.stderr = real
+            cell["outputs"] = outputs.items
         if error is not None and not _clean_exit(error):
             cell["outputs"].append(error_output(error, self.sources))
         return error
