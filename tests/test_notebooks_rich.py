@@ -12,7 +12,7 @@ from flask import Flask
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
 from parseq import notebooks
-from parseq.models import Parser, RunStatus, db
+from parseq.models import NotebookEngine, Parser, RunStatus, db
 from tests.conftest import admin_client, api_client
 from tests.test_notebooks import add_notebook, result, run_notebook, stream, write_nb
 
@@ -29,6 +29,8 @@ class Rich:
     def _repr_jpeg_(self): return b"\\xff\\xd8jpeg"
     def _repr_latex_(self): return "$x^2$"
     def _repr_json_(self): return {"a": [1, 2]}
+    def _repr_pdf_(self): return b"%PDF-1.4"
+    def _repr_javascript_(self): return "console.log(1)"
     def __repr__(self): return "Rich()"
 
 class Bundle:
@@ -73,10 +75,13 @@ def test_every_repr_method_gives_its_mime_type_in_ipython_order(embedded_app: Fl
         "text/markdown",
         "image/svg+xml",
         "image/png",
+        "application/pdf",
         "image/jpeg",
         "text/latex",
         "application/json",
+        "application/javascript",
     ]
+    assert base64.b64decode(data["application/pdf"]) == b"%PDF-1.4"
     assert data["text/plain"] == "Rich()" and data["application/json"] == {"a": [1, 2]}
     assert base64.b64decode(data["image/png"]) == PNG_MAGIC + b"png"
     assert base64.b64decode(data["image/jpeg"]) == b"\xff\xd8jpeg"
@@ -250,6 +255,12 @@ def test_api_and_admin_save_the_parser_and_warn(sqlite_app: Flask) -> None:
     _check_warnings(resp.json["warnings"])
     resp = client.patch("/api/v1/parsers/ipy", json={"description": "d"})
     assert resp.status_code == 200 and len(resp.json["warnings"]) == 4
+    resp = client.patch("/api/v1/parsers/ipy", json={"engine": "turbo"})
+    assert resp.status_code == 422
+    assert resp.json["error"]["fields"] == {"engine": "must be 'fast' or 'kernel'"}
+    resp = client.patch("/api/v1/parsers/ipy", json={"engine": "kernel"})
+    assert resp.status_code == 200  # IPython itself runs those lines: nothing to warn about
+    assert (resp.json["engine"], resp.json["warnings"]) == ("kernel", [])
     resp = client.post(
         "/api/v1/parsers", json={"name": "script", "path": "echo_env.py", "kind": "script"}
     )
@@ -319,3 +330,20 @@ def test_output_ipynb_as_a_sandboxed_html_page(embedded_app: Flask) -> None:
     finally:
         state.config = config
     assert resp.status_code == 422 and "PARSEQ_MAX_RENDER_BYTES" in resp.json["error"]["message"]
+
+
+def test_admin_saves_the_engine_and_kernel_notebooks_get_no_warning(sqlite_app: Flask) -> None:
+    root = sqlite_app.extensions["parseq"].config.notebooks_dir
+    rel = write_nb(root, "ipy", UNSUPPORTED)
+    admin = admin_client(sqlite_app)
+    form = {"default_args": "{}", "max_retries": "0", "enabled": "y", "engine": "kernel"}
+    resp = admin.post(
+        "/admin/parsers/new/",
+        data={**form, "name": "k", "script": f"notebook:{rel}", "csrf_token": admin.csrf_token},
+        follow_redirects=True,
+    )
+    assert resp.status_code == 200 and "Warning:" not in resp.get_data(as_text=True)
+    parser = db.session.execute(db.select(Parser).filter_by(name="k")).scalar_one()
+    assert parser.engine is NotebookEngine.KERNEL
+    page = admin.get(f"/admin/parsers/edit/?id={parser.id}").get_data(as_text=True)
+    assert '<option selected value="kernel">' in page
