@@ -155,6 +155,11 @@ def test_timeout_and_cancel_kill_the_kernel(embedded_app: Flask, stop: str) -> N
     else:
         final = wait_for_status(run.id, RunStatus.TIMEOUT, timeout_s=60)
     assert _gone(pid), "the kernel outlived the run"
+    deadline = time.monotonic() + 30  # a cancelled run is final first, its files come after
+    while final.file("output.ipynb") is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        db.session.expire_all()
+        final = db.session.get(Run, final.id)
     resp = api_client(embedded_app).get(f"/api/v1/runs/{final.id}/files/output.ipynb")
     assert resp.status_code == 200, (final.error, [f.name for f in final.files])
     nb = nbformat.reads(resp.data.decode(), as_version=4)
