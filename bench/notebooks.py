@@ -1,5 +1,5 @@
 """Benchmark: a trivial 3-cell notebook through Parseq's runner, the same code as a script,
-and the same notebook through papermill (a Jupyter kernel per run).
+the same notebook with the kernel engine, and through papermill (a Jupyter kernel per run).
 
 Run on demand (not part of the tests): ``make bench BENCH=notebooks``, or
 ``python -m bench notebooks -- --repeat 20 --papermill-repeat 5``.
@@ -10,8 +10,8 @@ bare virtualenv, ``var/bench-venvs/bare``, as a parser without requirements woul
 variant is spawned and supervised by :mod:`parseq.runner` in the same sandboxed environment a
 run gets, so the numbers compare what a worker pays; the notebook also as a worker starts it by
 default, forked from its env's fork server. Prints medians and the ratios the
-notebooks issue targets: notebook overhead over the script <= 50 ms, and >= 50x faster than
-papermill.
+notebooks issue targets: notebook overhead over the script <= 50 ms, >= 50x faster than
+papermill, and the kernel engine within 1.2x of papermill's wall time.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from parseq import forkserver, notebooks, runner, supervisor
 from parseq.config import PROJECT_ROOT
+from parseq.models import NotebookEngine
 
 CELLS = ["x = 1", "y = x * 2\nprint(y)", "y + 1"]
 BENCH_VENVS = PROJECT_ROOT / "var" / "bench-venvs"
@@ -160,6 +161,17 @@ def main(argv: list[str] | None = None) -> None:
             root,
             fork=True,
         )  # fmt: skip
+        # The kernel engine in an env with what it adds to a parser's requirements (the
+        # papermill env has both: ipykernel, and nbclient as papermill's own engine).
+        kernel_python = str(papermill.with_name("python"))
+        kernel = measure(
+            "kernel engine", opts.papermill_repeat,
+            lambda w: notebooks.build_command(
+                kernel_python, root / "trivial.ipynb", w / "output" / "output.ipynb", {"x": 2},
+                engine=NotebookEngine.KERNEL,
+            ),
+            root,
+        )  # fmt: skip
         paper = measure(
             "papermill (kernel)", opts.papermill_repeat,
             lambda w: [str(papermill), "--no-progress-bar", str(root / "trivial.ipynb"),
@@ -175,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             f"papermill / script {paper[i] / script[i]:.1f}x"
         )
         print(f"     papermill / notebook forked from a fork server {paper[i] / forked[i]:.1f}x")
+        print(f"     kernel engine / papermill {kernel[i] / paper[i]:.2f}x (target <= 1.2x)")
 
 
 if __name__ == "__main__":

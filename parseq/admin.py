@@ -46,6 +46,7 @@ from parseq.admin_schedule import (
 from parseq.dashboard import DashboardView
 from parseq.errors import ParseqError
 from parseq.models import (
+    NotebookEngine,
     Parser,
     ParserKind,
     Run,
@@ -158,6 +159,7 @@ class ParserView(auth.LoginRequired, ModelView):
         "description",
         "script",
         "upload",
+        "engine",
         "requirements",
         "default_args",
         "default_positional",
@@ -190,9 +192,18 @@ class ParserView(auth.LoginRequired, ModelView):
         "default_args": JSONObjectField,
         "default_positional": JSONListField,
         "timeout_s": fields.FloatField,
+        "engine": fields.SelectField,
         **SCHEDULE_FORM_OVERRIDES,
     }
     form_args = {
+        "engine": {
+            "validators": [Optional()],  # absent (a script's form): fast
+            "choices": [SelectChoice(e.value) for e in NotebookEngine],
+            "coerce": lambda v: getattr(v, "value", v) or NotebookEngine.FAST.value,
+            "label": "Notebook engine",
+            "description": "fast: no kernel, milliseconds to start; kernel: a Jupyter kernel "
+            "(seconds to start) when a notebook needs what only IPython does",
+        },
         "timeout_s": {"label": "Timeout (s)", "validators": [Optional(), NumberRange(min=0.1)]},
         "max_retries": {"validators": [NumberRange(min=0, max=100)]},
         **SCHEDULE_FORM_ARGS,
@@ -282,6 +293,7 @@ class ParserView(auth.LoginRequired, ModelView):
                 kind, _, rel = form.script.data.partition(":")
                 model.kind = ParserKind(kind)
                 model.path = registry.validate_path(config, model.kind, rel)
+            model.engine = NotebookEngine(form.engine.data or NotebookEngine.FAST.value)
             if model.kind is ParserKind.NOTEBOOK:
                 notebooks.check_parser_notebook(config, model.path)
             apply_schedule(form, model, is_created)
@@ -308,6 +320,12 @@ class ParserView(auth.LoginRequired, ModelView):
             flash(exc.message, "error")
             return False
         return True
+
+    def after_model_change(self, form: Any, model: Parser, is_created: bool) -> None:
+        """Saved, but say now what the fast engine would refuse at the first run."""
+        config = current_app.extensions["parseq"].config
+        for warning in notebooks.parser_warnings(config, model):
+            flash(f"Warning: {warning}", "warning")
 
     def history(self, parser: Parser, limit: int = 25) -> list[Run]:
         return list(

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from parseq import downloads, health, notify, openapi, runs, schemas, throttle, tokens
 from parseq.errors import BadRequest, ParseqError, TooManyRequests, Unauthorized
 from parseq.models import Parser, Run, RunStatus, RunTrigger, db
+from parseq.notebooks import parser_warnings
 from parseq.runner import check_positional
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -164,7 +165,8 @@ def create_parser() -> tuple[Response, int, dict[str, str]]:
     """Register a parser; secrets are accepted here and never shown again."""
     values = schemas.check_parser_body(_json_body(), _config(), None)
     parser = schemas.apply_parser_values(Parser(), values)
-    return jsonify(parser_json(parser, True)), 201, {"Location": f"{PREFIX}/parsers/{parser.name}"}
+    body = {**parser_json(parser, True), "warnings": parser_warnings(_config(), parser)}
+    return jsonify(body), 201, {"Location": f"{PREFIX}/parsers/{parser.name}"}
 
 
 @bp.get("/parsers/<name>")
@@ -177,7 +179,8 @@ def update_parser(name: str) -> Response:
     """Change the given fields only; ``secrets`` are merged (a null value removes one)."""
     parser = runs.get_parser(name)
     values = schemas.check_parser_body(_json_body(), _config(), parser)
-    return jsonify(parser_json(schemas.apply_parser_values(parser, values), last_run=True))
+    parser = schemas.apply_parser_values(parser, values)
+    return jsonify({**parser_json(parser, True), "warnings": parser_warnings(_config(), parser)})
 
 
 @bp.delete("/parsers/<name>")

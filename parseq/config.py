@@ -177,6 +177,8 @@ class Config:
     s3_presign_expires_s: int = 300
     #: Largest ``output.txt`` served as ``?format=json`` (parsed in memory), in bytes.
     max_json_output_bytes: int = 64 * 1024 * 1024
+    #: Largest ``.ipynb`` rendered as ``?format=html`` (converted in memory), in bytes.
+    max_render_bytes: int = 32 * 1024 * 1024
     #: How often a worker process records its heartbeat in the ``workers`` table, in seconds.
     worker_heartbeat_interval_s: float = 5.0
     #: A worker row unseen for this long (a worker killed without a clean stop) is dropped from

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, stream_with_context
 
-from parseq import runs
+from parseq import nbrender, runs
 from parseq.errors import BadRequest, NotFound, ValidationError
 from parseq.models import Run, RunFile, RunStatus, db
 from parseq.storage import ByteRange
@@ -82,10 +82,12 @@ def stored_file(run: Run, name: str) -> RunFile:
 def serve(stored: RunFile) -> Response:
     """The file's bytes: whole, a ``Range`` of them, a presigned redirect, or JSON."""
     fmt = request.args.get("format", "raw")
-    if fmt not in ("raw", "json"):
-        raise BadRequest("format must be 'raw' or 'json'", field="format")
+    if fmt not in ("raw", "json", "html"):
+        raise BadRequest("format must be 'raw', 'json' or 'html'", field="format")
     if fmt == "json":
         return _json_lines(stored)
+    if fmt == "html":
+        return _notebook_html(stored)
     state = current_app.extensions["parseq"]
     filename = stored.name.rsplit("/", 1)[-1]
     content_type = _content_type(filename)
@@ -184,6 +186,21 @@ def _json_lines(stored: RunFile) -> Response:
                 line=number,
             ) from None
     return jsonify({"run_id": stored.run_id, "file": stored.name, "items": items})
+
+
+def _notebook_html(stored: RunFile) -> Response:
+    """An ``.ipynb`` rendered as a sandboxed page (:mod:`parseq.nbrender`)."""
+    if not stored.name.endswith(".ipynb"):
+        raise BadRequest("format=html is only for .ipynb files", field="format")
+    config = current_app.extensions["parseq"].config
+    if stored.size > config.max_render_bytes:
+        raise ValidationError(
+            f"{stored.name} has {stored.size} bytes, more than PARSEQ_MAX_RENDER_BYTES "
+            f"({config.max_render_bytes}); download it raw",
+            field="format",
+        )
+    html = nbrender.render_html(b"".join(stored_bytes(stored)), stored.name)
+    return Response(html, content_type="text/html; charset=utf-8", headers=nbrender.HEADERS)
 
 
 def _content_type(filename: str) -> str:

@@ -249,7 +249,12 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
     if parser.kind is ParserKind.NOTEBOOK:
         output_nb = dirs["output"] / notebooks.OUTPUT_NOTEBOOK
         argv = notebooks.build_command(
-            interpreter, script, output_nb, run.args or {}, run.positional or []
+            interpreter,
+            script,
+            output_nb,
+            run.args or {},
+            run.positional or [],
+            engine=parser.engine,
         )
     else:
         argv = runner.build_command(interpreter, script, run.args or {}, run.positional or [])

@@ -97,6 +97,13 @@ class ParserKind(str, enum.Enum):
     NOTEBOOK = "notebook"
 
 
+class NotebookEngine(str, enum.Enum):
+    """How a notebook runs: in place without a kernel (fast), or by a Jupyter kernel."""
+
+    FAST = "fast"
+    KERNEL = "kernel"
+
+
 class ScheduleType(str, enum.Enum):
     """APScheduler's three trigger types."""
 
@@ -172,6 +179,10 @@ class Parser(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     #: Positional arguments of a run that gives none, after the options in argv.
     default_positional: Mapped[list[Any] | None] = mapped_column(sa.JSON, default=list)
+    #: Notebooks only (migration 0004 added it).
+    engine: Mapped[NotebookEngine] = mapped_column(
+        _str_enum(NotebookEngine), default=NotebookEngine.FAST, server_default="fast"
+    )
     #: Notification settings (``parseq.notify_settings``; unset ones = the defaults), encrypted
     #: like the secrets: webhook URLs (Slack's) and signing secrets are credentials. Last, where
     #: its migration adds it.
@@ -192,6 +203,7 @@ class Parser(db.Model):
             "kind": self.kind.value,
             "path": self.path,
             "requirements": self.requirements,
+            "engine": (self.engine or NotebookEngine.FAST).value,
             "default_args": self.default_args or {},
             "default_positional": self.default_positional or [],
             "secrets": self.secret_names(),

@@ -132,10 +132,16 @@ def parameters_source(args: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inject_parameters(nb: dict[str, Any], args: dict[str, Any]) -> int:
+def inject_parameters(nb: dict[str, Any], args: dict[str, Any]) -> int | None:
     """Insert the parameters cell after the one tagged ``parameters`` (or at the top); return
-    its index. A cell injected by an earlier run (a re-used output notebook) is replaced."""
+    its index. A cell injected by an earlier run (a re-used output notebook) is replaced.
+
+    Without arguments nothing is inserted (None): an empty cell would shift every execution
+    count against the notebook as authored (papermill's behaviour too)."""
     cells = [c for c in nb["cells"] if INJECTED_TAG not in tags_of(c)]
+    if not args:
+        nb["cells"] = cells
+        return None
     at = next((i + 1 for i, c in enumerate(cells) if PARAMETERS_TAG in tags_of(c)), 0)
     cell: dict[str, Any] = {
         "cell_type": "code",

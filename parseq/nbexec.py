@@ -40,10 +40,14 @@ except ImportError:  # not CPython
 CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
 try:  # imported as parseq.nbexec (Parseq itself, tests)
+    from parseq.nbdisplay import Display, install_hooks, mime_bundle
     from parseq.nbdoc import args_from, inject_parameters, load, save, source_of
+    from parseq.nbmagic import Captured, Magics
     from parseq.nbsyntax import NotebookError, check_shell_command, translate
 except ImportError:  # run through nbexec_launcher.py, which has this folder on sys.path
+    from nbdisplay import Display, install_hooks, mime_bundle  # type: ignore[no-redef]
     from nbdoc import args_from, inject_parameters, load, save, source_of  # type: ignore[no-redef]
+    from nbmagic import Captured, Magics  # type: ignore[no-redef]
     from nbsyntax import NotebookError, check_shell_command, translate  # type: ignore[no-redef]
 
 #: Cells compile under the file name ``<cell 3>``; tracebacks start at the first such frame.
@@ -79,36 +83,22 @@ class CellOutputs:
         else:
             self.items.append({"output_type": "stream", "name": name, "text": text})
 
-    def data(self, obj: Any, execution_count: int | None = None) -> None:
-        bundle = mime_bundle(obj)
-        if execution_count is None:
-            self.items.append({"output_type": "display_data", "data": bundle, "metadata": {}})
-        else:
-            self.items.append(
-                {
-                    "output_type": "execute_result",
-                    "execution_count": execution_count,
-                    "data": bundle,
-                    "metadata": {},
-                }
-            )
+    def data(self, obj: Any, execution_count: int) -> None:
+        """The value of the cell's last expression, as its ``Out[n]``."""
+        data, metadata = mime_bundle(obj)
+        self.items.append(
+            {
+                "output_type": "execute_result",
+                "execution_count": execution_count,
+                "data": data,
+                "metadata": metadata,
+            }
+        )
 
-
-def mime_bundle(obj: Any) -> dict[str, str]:
-    """``text/plain`` (and ``text/html`` when the object offers it, as pandas does)."""
-    try:
-        bundle = {"text/plain": repr(obj)}
-    except Exception as exc:  # a broken __repr__ must not fail the run
-        bundle = {"text/plain": f"<repr failed: {exc!r}>"}
-    html = getattr(obj, "_repr_html_", None)
-    if callable(html) and not isinstance(obj, type):
-        try:
-            value = html()
-            if isinstance(value, str):
-                bundle["text/html"] = value
-        except Exception:  # nosec B110  # a broken _repr_html_ only means no HTML output
-            pass
-    return bundle
+    def clear(self) -> None:
+        """``clear_output()``: what the cell showed so far goes."""
+        self.items.clear()
+        self.chars = {"stdout": 0, "stderr": 0}
 
 
 class Tee:
@@ -142,13 +132,23 @@ class Executor:
         # Pickling classes defined in cells resolves them through sys.modules["__main__"].
         sys.modules["__main__"] = main
         self.ns = main.__dict__
-        self.ns["__parseq_shell__"] = self.shell
-        if not hasattr(builtins, "display"):
-            builtins.display = self.display  # type: ignore[attr-defined]
-        self.count = 0
         self.outputs = CellOutputs()
+        self.displayer = Display(lambda out: self.outputs.items.append(out), self.clear_output)
+        magics = Magics(self)
+        self.ns.update(
+            __parseq_shell__=self.shell,
+            __parseq_magic__=magics.line,
+            __parseq_cell_magic__=magics.cell,
+        )
+        if not hasattr(builtins, "display"):
+            builtins.display = self.displayer.display  # type: ignore[attr-defined]
+        self.count = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sources: dict[str, str] = {}
+        self.label = self.filename = ""
+
+    def clear_output(self) -> None:
+        self.outputs.clear()
 
     def shell(self, command: str) -> None:
         """``!command``: run it through the shell, its output into the cell (as IPython does,
@@ -165,11 +165,6 @@ class Executor:
         sys.stderr.write(proc.stderr)
         self.ns["_exit_code"] = proc.returncode
 
-    def display(self, *objs: Any, **_kwargs: Any) -> None:
-        for obj in objs:
-            print(repr(obj), file=sys.__stdout__)
-            self.outputs.data(obj)
-
     def run_cell(self, cell: dict[str, Any], label: str) -> BaseException | None:
         """Execute one code cell, recording its outputs; return the exception it raised.
 
@@ -181,27 +176,48 @@ class Executor:
         self.count += 1
         cell["execution_count"] = self.count
         self.outputs = outputs = CellOutputs()
-        filename = f"<{label}>"
+        self.label, self.filename = label, f"<{label}>"
         real = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = Tee("stdout", real[0], outputs), Tee("stderr", real[1], outputs)
         error: BaseException | None = None
         try:
-            body, last = self.compile(source, label, filename)
-            self.execute(body)
-            if last is not None:
-                value = self.execute(last)
-                if value is not None and not source.rstrip().endswith(";"):
-                    self.ns["_"] = value
-                    outputs.data(value, self.count)
+            value = self.run_source(source)
+            if value is not None and not source.rstrip().endswith(";"):
+                self.ns["_"] = value
+                outputs.data(value, self.count)
         except BaseException as exc:  # SystemExit(0) too: the caller stops there, no failure
             error = exc
+        try:  # figures left open are shown after the value, as the inline backend does
+            error = error if isinstance(error, Terminated) else self.flush_figures() or error
         finally:
             sys.stdout.flush()
             sys.stdout, sys.stderr = real
-        cell["outputs"] = outputs.items
+            cell["outputs"] = outputs.items
         if error is not None and not _clean_exit(error):
             cell["outputs"].append(error_output(error, self.sources))
         return error
+
+    def run_source(self, source: str) -> Any:
+        """Run source in the namespace as the current cell; the value of its last expression
+        (None without one). Magics run their cell's body through this too."""
+        body, last = self.compile(source, self.label, self.filename)
+        self.execute(body)
+        return None if last is None else self.execute(last)
+
+    def flush_figures(self) -> BaseException | None:
+        """Figures the cell left open become its image outputs (the inline backend is loaded
+        only once a notebook uses matplotlib); return what failed drawing them."""
+        inline = sys.modules.get("parseq_inline")
+        try:
+            if inline is not None:
+                inline.flush_figures()
+        except Exception as exc:
+            return exc
+        return None
+
+    def capture(self) -> _Capture:
+        """``%%capture``: outputs go to a :class:`Captured`, not to the cell."""
+        return _Capture(self)
 
     def compile(
         self, source: str, label: str, filename: str
@@ -241,6 +257,28 @@ class Executor:
     def close(self) -> None:
         if self.loop is not None:
             self.loop.close()
+
+
+class _Capture:
+    """The context of ``%%capture``: the executor's outputs and streams swapped for new ones
+    (the run log still gets the text)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.captured = Captured(executor.displayer.publish_display_data)
+
+    def __enter__(self) -> Captured:
+        x = self.executor
+        self.saved = x.outputs, sys.stdout, sys.stderr
+        x.outputs = outputs = CellOutputs()
+        sys.stdout = Tee("stdout", sys.__stdout__, outputs)
+        sys.stderr = Tee("stderr", sys.__stderr__, outputs)
+        return self.captured
+
+    def __exit__(self, *_exc: Any) -> None:
+        x = self.executor
+        self.captured.outputs = x.outputs.items
+        x.outputs, sys.stdout, sys.stderr = self.saved
 
 
 def _clean_exit(exc: BaseException) -> bool:
@@ -303,8 +341,10 @@ def main(argv: list[str]) -> int:
     signals.signal(signals.SIGTERM, _on_sigterm)
     started = time.monotonic()
     failed = None
+    executor = Executor()
+    install_hooks(executor.displayer)  # matplotlib's inline backend, IPython's display()
     try:
-        failed = run_all(nb, injected, Executor())
+        failed = run_all(nb, injected, executor)
     except Terminated as exc:  # between two cells
         failed = (None, exc)
     finally:
@@ -323,7 +363,7 @@ def main(argv: list[str]) -> int:
 
 
 def run_all(
-    nb: dict[str, Any], injected: int, executor: Executor
+    nb: dict[str, Any], injected: int | None, executor: Executor
 ) -> tuple[int | None, BaseException] | None:
     """Run the code cells in order until one fails (returned with its position in the source
     notebook, None for the injected cell) or ``sys.exit(0)`` stops the notebook."""

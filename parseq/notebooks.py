@@ -7,6 +7,7 @@ notebook when a parser is saved, so a broken file is a form/API error, not a fai
 
 from __future__ import annotations
 
+import ast
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -15,12 +16,15 @@ from typing import Any
 
 import nbformat
 
-from parseq import nbdoc, nbexec, runner
+from parseq import nbdoc, nbexec, nbsyntax, runner
 from parseq.config import Config
-from parseq.errors import ValidationError
+from parseq.errors import ParseqError, ValidationError
+from parseq.models import NotebookEngine, Parser, ParserKind
 
 #: Run as ``<interpreter> nbexec_launcher.py <notebook> <output> --key value ...``.
 EXECUTOR = Path(nbexec.__file__).resolve().with_name("nbexec_launcher.py")
+#: The kernel engine's, run the same way (:mod:`parseq.nbkernel`, nbclient in the parser's env).
+KERNEL_EXECUTOR = EXECUTOR.with_name("nbkernel_launcher.py")
 #: Name of the executed notebook among a run's files.
 OUTPUT_NOTEBOOK = "output.ipynb"
 
@@ -31,10 +35,12 @@ def build_command(
     output_path: Path | str,
     args: Mapping[str, Any],
     positional: Sequence[Any] = (),
+    engine: NotebookEngine = NotebookEngine.FAST,
 ) -> list[str]:
-    """The argv of a notebook run: the executor, the notebook, where to write the executed
-    copy, then the run args and positionals exactly as a script gets them."""
-    argv = runner.build_command(interpreter, EXECUTOR, args, positional)
+    """The argv of a notebook run: the engine's executor, the notebook, where to write the
+    executed copy, then the run args and positionals exactly as a script gets them."""
+    executor = KERNEL_EXECUTOR if engine is NotebookEngine.KERNEL else EXECUTOR
+    argv = runner.build_command(interpreter, executor, args, positional)
     argv[2:2] = [str(notebook), str(output_path)]
     return argv
 
@@ -105,3 +111,44 @@ def describe(nb: Mapping[str, Any]) -> str:
         chosen = prose[0] if prose else paragraphs[0].lstrip("#").strip() if paragraphs else ""
         return " ".join(chosen.split())[:500]
     return ""
+
+
+def syntax_warnings(nb: Mapping[str, Any]) -> list[str]:
+    """What the fast engine would refuse, cell by cell, in the words of the run's error
+    ("cell 3: magic %prun is not supported..."): said when the parser is saved, not at its
+    first run. Cells are numbered as authored (markdown too), as in run errors."""
+    found = []
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    for position, cell in enumerate(nb.get("cells", []), start=1):
+        if cell.get("cell_type") != "code":
+            continue
+        label, source = f"cell {position}", nbdoc.source_of(cell)
+        try:
+            try:
+                compile(source, f"<{label}>", "exec", flags=flags, dont_inherit=True)
+            except SyntaxError:
+                translated = nbsyntax.translate(source, label)
+                compile(translated, f"<{label}>", "exec", flags=flags, dont_inherit=True)
+        except nbsyntax.NotebookError as exc:
+            found.append(str(exc))
+        except (SyntaxError, ValueError) as exc:
+            line = getattr(exc, "lineno", None)
+            found.append(
+                f"{label}: {type(exc).__name__}: {getattr(exc, 'msg', exc)}"
+                + (f" (line {line})" if line else "")
+            )
+    return found
+
+
+def parser_warnings(config: Config, parser: Parser) -> list[str]:
+    """Warnings about a saved parser, for the admin's flash and the API's ``warnings``: the
+    notebook syntax the fast engine does not run. Empty for scripts."""
+    if parser.kind is not ParserKind.NOTEBOOK or not parser.path:
+        return []
+    if parser.engine is NotebookEngine.KERNEL:  # IPython itself runs every line
+        return []
+    try:
+        nb = check_parser_notebook(config, parser.path)
+    except ParseqError as exc:  # the file changed since it was validated
+        return [exc.message]
+    return syntax_warnings(nb)

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from parseq import schemas
-from parseq.models import ParserKind, RunStatus, RunTrigger
+from parseq.models import NotebookEngine, ParserKind, RunStatus, RunTrigger
 
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 
@@ -52,14 +52,20 @@ PARSER_NAME = _param("name", "path", {"type": "string"}, "parser name")
 RUN_ID = _param("run_id", "path", {"type": "integer"}, "run id")
 FILE_NAME = _param("name", "path", {"type": "string"}, "file name, may contain /")
 FORMAT = _param(
-    "format", "query", {"type": "string", "enum": ["raw", "json"]}, "json: JSON Lines as JSON"
+    "format",
+    "query",
+    {"type": "string", "enum": ["raw", "json", "html"]},
+    "json: JSON Lines as JSON; html: a .ipynb rendered as a sandboxed page",
 )
 RANGE = _param("Range", "header", {"type": "string"}, "bytes=START-END (one range)")
 
 DOWNLOAD_RESPONSES = {
     "200": {
-        "description": "the file's bytes",
-        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        "description": "the file's bytes (format=html: the notebook as a page)",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string"}},
+            "text/html": {"schema": {"type": "string"}},
+        },
     },
     "206": {
         "description": "the requested byte range",
@@ -181,6 +187,7 @@ SCHEMAS: dict[str, Any] = {
             "kind": {"type": "string", "enum": [k.value for k in ParserKind]},
             "path": {"type": "string"},
             "requirements": {"type": "string"},
+            "engine": {"type": "string", "enum": [e.value for e in NotebookEngine]},
             "default_args": {"type": "object"},
             "default_positional": {
                 "type": "array",
@@ -202,6 +209,11 @@ SCHEMAS: dict[str, Any] = {
             "next_fire_times": {"type": "array", "items": {"type": "string"}},
             "skipped": {"type": "array", "items": {"type": "object"}},
             "last_run": {"oneOf": [_ref("Run"), {"type": "null"}]},
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "on create/update: notebook syntax the fast engine refuses",
+            },
         },
     },
     "ParserList": {

@@ -23,7 +23,7 @@ from packaging.utils import canonicalize_name
 
 from parseq.config import Config
 from parseq.errors import ValidationError
-from parseq.models import Parser
+from parseq.models import NotebookEngine, Parser, ParserKind
 from parseq.registry import root_for
 
 #: PEP 723's reference regular expression for inline metadata blocks.
@@ -37,6 +37,8 @@ HASH_RE = re.compile(r"(?:^|\s)--hash(?:=|\s+)(\S+)")
 OPTION_RE = re.compile(r"(?:^|\s)(--?[A-Za-z][\w-]*)")
 HASH_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 HEX_RE = re.compile(r"[0-9a-f]+")
+#: What the kernel engine needs in the parser's env: nbclient drives an ipykernel there.
+KERNEL_PACKAGES = ("ipykernel", "nbclient")
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,17 @@ def _notebook_code(text: str) -> str:
 
 
 def for_parser(config: Config, parser: Parser, script: Path) -> Requirements:
-    """The parser's requirements by precedence: its field, ``requirements.txt``, PEP 723."""
+    """The parser's requirements by precedence: its field, ``requirements.txt``, PEP 723;
+    a notebook with the kernel engine also gets what runs its kernel (unless it pins them)."""
+    found = _declared(config, parser, script)
+    if parser.kind is not ParserKind.NOTEBOOK or parser.engine is not NotebookEngine.KERNEL:
+        return found
+    names = {name_of(line) for line in found.lines}
+    extra = [p for p in KERNEL_PACKAGES if canonicalize_name(p) not in names]
+    return Requirements(tuple(sorted({*found.lines, *extra})), found.source)
+
+
+def _declared(config: Config, parser: Parser, script: Path) -> Requirements:
     policy = Policy.from_config(config)
     if (parser.requirements or "").strip():
         return Requirements(parse(parser.requirements, policy), "parser")

@@ -15,7 +15,15 @@ from parseq import notify_settings, runs
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, ParseqError, ValidationError
-from parseq.models import NAME_RE, OverlapPolicy, Parser, ParserKind, ScheduleType, db
+from parseq.models import (
+    NAME_RE,
+    NotebookEngine,
+    OverlapPolicy,
+    Parser,
+    ParserKind,
+    ScheduleType,
+    db,
+)
 from parseq.notebooks import check_parser_notebook
 from parseq.registry import validate_name, validate_path
 from parseq.runner import (
@@ -48,6 +56,13 @@ def _kind(value: Any) -> ParserKind:
         return ParserKind(value)
     except ValueError:
         raise ValidationError("must be 'script' or 'notebook'") from None
+
+
+def _engine(value: Any) -> NotebookEngine:
+    try:
+        return NotebookEngine(value)
+    except ValueError:
+        raise ValidationError("must be 'fast' or 'kernel'") from None
 
 
 def _path(value: Any) -> str:
@@ -161,6 +176,15 @@ PARSER_FIELDS: dict[str, Field] = {
         _path,
     ),
     "requirements": Field({"type": "string", "description": "pip requirement lines"}, _string),
+    "engine": Field(
+        {
+            "type": "string",
+            "enum": [e.value for e in NotebookEngine],
+            "description": "notebooks: fast (no kernel, the default) or kernel (Jupyter "
+            "kernel through nbclient; ipykernel and nbclient join the requirements)",
+        },
+        _engine,
+    ),
     "default_args": Field(
         {"type": "object", "propertyNames": {"pattern": ARG_NAME_RE.pattern}}, _args
     ),

@@ -294,3 +294,55 @@ def test_live_log_of_a_worker_process_in_the_browser(
         d.save_screenshot(str(tmp_path / "live-log.png"))
     finally:
         stop_process(web)
+
+
+def test_run_page_shows_output_ipynb_rendered_and_its_scripts_do_not_run(
+    server: str, browser, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from tests.test_notebooks_rich import RENDERED_CELLS
+
+    nb = new_notebook(cells=[new_markdown_cell("intro"), *RENDERED_CELLS[1:2]])
+    nb.cells.insert(0, new_code_cell("x = 1"))
+    nb.cells.insert(0, RENDERED_CELLS[0])
+    (tmp_path / "notebooks").mkdir(exist_ok=True)
+    nbformat.write(nb, tmp_path / "notebooks" / "rendered.ipynb")
+    d = browser
+    wait = WebDriverWait(d, 20)
+    d.get(f"{server}/admin/login/")
+    d.find_element(By.NAME, "username").send_keys("admin")
+    d.find_element(By.NAME, "password").send_keys(PASSWORD)
+    d.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+    wait.until(ec.url_to_be(f"{server}/admin/"))
+    d.get(f"{server}/admin/parsers/new/")
+    d.find_element(By.NAME, "name").send_keys("rendered")
+    Select(d.find_element(By.NAME, "script")).select_by_visible_text("notebooks/rendered.ipynb")
+    d.find_element(By.CSS_SELECTOR, "input[type=submit][value=Save]").click()
+    wait.until(lambda drv: "/new/" not in drv.current_url)
+    row = d.find_element(By.XPATH, "//tr[td[contains(., 'rendered')]]")
+    row.find_element(By.CSS_SELECTOR, "a[title='Run now']").click()
+    d.find_element(By.CSS_SELECTOR, "#run-now-form button[type=submit]").click()
+    wait.until(ec.url_contains("/admin/runs/details/"))
+
+    def completed() -> bool:
+        d.refresh()
+        return bool(d.find_elements(By.CSS_SELECTOR, ".status-completed"))
+
+    assert _wait_until(completed), "run did not reach completed"
+    frame = d.find_element(By.ID, "notebook-view")
+    assert frame.get_attribute("sandbox") == ""  # sandboxed, scripts not allowed
+    d.switch_to.frame(frame)
+    try:
+        assert d.find_element(By.TAG_NAME, "h1").text.startswith("Rendered heading")
+        assert "from stdout" in d.find_element(By.TAG_NAME, "body").text
+        time.sleep(1)  # time for a script or an onerror handler to run, if one could
+        assert d.find_element(By.ID, "rich").text == "rich html"  # not "pwned"
+        d.save_screenshot(str(tmp_path / "notebook-view.png"))
+    finally:
+        d.switch_to.default_content()
+    assert "pwned" not in d.title

@@ -399,6 +399,7 @@ def test_db_upgrade_and_current_commands(
 ) -> None:
     url = new_database(dialect)
     env = cli_env(url)
+    head = migrate.heads()[0]
     before = _cli(env, "db", "current")
     assert before.exit_code == 0, before.output
     [head] = migrate.heads()

@@ -126,6 +126,13 @@ def test_an_earlier_injected_cell_is_replaced_not_stacked() -> None:
     assert len(injected) == 1 and "n = 2" in injected[0]["source"] and injected[0]["id"]
 
 
+def test_no_arguments_inject_no_cell_and_drop_an_earlier_one() -> None:
+    nb = _cells(True, False)
+    nbdoc.inject_parameters(nb, {"n": 1})
+    assert nbdoc.inject_parameters(nb, {}) is None
+    assert [c["source"] for c in nb["cells"]] == ["c0", "c1"]  # counts stay as authored
+
+
 def test_parameters_source_is_python_for_any_json_and_skips_non_identifiers() -> None:
     source = nbdoc.parameters_source(
         {"s": "it's", "n": None, "b": False, "x": [1.5, {"k": float("inf")}], "max-pages": 2}
@@ -143,7 +150,12 @@ def test_parameters_source_is_python_for_any_json_and_skips_non_identifiers() ->
         ("!echo hi", "__parseq_shell__('echo hi')"),
         ("if True:\n    !ls -l", "if True:\n    __parseq_shell__('ls -l')"),
         ("%matplotlib inline\nx = 1", "pass  # %matplotlib inline\nx = 1"),
-        ("%env MODE=fast", "__import__('os').environ['MODE'] = 'fast'"),
+        ("%env MODE=fast", "__parseq_magic__('env', 'MODE=fast')"),
+        ("  %time f(x)", "  __parseq_magic__('time', 'f(x)')"),
+        (
+            "%%capture out\nprint(1)\n!ls",
+            "__parseq_cell_magic__('capture', 'out', 'print(1)\\n!ls')",
+        ),
     ],
 )
 def test_simple_ipython_lines_become_python(source: str, expected: str) -> None:
@@ -157,8 +169,12 @@ def test_simple_ipython_lines_become_python(source: str, expected: str) -> None:
         ("%pip install -q bs4", "requirements"),
         ("!python3 -m pip install lxml", "requirements"),
         ("%conda install numpy", "requirements"),
-        ("%timeit sum(range(9))", "magic %timeit is not supported"),
-        ("%%bash\necho hi", "cell magic %%bash"),
+        ("pip install requests", "requirements"),
+        ("  conda install -y numpy", "requirements"),
+        ("%prun sum(range(9))", "magic %prun is not supported by the fast engine"),
+        ("%%bash\necho hi", "cell magic %%bash is not supported by the fast engine"),
+        ("len?", "IPython help (obj?) is not supported"),
+        ("df.head??", "IPython help (obj?) is not supported"),
         ("files = !ls", "capturing"),
         ("!echo {x}", "no {variable} expansion"),
     ],
@@ -316,7 +332,7 @@ def test_run_args_are_injected_and_every_output_is_recorded(embedded_app: Flask)
     assert result(hello) == "42"
     assert [o["output_type"] for o in hello.outputs] == ["stream", "stream", "execute_result"]
     assert files.outputs == []  # a trailing ; hides the value, as in Jupyter
-    assert stream(shell) == "from the shell\n"
+    assert stream(shell) == "from the shell\nenv: MODE=fast\n"  # as IPython prints it
     assert shell.outputs[1]["output_type"] == "display_data"
     assert shell.outputs[1]["data"] == {"text/plain": "'fast'"}
     assert result(shell) == "{'a': [1, 2]}"
@@ -351,9 +367,9 @@ def test_a_failing_cell_fails_the_run_and_later_cells_stay_unexecuted(
     assert run.status is RunStatus.ERROR
     assert run.exit_code == 1
     last_line = run.error.splitlines()[-1]
-    assert last_line == "parseq: cell 3 failed (In [3]): ZeroDivisionError: division by zero"
+    assert last_line == "parseq: cell 3 failed (In [2]): ZeroDivisionError: division by zero"
 
-    _injected, first, _md, failing, later = nb.cells
+    first, _md, failing, later = nb.cells  # no arguments: no injected cell
     assert stream(first) == "first\n"
     error = failing.outputs[-1]
     assert (error["output_type"], error["ename"], error["evalue"]) == (
@@ -373,7 +389,8 @@ def test_a_failing_cell_fails_the_run_and_later_cells_stay_unexecuted(
     [
         ("!pip install requests", "cell 2: '!pip install requests' is not run by Parseq"),
         ("!echo $x", "cell 2: !echo $x: $x names a Python variable"),
-        ("%timeit x", "cell 2: magic %timeit is not supported by Parseq"),
+        ("%prun x", "cell 2: magic %prun is not supported by the fast engine"),
+        ("pip install requests", "cell 2: 'pip install requests' is not run by Parseq"),
     ],
 )
 def test_unsupported_ipython_lines_fail_the_run_naming_the_cell(
@@ -387,8 +404,8 @@ def test_unsupported_ipython_lines_fail_the_run_naming_the_cell(
     assert run.error.splitlines()[-1].startswith(f"parseq: {says}")
     if "pip" in line:
         assert "parser's requirements" in run.error
-    assert nb.cells[2].outputs[-1]["ename"] == "NotebookError"
-    assert nb.cells[3].execution_count is None
+    assert nb.cells[1].outputs[-1]["ename"] == "NotebookError"
+    assert nb.cells[2].execution_count is None
 
 
 def test_sys_exit_zero_stops_the_notebook_without_failing_it(embedded_app: Flask) -> None:
@@ -400,8 +417,8 @@ def test_sys_exit_zero_stops_the_notebook_without_failing_it(embedded_app: Flask
     )
     run, nb = run_notebook(parser)
     assert run.status is RunStatus.COMPLETED, run.error
-    assert stream(nb.cells[1]) == "nothing new\n"
-    assert nb.cells[2].execution_count is None
+    assert stream(nb.cells[0]) == "nothing new\n"
+    assert nb.cells[1].execution_count is None
     assert "id" not in nb.cells[0]  # an nbformat 4.4 notebook stays valid 4.4
 
 
@@ -420,9 +437,9 @@ def test_timeout_keeps_the_cells_that_ran_and_marks_the_stopped_one(
     )
     run, nb = run_notebook(parser)
     assert run.status is RunStatus.TIMEOUT
-    assert stream(nb.cells[1]) == "started\n"
-    assert nb.cells[2].outputs[-1]["ename"] == "Terminated"
-    assert nb.cells[3].execution_count is None
+    assert stream(nb.cells[0]) == "started\n"
+    assert nb.cells[1].outputs[-1]["ename"] == "Terminated"
+    assert nb.cells[2].execution_count is None
 
 
 def test_the_sdk_works_in_a_notebook_as_in_a_script(embedded_app: Flask) -> None:
@@ -461,7 +478,7 @@ def test_notebook_runs_in_its_own_virtualenv_with_its_requirements(embedded_app:
     )
     run, nb = run_notebook(parser)
     assert run.status is RunStatus.COMPLETED, run.error
-    version, prefix = eval(result(nb.cells[2]))  # a tuple of two strings
+    version, prefix = eval(result(nb.cells[1]))  # a tuple of two strings
     assert version == "1.16.0"
     assert run.env_key and Path(prefix).name == run.env_key
 
