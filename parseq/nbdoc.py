@@ -1,11 +1,11 @@
 """A notebook as a document: read and write the ``.ipynb`` JSON, and inject the run's
 arguments as a cell (papermill's convention). Standard library only, and imported by the
-notebook executor (:mod:`parseq.nbexec`) in the parser's own interpreter, so it keeps to C
-accelerators where the pure-Python modules would cost every run an import (see nbexec).
+notebook executor (:mod:`parseq.nbexec`) in the parser's own interpreter.
 """
 
 from __future__ import annotations
 
+import json
 import keyword
 import math
 import os
@@ -13,11 +13,6 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing itself costs an import at every run
     from typing import Any
-
-try:
-    import _json
-except ImportError:  # not CPython
-    _json = None  # type: ignore[assignment]
 
 try:  # imported as parseq.nbdoc (Parseq itself, tests)
     from parseq.nbsyntax import NotebookError
@@ -28,52 +23,17 @@ INJECTED_TAG = "injected-parameters"
 PARAMETERS_TAG = "parameters"
 
 
-# --- JSON through the C accelerator ---------------------------------------------------------
-
-
-class _DecoderSettings:
-    """What ``_json.make_scanner`` reads from a ``json.JSONDecoder``."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.__getitem__
+# --- JSON -------------------------------------------------------------------------------
 
 
 def json_loads(text: str) -> Any:
-    """``json.loads``; anything the fast path does not take goes to the json module, which
-    also gives the precise error message."""
-    if _json is not None:
-        body = text.strip(" \t\n\r")
-        try:
-            value, end = _json.make_scanner(_DecoderSettings())(body, 0)
-            if end == len(body):
-                return value
-        except (StopIteration, ValueError):
-            pass
-    import json
-
+    """``json.loads``."""
     return json.loads(text)
 
 
-def _unserializable(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def json_dumps(value: Any) -> str:
-    """Compact ``json.dumps(value, ensure_ascii=False)``."""
-    if _json is not None:
-        try:
-            encode = _json.make_encoder(
-                None, _unserializable, _json.encode_basestring, None, ": ", ", ", False, False, True
-            )
-            return "".join(encode(value, 0))
-        except (TypeError, ValueError):
-            pass
-    import json
-
+    """``json.dumps(value, ensure_ascii=False)``; what JSON cannot hold is written as its
+    ``repr`` (an output must never fail the run that made it)."""
     return json.dumps(value, ensure_ascii=False, default=repr)
 
 

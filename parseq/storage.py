@@ -7,12 +7,11 @@ Like papermill's I/O handlers: ``file:///abs/path`` gives :class:`LocalStorage`,
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 from parseq.config import Config
 from parseq.errors import ConfigError, NotFound, StorageError
@@ -20,8 +19,6 @@ from parseq.errors import ConfigError, NotFound, StorageError
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
-#: Files up to this size go to S3 by :meth:`S3Storage._fast_put`, read into memory.
-FAST_PUT_BYTES = 1024 * 1024
 #: Files up to this size go to S3 in a single PUT; larger ones as multipart uploads.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
 #: ``(start, stop)``: a half-open byte interval, as ``Range`` requests ask for.
@@ -140,7 +137,6 @@ class S3Storage:
         # botocore sends a file body after an "Expect: 100-continue" exchange, a round trip
         # of its own per PUT; a single PUT's body is small enough to just send.
         self.client.meta.events.register("before-sign.s3.PutObject", _send_without_expect)
-        self._fast = _fast_put_setup(self.client, self.bucket)
 
     def _key(self, key: str) -> str:
         key = _check_key(key)
@@ -152,11 +148,7 @@ class S3Storage:
 
         full_key = self._key(key)
         try:
-            size = path.stat().st_size
-            answer = self._fast_put(full_key, path.read_bytes()) if size <= FAST_PUT_BYTES else None
-            if answer == 200:
-                return
-            if size <= SINGLE_PUT_BYTES:
+            if path.stat().st_size <= SINGLE_PUT_BYTES:
                 # One PUT: upload_file's transfer manager costs a thread pool per call.
                 with path.open("rb") as body:
                     self.client.put_object(Bucket=self.bucket, Key=full_key, Body=body)
@@ -164,39 +156,6 @@ class S3Storage:
                 self.client.upload_file(str(path), self.bucket, full_key)
         except (Boto3Error, BotoCoreError, ClientError) as exc:
             raise StorageError(f"upload of {key!r} to s3://{self.bucket} failed: {exc}") from exc
-        if answer is not None and 400 <= answer < 500:
-            # put_object stored what the direct PUT could not: this service wants something
-            # the client's pipeline adds.
-            log.warning(
-                "s3://%s refused a direct PUT (HTTP %d) and took put_object's: "
-                "PUTs go through put_object from now on",
-                self.bucket,
-                answer,
-            )
-            self._fast = None
-
-    def _fast_put(self, full_key: str, body: bytes) -> int | None:
-        """Send the PUT that ``put_object`` sends (same URL, same SigV4 signature), signed by
-        botocore and sent on the client's own connection pool, without the client's per-call
-        pipeline: event hooks, validation, endpoint rules, user agent and response parsing
-        cost half of a small PUT's CPU, and every run stores at least one file.
-
-        The HTTP status, 200 once stored; None if not sent or no answer. On anything but 200,
-        :meth:`put` hands the file to ``put_object``, with its retries and error messages."""
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
-        if self._fast is None:
-            return None
-        base_url, credentials, region, http = self._fast
-        # Content-Length is set by prepare(), after signing, as botocore does: it is unsigned.
-        request = AWSRequest("PUT", base_url + quote(full_key, safe="/~"), data=body)
-        try:
-            S3SigV4Auth(credentials.get_frozen_credentials(), "s3", region).add_auth(request)
-            return int(http.send(request.prepare()).status_code)
-        except Exception as exc:  # put_object then tries, and reports
-            log.debug("direct PUT of %s failed (%r); put_object takes it", full_key, exc)
-            return None
 
     def iter_bytes(self, key: str, byte_range: ByteRange | None = None) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -249,58 +208,6 @@ class S3Storage:
             self.client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"bucket s3://{self.bucket} is not reachable: {exc}") from exc
-
-
-def _fast_put_setup(client: Any, bucket: str) -> tuple[str, Any, str, Any] | None:
-    """What :meth:`S3Storage._fast_put` needs, learnt from a ``put_object`` stopped just before
-    it is sent: the bucket's URL (path or virtual-hosted style, regional or not) and the region
-    it is signed for, with the client's credentials and HTTP session. None where that request
-    is not one the direct PUT reproduces: unsigned, signed otherwise than plain SigV4, or with
-    more signed headers than the direct PUT sends."""
-    from botocore.awsrequest import AWSResponse
-
-    probe = "parseq-probe"
-    sent: list[Any] = []
-
-    def stop(request: Any, **_kwargs: Any) -> AWSResponse:
-        sent.append(request)
-        return AWSResponse(request.url, 200, {}, _EmptyBody())
-
-    event = "before-send.s3.PutObject"
-    client.meta.events.register_first(event, stop, unique_id="parseq-probe")
-    try:
-        client.put_object(Bucket=bucket, Key=probe, Body=b"")
-    except Exception as exc:  # no credentials yet, say: put_object will tell at the first PUT
-        log.debug("no direct PUT for s3://%s: %r", bucket, exc)
-        return None
-    finally:
-        client.meta.events.unregister(event, unique_id="parseq-probe")
-    if len(sent) != 1 or not sent[0].url.endswith("/" + probe):
-        return None
-    auth = sent[0].headers.get("Authorization", b"")
-    scope = _SIGV4.fullmatch(auth.decode() if isinstance(auth, bytes) else auth)
-    # Private to botocore, hence looked up with defaults: without them, no direct PUT.
-    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
-    http = getattr(getattr(client, "_endpoint", None), "http_session", None)
-    if scope is None or credentials is None or http is None:
-        return None
-    return sent[0].url.removesuffix(probe), credentials, scope["region"], http
-
-
-#: The ``Authorization`` of a PUT signed as the direct PUT signs it (SigV4 for service
-#: ``s3``, these headers and no others): its region is what the direct PUT signs for.
-_SIGV4 = re.compile(
-    r"AWS4-HMAC-SHA256 Credential=[^/]+/\d{8}/(?P<region>[^/]+)/s3/aws4_request, "
-    r"SignedHeaders=host;x-amz-content-sha256;x-amz-date(;x-amz-security-token)?, "
-    r"Signature=[0-9a-f]{64}"
-)
-
-
-class _EmptyBody:
-    """The raw body of the probe's made-up answer."""
-
-    def stream(self, **_kwargs: Any) -> Iterator[bytes]:
-        return iter([b""])
 
 
 def _send_without_expect(request: Any, **_kwargs: Any) -> None:

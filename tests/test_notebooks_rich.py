@@ -116,7 +116,7 @@ def test_magics_of_the_fast_engine(embedded_app: Flask) -> None:
             new_code_cell("print(repr(captured.stdout))\ncaptured.show()"),
             new_code_cell("%%writefile notes.txt\nline 1\n"),
             new_code_cell("%%writefile -a notes.txt\nline 2\n"),
-            new_code_cell("%cd ..\n%cd work\n%env MODE=fast\n%env MODE"),
+            new_code_cell("%cd ..\n%cd output\n%env MODE=fast\n%env MODE"),
             new_code_cell("%pwd"),
             new_code_cell("%who"),
             new_code_cell(
