@@ -1,6 +1,6 @@
 """Benchmark of per-parser virtualenvs (on demand: ``make bench-envs`` or ``make bench``).
 
-Prints the cache-hit overhead of :func:`parseq.envs.acquire`, a cold build of
+Prints the cache-hit overhead of :func:`parseq.envs.cache.acquire`, a cold build of
 ``requests beautifulsoup4 lxml`` with a warm package cache (virtualenv + uv, Parseq's default),
 and the same build with virtualenv + pip, as medians and a ratio. Needs PyPI (or a mirror).
 """
@@ -14,8 +14,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from parseq import envs
-from parseq.config import Config
+from parseq.core.config import Config
+from parseq.envs import cache as envs
 
 PACKAGES = ("requests", "beautifulsoup4", "lxml")
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from flask import Flask
 
-from parseq.models import Parser, ScheduleType, db, utcnow
+from parseq.db.models import Parser, ScheduleType, db, utcnow
 from tests.conftest import add_parser, admin_client
 
 BASE = {

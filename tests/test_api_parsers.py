@@ -7,8 +7,8 @@ import time
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.models import Parser, Run, RunStatus, db
+from parseq.db.models import Parser, Run, RunStatus, db
+from parseq.services import runs
 from tests.conftest import add_parser, api_client, wait_for_status
 from tests.test_supervisor import _alive
 

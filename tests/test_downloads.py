@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.models import Run
+from parseq.db.models import Run
+from parseq.services import runs
 from tests.conftest import add_parser, api_client
 
 BLOB = bytes(i % 251 for i in range(300_000))
@@ -104,8 +104,8 @@ def test_output_as_json_when_it_is_not_json_lines_is_422(client) -> None:  # typ
 
 
 def test_json_output_over_the_size_cap_is_refused(make_config) -> None:  # type: ignore[no-untyped-def]
-    from parseq.app import create_app, init_db
-    from parseq.models import db
+    from parseq.db.models import db
+    from parseq.web.app import create_app, init_db
 
     app = create_app(make_config(max_json_output_bytes=10))
     init_db(app)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from parseq import envs
-from parseq import requirements as reqs
-from parseq.config import Config
-from parseq.envbuild import EnvBuildFailed
-from parseq.errors import ValidationError
-from parseq.models import Parser, ParserKind
+from parseq.core.config import Config
+from parseq.core.errors import ValidationError
+from parseq.db.models import Parser, ParserKind
+from parseq.envs import cache as envs
+from parseq.envs import requirements as reqs
+from parseq.envs.envbuild import EnvBuildFailed
 from tests.conftest import INSTALLER_ENV
 
 A, B = "a" * 64, "b" * 64

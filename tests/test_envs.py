@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import envs, runs, sandbox
-from parseq import requirements as reqs
-from parseq.config import Config
-from parseq.errors import ValidationError
-from parseq.models import Parser, ParserKind, RunStatus, db
+from parseq.core.config import Config
+from parseq.core.errors import ValidationError
+from parseq.db.models import Parser, ParserKind, RunStatus, db
+from parseq.envs import cache as envs
+from parseq.envs import requirements as reqs
+from parseq.sandbox import limits as sandbox
+from parseq.services import runs
 from tests.conftest import (
     FIXTURE_PARSERS,
     INSTALLER_ENV,
@@ -209,8 +211,8 @@ def test_threads_asking_for_one_new_env_build_it_once(env_config: Config) -> Non
 
 ACQUIRE = """
 import sys
-from parseq import envs
-from parseq.config import Config
+from parseq.envs import cache as envs
+from parseq.core.config import Config
 config = Config.from_env(envs_dir=sys.argv[1])
 with envs.acquire(config, ["idna==3.6"]) as env:
     print(env.key, env.built)

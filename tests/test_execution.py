@@ -1,4 +1,4 @@
-"""The worker's side of a run (``parseq.execution``): where a parser's state lives."""
+"""The worker's side of a run (``parseq.worker.execution``): where a parser's state lives."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from parseq import envs, execution, runs, watchdog
-from parseq.config import Config
-from parseq.models import Parser, RunStatus, db
+from parseq.core.config import Config
+from parseq.db.models import Parser, RunStatus, db
+from parseq.envs import cache as envs
+from parseq.services import runs
+from parseq.worker import execution, watchdog
 from tests.conftest import running
 
 COUNTER = (

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.errors import ConfigError
-from parseq.execution import WORKER_ID
-from parseq.models import db, utcnow
-from parseq.workers import Heartbeat, Worker, beat
+from parseq.core.config import Config
+from parseq.core.errors import ConfigError
+from parseq.db.models import db, utcnow
+from parseq.services import runs
+from parseq.web.app import create_app, init_db
+from parseq.worker.execution import WORKER_ID
+from parseq.worker.workers import Heartbeat, Worker, beat
 from tests.conftest import (
     PG_ADMIN_DSN,
     add_parser,

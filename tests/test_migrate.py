@@ -20,12 +20,12 @@ from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 from flask import Flask
 
-from parseq import locks, migrate
-from parseq.app import create_app, init_db
-from parseq.cli import main
-from parseq.config import Config
-from parseq.errors import MigrationError
-from parseq.models import Parser, Run, db
+from parseq.cli.main import main
+from parseq.core.config import Config
+from parseq.core.errors import MigrationError
+from parseq.db import locks, migrate
+from parseq.db.models import Parser, Run, db
+from parseq.web.app import create_app, init_db
 from tests.conftest import PG_ADMIN_DSN, add_parser, sql_sent
 
 pytestmark = pytest.mark.services

@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from parseq import requirements as reqs
-from parseq import runs
-from parseq.models import NotebookEngine, ParserKind, Run, RunStatus, db
+from parseq.db.models import NotebookEngine, ParserKind, Run, RunStatus, db
+from parseq.envs import requirements as reqs
+from parseq.services import runs
 from tests.conftest import api_client, wait_for_status
 from tests.test_notebooks import PARAMS, add_notebook, result, run_notebook, stream
 
@@ -28,7 +28,7 @@ KERNEL = {"engine": NotebookEngine.KERNEL}
 def test_kernel_packages_join_the_requirements_of_kernel_notebooks_only(
     make_config: Any, tmp_path: Path
 ) -> None:
-    from parseq.models import Parser
+    from parseq.db.models import Parser
 
     config = make_config()
     script = tmp_path / "nb.ipynb"

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from parseq import runs
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db
-from parseq.notify_models import NotificationDelivery
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db
+from parseq.db.notify_models import NotificationDelivery
+from parseq.services import runs
 from tests.conftest import add_parser, admin_client, api_client, running, wait_for_run
 
 ALL_EVENTS = "error,timeout,cancelled,recovered,empty,slow"
@@ -364,8 +364,8 @@ def test_a_run_the_reaper_finishes_is_notified(
 ) -> None:
     from datetime import timedelta
 
-    from parseq import reaper
-    from parseq.models import utcnow
+    from parseq.db.models import utcnow
+    from parseq.services import reaper
 
     hook = receiver()
     with running(_config(make_config, notify_webhook_url=hook.url)) as app:

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import execution, runs
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db
-from parseq.tasks import start_worker
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db
+from parseq.queue.tasks import start_worker
+from parseq.services import runs
+from parseq.web.app import create_app, init_db
+from parseq.worker import execution
 from tests.conftest import REDIS_URL, add_parser, api_client, wait_for_run
 
 pytestmark = pytest.mark.services

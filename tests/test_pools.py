@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from parseq.pools import ProcessPool
+from parseq.core.pools import ProcessPool
 
 
 def test_a_forked_child_gets_threads_of_its_own() -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import execution, runs
-from parseq.app import create_app
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db, utcnow
-from parseq.reaper import WORKER_LOST, reap_once
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db, utcnow
+from parseq.services import runs
+from parseq.services.reaper import WORKER_LOST, reap_once
+from parseq.web.app import create_app
+from parseq.worker import execution
 from tests.conftest import add_parser, delete_rabbit_queues, wait_for_run, wait_for_status
 from tests.test_supervisor import _alive
 

@@ -1,12 +1,14 @@
-"""Recording a run's end (``parseq.recording``): its files and final status, safe to repeat."""
+"""Recording a run's end (``parseq.services.recording``): its files and final status, safe to
+repeat."""
 
 from __future__ import annotations
 
 import pytest
 from flask import Flask
 
-from parseq import execution, recording, runs, uploads
-from parseq.models import RunStatus
+from parseq.db.models import RunStatus
+from parseq.services import recording, runs
+from parseq.worker import execution, uploads
 from tests.conftest import add_parser
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from parseq import forkserver, runner, sandbox, supervisor
-from parseq.config import Config
-from parseq.errors import ValidationError
+from parseq.core.config import Config
+from parseq.core.errors import ValidationError
+from parseq.sandbox import forkserver, runner, supervisor
+from parseq.sandbox import limits as sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -195,7 +196,7 @@ def test_the_child_dies_with_the_process_that_spawned_it(
     forked = launcher == "fork-server"
     middle = (
         "import os, sys, time\n"
-        "from parseq import runner\n"
+        "from parseq.sandbox import runner\n"
         f"proc = runner.spawn([sys.executable, {str(sleeper)!r}], {{'PATH': '/usr/bin:/bin'}}, "
         f"'/', launcher={None if forked else launcher!r}, fork_servers={2 if forked else 0})\n"
         "print(proc.pid, flush=True)\n"

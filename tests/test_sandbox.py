@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs, sandbox
-from parseq.config import PROJECT_ROOT, Config
-from parseq.errors import ConfigError, ValidationError
-from parseq.models import Parser, ParserKind, Run, RunStatus, db
-from parseq.registry import validate_path
-from parseq.supervisor import LOG_TRUNCATED_MARKER
+from parseq.core.config import PROJECT_ROOT, Config
+from parseq.core.errors import ConfigError, ValidationError
+from parseq.db.models import Parser, ParserKind, Run, RunStatus, db
+from parseq.sandbox import limits as sandbox
+from parseq.sandbox.supervisor import LOG_TRUNCATED_MARKER
+from parseq.services import runs
+from parseq.services.registry import validate_path
 from tests.conftest import add_parser, api_client, running, wait_for_run
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the user switch needs root")

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs, uploads
-from parseq.errors import StorageError
-from parseq.models import RunStatus
-from parseq.storage import LocalStorage
+from parseq.core.errors import StorageError
+from parseq.db.models import RunStatus
+from parseq.services import runs
+from parseq.storage.base import LocalStorage
+from parseq.worker import uploads
 from tests.conftest import add_parser
 
 

@@ -1,0 +1,247 @@
+"""Start a parser script as a sandboxed subprocess.
+
+Two pure builders (:func:`build_command`, :func:`build_env`) say what to run; :func:`spawn`
+starts it in its own process group, sandboxed; :mod:`parseq.sandbox.supervisor` then watches it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import json
+import logging
+import os
+import re
+import signal
+import subprocess  # nosec B404  # running parser scripts as child processes is the job
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from parseq.core.errors import ValidationError
+from parseq.sandbox import forkserver, procs
+from parseq.sandbox.limits import (
+    Launcher,
+    RLimit,
+    SandboxUser,
+    apply_rlimits,
+    clamp_rlimits,
+    find_launcher,
+    launcher_argv,
+)
+from parseq.sandbox.supervisor import Process
+
+log = logging.getLogger(__name__)
+
+ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: Variables a secret may not shadow: the contract's and the ones the sandbox sets.
+RESERVED_ENV = frozenset(
+    {"PATH", "HOME", "TMPDIR", "TMP", "TEMP", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "PYTHONPATH"}
+)
+#: prctl(2) option: the signal the child gets when the worker that started it dies.
+PR_SET_PDEATHSIG = 1
+_PRCTL = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "prctl", None)  # Linux only
+
+
+def validate_arg_name(name: str) -> str:
+    """Argument names become ``--name`` flags: keep them to safe identifiers."""
+    if not isinstance(name, str) or not ARG_NAME_RE.match(name):
+        raise ValidationError(
+            f"argument name {name!r} must start with a letter or _ and contain only "
+            "letters, digits, _ and - (at most 64)",
+            field="args",
+        )
+    return name
+
+
+def validate_secret_name(name: str) -> str:
+    """Secret names become environment variables of their own."""
+    if not isinstance(name, str) or not SECRET_NAME_RE.match(name):
+        raise ValidationError(
+            f"secret name {name!r} must be a valid environment variable name "
+            "(letters, digits, _; not starting with a digit)",
+            field="secrets",
+        )
+    if name in RESERVED_ENV or name.upper().startswith("PARSEQ_"):
+        raise ValidationError(f"secret name {name!r} is reserved by Parseq", field="secrets")
+    return name
+
+
+def arg_to_str(value: Any) -> str:
+    """How an argument value appears in argv: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def option_argv(name: str, value: Any) -> list[str]:
+    """How one argument appears in argv, the way argparse CLIs expect it: ``true`` is a bare
+    flag, ``false`` and ``null`` are left out, a one-character name is a short option
+    (``-m 20``), any other a long one (``--pages 3``), with the name exactly as given."""
+    flag = ("-" if len(validate_arg_name(name)) == 1 else "--") + name
+    if value is None or value is False:
+        return []
+    if value is True:
+        return [flag]
+    return [flag, arg_to_str(value)]
+
+
+def build_command(
+    interpreter: Path | str,
+    script: Path | str,
+    args: Mapping[str, Any],
+    positional: Sequence[Any] = (),
+) -> list[str]:
+    """The argv of a run: ``<interpreter> <script>``, the options in the args' order
+    (:func:`option_argv`), then the positional arguments (strings as is, the rest as JSON)."""
+    argv = [str(interpreter), str(script)]
+    for name, value in args.items():
+        argv += option_argv(name, value)
+    return argv + [arg_to_str(value) for value in positional]
+
+
+def check_positional(values: object) -> list[Any]:
+    """Positional arguments must be a JSON list of strings, numbers or booleans."""
+    if not isinstance(values, (list, tuple)) or not all(
+        isinstance(v, (str, int, float)) and "\0" not in arg_to_str(v) for v in values
+    ):
+        raise ValidationError(
+            "positional must be a JSON list of strings and numbers (no NUL characters)",
+            field="positional",
+        )
+    return list(values)
+
+
+def build_env(
+    *,
+    base_env: Mapping[str, str],
+    run_id: int,
+    parser: str,
+    args: Mapping[str, Any],
+    secrets: Mapping[str, str],
+    output_dir: Path,
+    positional: Sequence[Any] = (),
+    state_dir: Path,
+    home_dir: Path,
+    tmp_dir: Path,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The child's whole environment: nothing of Parseq's own environment leaks in.
+
+    ``base_env`` gives only PATH and locale variables; secrets each get a variable of their own.
+    """
+    env = {k: v for k, v in base_env.items() if k == "PATH" or k == "LANG" or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(
+        {
+            "HOME": str(home_dir),
+            "TMPDIR": str(tmp_dir),
+            "TMP": str(tmp_dir),
+            "TEMP": str(tmp_dir),
+            "PYTHONUNBUFFERED": "1",
+            "PARSEQ_RUN_ID": str(run_id),
+            "PARSEQ_PARSER": parser,
+            "PARSEQ_ARGS": json.dumps(dict(args)),
+            "PARSEQ_POSITIONAL": json.dumps(list(positional)),
+            "PARSEQ_OUTPUT_DIR": str(output_dir),
+            "PARSEQ_STATE_DIR": str(state_dir),
+            # Names only, so the SDK knows which variables are secrets (to mask them).
+            "PARSEQ_SECRET_NAMES": ",".join(sorted(secrets)),
+        }
+    )
+    env.update(extra or {})
+    for name, value in secrets.items():
+        env[validate_secret_name(name)] = str(value)
+    return env
+
+
+def spawn(
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    *,
+    limits: list[RLimit] | None = None,
+    user: SandboxUser | None = None,
+    launcher: Launcher | Literal["auto"] | None = "auto",
+    fork_servers: int = 0,
+) -> Process:
+    """Start the process in a new session, so it and all its children share one group; as
+    ``user`` (with no supplementary groups), under ``limits``, and killed if this process dies.
+
+    With ``fork_servers`` (the most kept per worker process), a ``python script`` command is
+    forked from its env's fork server (:mod:`parseq.sandbox.forkserver`), which sets up the same
+    sandbox without an interpreter start; if that fails, the command starts as below.
+
+    With a ``launcher`` (found on the machine by default) that is done by ``prlimit`` and
+    ``setpriv`` exec'd in front of ``argv`` and the spawn is a cheap ``vfork()``; with None, by
+    a ``preexec_fn`` in a full ``fork()`` of this process.
+    """
+    limits = clamp_rlimits(list(limits or []))
+    if fork_servers > 0 and forkserver.can_fork(argv, env):
+        try:
+            proc: Process = forkserver.spawn(
+                argv, env, cwd, limits=limits, user=user, max_servers=fork_servers
+            )
+        except forkserver.ForkServerError as exc:
+            log.warning("%s; starting a fresh interpreter", exc)
+        else:
+            if user is not None:
+                procs.run_started(user.uid)
+            return proc
+    if launcher == "auto":
+        launcher = default_launcher()
+    popen: dict[str, Any] = {}
+    if launcher is not None:
+        argv = [*launcher_argv(launcher, limits, user), *argv]
+    else:
+        popen["preexec_fn"] = _child_setup(limits, os.getpid())
+        if user is not None:
+            popen.update(user=user.uid, group=user.gid, extra_groups=[])
+    # argv is a list (no shell); its parts are the launcher's fixed flags, the interpreter, a
+    # script path resolved inside the parsers root and --name flags checked by
+    # validate_arg_name: hence the nosec.
+    if user is not None:  # before the start: what it leaves behind must be re-parented here
+        procs.run_started(user.uid)
+    try:
+        return subprocess.Popen(  # nosec B603  # see above
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            **popen,
+        )
+    except BaseException:
+        if user is not None:
+            procs.run_ended(user.uid)
+        raise
+
+
+@functools.cache
+def default_launcher() -> Launcher | None:
+    launcher = find_launcher()
+    if launcher is None:
+        log.warning("prlimit/setpriv (util-linux) not found: parsers start with a slower fork()")
+    return launcher
+
+
+def _child_setup(limits: list[RLimit], parent_pid: int) -> Callable[[], None]:
+    """Runs in the child after the user switch, before exec: only pre-imported C calls.
+
+    The parent-death signal makes a parser die with a SIGKILLed worker instead of running on
+    unsupervised (the reaper then handles the run). It must be set after the uid change, which
+    clears it (prctl(2)).
+    """
+
+    def setup() -> None:
+        apply_rlimits(limits)
+        procs.clear_ambient_caps()  # a non-root worker's capabilities would survive the exec
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the worker died before prctl took effect
+            os._exit(1)
+
+    return setup
