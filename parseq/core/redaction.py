@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MASK = b"***"
 MIN_SECRET_LEN = 4
@@ -86,3 +87,10 @@ class StreamRedactor:
         """What is held back, at the end of the stream."""
         data, self.pending = self.pending, b""
         return data
+
+
+def webhook_target(url: str) -> str:
+    """The URL without its path, query or credentials: Slack's URLs carry their secret."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…"

@@ -18,6 +18,7 @@ from typing import Any
 from flask import Flask, current_app, has_app_context
 
 from parseq.core.config import Config
+from parseq.core.redaction import webhook_target
 from parseq.db.models import Parser, Run, RunStatus, db, utcnow
 from parseq.db.notify_models import DeliveryStatus, NotificationDelivery
 from parseq.services import livelog, metrics, notify_send
@@ -164,7 +165,7 @@ def _deliveries(
                     parser_id=parser.id,
                     event=event,
                     channel="webhook",
-                    target=notify_send.webhook_target(settings.webhook_url),
+                    target=webhook_target(settings.webhook_url),
                     payload=payload,
                 )
             )

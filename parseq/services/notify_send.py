@@ -41,13 +41,6 @@ def check_webhook_url(url: str) -> str:
     return url
 
 
-def webhook_target(url: str) -> str:
-    """The URL without its path, query or credentials: Slack's URLs carry their secret."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}/…"
-
-
 def sign(secret: str, body: bytes) -> str:
     """The signature header's value: ``sha256=<hex HMAC-SHA256 of the body>``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

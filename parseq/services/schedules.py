@@ -192,6 +192,13 @@ def next_fire_times(parser: Any, now: datetime | None = None, count: int = 5) ->
     return fire_times(schedule, (now or utcnow()) - _TICK, count=count)
 
 
+def next_run_at(parser: Any, now: datetime | None = None) -> datetime | None:
+    """When the scheduler will next create a run of the parser; None if unscheduled or
+    disabled. Computed from the schedule, never stored."""
+    times = next_fire_times(parser, now, count=1)
+    return times[0] if times else None
+
+
 @dataclass(frozen=True)
 class Plan:
     """Where a (re)loaded schedule starts: a catch-up occurrence, the first one missed beyond

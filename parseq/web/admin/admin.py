@@ -35,7 +35,7 @@ from parseq.db.models import (
 )
 from parseq.envs import requirements as reqs
 from parseq.notebooks import validate as notebooks
-from parseq.services import registry, runs
+from parseq.services import registry, runs, schedules
 from parseq.web import headers
 from parseq.web.admin import admin_notify, admin_tokens, auth
 from parseq.web.admin.admin_forms import (
@@ -138,7 +138,7 @@ class ParserView(auth.LoginRequired, ModelView):
     )
     column_formatters = {
         "schedule_type": schedule_summary,
-        "next_run_at": lambda _v, _c, m, _n: fmt_time(m.next_run_at) if m.next_run_at else "",
+        "next_run_at": lambda _v, _c, m, _n: fmt_time(schedules.next_run_at(m)),
         "name": lambda _v, _c, m, _n: Markup('<a href="{}">{}</a>').format(
             url_for(".details_view", id=m.id), m.name
         ),

@@ -13,10 +13,10 @@ from wtforms import ValidationError as FormValidationError
 from wtforms.validators import NumberRange, Optional
 
 from parseq.core.errors import ParseqError
+from parseq.core.redaction import webhook_target
 from parseq.db.models import Parser, Run, RunStatus, db
 from parseq.db.notify_models import DeliveryStatus
 from parseq.services import notify
-from parseq.services.notify_send import webhook_target
 from parseq.services.notify_settings import EVENTS, check_settings, merged
 from parseq.web.admin.admin_forms import Unbound
 from parseq.web.admin.dashboard import STATUS_HEX

@@ -1,8 +1,7 @@
 """The admin's schedule pieces: form fields of a parser's schedule, and skipped occurrences.
 
-Validation and normalization are :func:`parseq.scheduler.service.validate_schedule`'s; this module
-only
-maps form fields onto it.
+Validation and normalization are :func:`parseq.services.schedules.validate_schedule`'s; this
+module only maps form fields onto it.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from wtforms import SelectChoice, fields
 from wtforms.validators import Optional
 
 from parseq.db.models import OverlapPolicy, Parser, ScheduleType
+from parseq.services.schedules import validate_schedule
 from parseq.web.admin import auth
 
 
@@ -47,10 +47,8 @@ def _option_value(value: Any) -> str:
 
 
 def apply_schedule(form: Any, model: Parser, is_created: bool) -> None:
-    """Validate the schedule fields (``scheduler.validate_schedule``) and store them normalized.
+    """Validate the schedule fields (:func:`schedules.validate_schedule`) and store them normalized.
     A one-off date in the past is refused unless it is the one already saved."""
-    from parseq.scheduler.service import validate_schedule
-
     fields_ = {
         "cron": model.cron,
         "interval_s": model.interval_s,

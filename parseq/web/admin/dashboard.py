@@ -17,6 +17,7 @@ from flask_admin import AdminIndexView, expose
 from markupsafe import Markup
 
 from parseq.db.models import Parser, Run, RunStatus, db, utcnow
+from parseq.services import schedules
 from parseq.web.admin.auth import LoginRequired
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Summary:
     counts: dict[RunStatus, int]
     chart: Markup
     failures: list[Run]
-    due: list[Parser] | None  # None: this install has no schedules
+    due: list[tuple[datetime, Parser]] | None  # None: this install has no schedules
     workers: list[str]
     queue_depth: int | None
 
@@ -114,15 +115,15 @@ def queue_depth() -> int | None:
     return None
 
 
-def parsers_due(limit: int = 10) -> list[Parser]:
-    """Enabled scheduled parsers by their next run time (computed, not stored)."""
+def parsers_due(limit: int = 10) -> list[tuple[datetime, Parser]]:
+    """Enabled scheduled parsers and their next run time, soonest first."""
     scheduled = db.session.execute(
         db.select(Parser).where(Parser.enabled.is_(True), Parser.schedule_type.is_not(None))
     ).scalars()
-    due = [(p.next_run_at, p) for p in scheduled]
+    due = [(schedules.next_run_at(p), p) for p in scheduled]
     due = [item for item in due if item[0] is not None]
     due.sort(key=lambda item: item[0])
-    return [p for _, p in due[:limit]]
+    return due[:limit]
 
 
 def summary() -> Summary:

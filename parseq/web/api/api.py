@@ -17,10 +17,10 @@ from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
 from parseq.core.errors import BadRequest, ParseqError, TooManyRequests, Unauthorized
-from parseq.db.models import Parser, Run, RunStatus, RunTrigger, db
+from parseq.db.models import Parser, Run, RunStatus, RunTrigger, ScheduleSkip, db, iso
 from parseq.notebooks.validate import parser_warnings
 from parseq.sandbox.runner import check_positional
-from parseq.services import notify, runs, tokens
+from parseq.services import notify, runs, schedules, tokens
 from parseq.web import throttle
 from parseq.web.api import downloads, health, openapi, schemas
 
@@ -133,10 +133,7 @@ def run_json(run: Run) -> dict[str, Any]:
 def parser_json(parser: Parser, last_run: bool = False) -> dict[str, Any]:
     """A parser as the API shows it; in detail (``last_run``) also with its last run, its next
     5 fire times and its last skipped occurrences."""
-    from parseq.db.models import ScheduleSkip
-    from parseq.scheduler.service import next_fire_times
-
-    body = parser.to_dict()
+    body = {**parser.to_dict(), "next_run_at": iso(schedules.next_run_at(parser))}
     if last_run:
         latest = db.session.execute(
             db.select(Run).where(Run.parser_id == parser.id).order_by(Run.id.desc()).limit(1)
@@ -147,7 +144,8 @@ def parser_json(parser: Parser, last_run: bool = False) -> dict[str, Any]:
             .order_by(ScheduleSkip.scheduled_for.desc())
             .limit(5)
         ).scalars()
-        body["next_fire_times"] = [t.isoformat() for t in next_fire_times(parser, count=5)]
+        upcoming = schedules.next_fire_times(parser, count=5)
+        body["next_fire_times"] = [t.isoformat() for t in upcoming]
         body["skipped"] = [s.to_dict() for s in skips]
         body["last_run"] = run_json(latest) if latest else None
     return body
