@@ -31,6 +31,7 @@ import nbformat
 import psutil
 from nbformat.v4 import new_code_cell, new_notebook
 
+from parseq.core.argv import build_command
 from parseq.core.config import PROJECT_ROOT
 from parseq.db.models import NotebookEngine
 from parseq.notebooks import validate as notebooks
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
 
         script = measure(
             "script (runner)", opts.repeat,
-            lambda w: runner.build_command(python, root / "trivial.py", {"x": 2}), root,
+            lambda w: build_command(python, root / "trivial.py", {"x": 2}), root,
         )  # fmt: skip
         notebook = measure(
             "notebook (runner)", opts.repeat,

@@ -25,7 +25,7 @@ from parseq.db.models import Parser, ParserKind, RunStatus, db
 from parseq.envs import cache as envs
 from parseq.envs import requirements as reqs
 from parseq.sandbox import limits as sandbox
-from parseq.services import runs
+from parseq.services import registry, runs
 from tests.conftest import (
     FIXTURE_PARSERS,
     INSTALLER_ENV,
@@ -121,7 +121,7 @@ def test_requirement_sources_and_their_precedence(tmp_path: Path, make_config) -
     _write(config.parsers_dir / "requirements.txt", "six==1.15.0\n")  # not beside a folder parser
 
     def of(script: Path, field: str = "") -> reqs.Requirements:
-        return reqs.for_parser(
+        return registry.requirements_for(
             config,
             Parser(name="x", path="x.py", kind=ParserKind.SCRIPT, requirements=field),
             script,

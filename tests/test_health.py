@@ -17,10 +17,11 @@ from flask import Flask
 from parseq.core.config import Config
 from parseq.core.errors import ConfigError
 from parseq.db.models import db, utcnow
+from parseq.db.workers import Worker, beat
 from parseq.services import runs
 from parseq.web.app import create_app, init_db
 from parseq.worker.execution import WORKER_ID
-from parseq.worker.workers import Heartbeat, Worker, beat
+from parseq.worker.heartbeat import Heartbeat
 from tests.conftest import (
     PG_ADMIN_DSN,
     add_parser,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from parseq.core.argv import build_command, check_positional
 from parseq.core.config import Config
 from parseq.core.errors import ValidationError
 from parseq.sandbox import forkserver, runner, supervisor
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
     ],
 )
 def test_build_command_passes_args_as_a_cli_expects_them(args: dict, expected: list[str]) -> None:
-    assert runner.build_command("/venv/bin/python", "/p/x.py", args) == [
+    assert build_command("/venv/bin/python", "/p/x.py", args) == [
         "/venv/bin/python",
         "/p/x.py",
         *expected,
@@ -45,21 +46,21 @@ def test_build_command_passes_args_as_a_cli_expects_them(args: dict, expected: l
 
 
 def test_build_command_puts_positionals_after_the_options() -> None:
-    argv = runner.build_command("py", "x.py", {"pages": 2, "v": True}, ["out.csv", 3, "-1"])
+    argv = build_command("py", "x.py", {"pages": 2, "v": True}, ["out.csv", 3, "-1"])
     assert argv == ["py", "x.py", "--pages", "2", "-v", "out.csv", "3", "-1"]
 
 
 @pytest.mark.parametrize("bad", ["a", {"a": 1}, [None], [["x"]], [{"a": 1}], ["a\0b"]])
 def test_positionals_must_be_a_list_of_plain_values(bad: object) -> None:
     with pytest.raises(ValidationError) as info:
-        runner.check_positional(bad)
+        check_positional(bad)
     assert info.value.field == "positional"
 
 
 @pytest.mark.parametrize("name", ["", "-x", "a b", "1abc", "a=b", "x" * 65, "--pages"])
 def test_build_command_refuses_unsafe_arg_names(name: str) -> None:
     with pytest.raises(ValidationError):
-        runner.build_command("py", "x.py", {name: 1})
+        build_command("py", "x.py", {name: 1})
 
 
 def _env(**overrides):  # type: ignore[no-untyped-def]

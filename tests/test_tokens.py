@@ -9,7 +9,8 @@ import pytest
 from flask import Flask
 
 from parseq.db.models import db
-from parseq.services.tokens import ApiToken, create_token, hash_token
+from parseq.db.tokens import ApiToken
+from parseq.services.tokens import create_token, hash_token
 from tests.conftest import add_parser, admin_client, api_client
 from tests.test_cli import _env, _parseq
 

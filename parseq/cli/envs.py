@@ -38,7 +38,7 @@ def envs_list() -> None:
 def envs_build(parser: str) -> None:
     """Build (or find) the env of PARSER and print its key and interpreter."""
     from parseq.envs import cache as envs_mod
-    from parseq.envs import requirements as reqs
+    from parseq.services import metrics, registry
     from parseq.services.registry import resolve_script, sync_shipped
     from parseq.services.runs import get_parser
 
@@ -47,9 +47,9 @@ def envs_build(parser: str) -> None:
     with app.app_context():
         sync_shipped(config)
         found = get_parser(parser)
-        wanted = reqs.for_parser(config, found, resolve_script(config, found))
+        wanted = registry.requirements_for(config, found, resolve_script(config, found))
     try:
-        env = envs_mod.acquire(config, wanted.lines)
+        env = envs_mod.acquire(config, wanted.lines, on_build=metrics.count_env_build)
     except envs_mod.EnvBuildFailed as exc:
         where = config.envs_dir / ".failed" / f"{exc.key}.log"
         raise ParseqError(f"{exc.message.splitlines()[0]} (build log: {where})") from None

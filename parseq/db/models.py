@@ -12,6 +12,9 @@ from parseq.core.enums import (
     RunTrigger,
     ScheduleType,
 )
+
+# The other tables are registered on ``db`` by importing them here: migrations compare against all.
+from parseq.db import notify_models, sessions, tokens, workers  # noqa: F401
 from parseq.db.base import Base, UTCDateTime, db, iso, kept_loaded, str_enum, utcnow
 from parseq.db.parsers import NAME_RE, Parser, ScheduleSkip, notifications_dict
 from parseq.db.runs import Run, RunFile

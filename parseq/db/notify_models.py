@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from parseq.db.models import UTCDateTime, _iso, db, utcnow
+from parseq.db.base import UTCDateTime, db, iso, utcnow
 
 
 class DeliveryStatus:
@@ -61,8 +61,8 @@ class NotificationDelivery(db.Model):
             "status": self.status,
             "attempts": self.attempts,
             "last_error": self.last_error,
-            "created_at": _iso(self.created_at),
-            "sent_at": _iso(self.sent_at),
+            "created_at": iso(self.created_at),
+            "sent_at": iso(self.sent_at),
         }
 
 

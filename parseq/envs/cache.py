@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from parseq.envs import envbuild
-from parseq.services import metrics
 from parseq.sandbox import limits as sandbox
 from parseq.core.config import Config
 from parseq.envs.envbuild import EnvBuildFailed  # what acquire raises: callers catch it from here
@@ -127,11 +126,13 @@ def acquire(
     lines: Sequence[str],
     extra: Sequence[str] = (),
     while_building: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    on_build: Callable[[bool, float], None] | None = None,
 ) -> Env:
     """The env for this requirement set, built if missing; held in use until released.
 
     A cache hit is a directory check and a shared flock: no installer runs. A build runs
-    inside ``while_building()`` (a run's heartbeat, say), which a cache hit never enters.
+    inside ``while_building()`` (a run's heartbeat, say), which a cache hit never enters;
+    ``on_build(ok, seconds)`` hears of each build this call ran (the worker counts them).
     """
     key = env_key(lines, extra, base_python(config))
     lease = _open_lock(config, f"{key}.use")
@@ -147,8 +148,9 @@ def acquire(
                     built = build_env(config, lines, extra)
                 ok = True
             finally:
-                if built or not ok:  # not when another process built it meanwhile
-                    metrics.count_env_build(ok, time.monotonic() - started)
+                # not when another process built it meanwhile
+                if on_build is not None and (built or not ok):
+                    on_build(ok, time.monotonic() - started)
         return Env(key, path, built, lease)
     except BaseException:
         os.close(lease)

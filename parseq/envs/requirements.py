@@ -23,8 +23,6 @@ from packaging.utils import canonicalize_name
 
 from parseq.core.config import Config
 from parseq.core.errors import ValidationError
-from parseq.db.models import NotebookEngine, Parser, ParserKind
-from parseq.services.registry import root_for
 
 #: PEP 723's reference regular expression for inline metadata blocks.
 PEP723_RE = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
@@ -220,22 +218,25 @@ def _notebook_code(text: str) -> str:
     return "\n".join(s if isinstance(s, str) else "".join(s) for s in sources) + "\n"
 
 
-def for_parser(config: Config, parser: Parser, script: Path) -> Requirements:
-    """The parser's requirements by precedence: its field, ``requirements.txt``, PEP 723;
-    a notebook with the kernel engine also gets what runs its kernel (unless it pins them)."""
-    found = _declared(config, parser, script)
-    if parser.kind is not ParserKind.NOTEBOOK or parser.engine is not NotebookEngine.KERNEL:
+def resolve(
+    config: Config, *, field: str | None, script: Path, own_folder: bool, kernel: bool
+) -> Requirements:
+    """A parser's requirements by precedence: its ``field``, the ``requirements.txt`` beside its
+    script when the script has a folder of its own, PEP 723; the kernel engine (``kernel``) also
+    gets what runs its kernel (unless it pins them)."""
+    found = _declared(config, field, script, own_folder)
+    if not kernel:
         return found
     names = {name_of(line) for line in found.lines}
     extra = [p for p in KERNEL_PACKAGES if canonicalize_name(p) not in names]
     return Requirements(tuple(sorted({*found.lines, *extra})), found.source)
 
 
-def _declared(config: Config, parser: Parser, script: Path) -> Requirements:
+def _declared(config: Config, field: str | None, script: Path, own_folder: bool) -> Requirements:
     policy = Policy.from_config(config)
-    if (parser.requirements or "").strip():
-        return Requirements(parse(parser.requirements, policy), "parser")
-    if script.parent != root_for(config, parser.kind):
+    if (field or "").strip():
+        return Requirements(parse(field or "", policy), "parser")
+    if own_folder:
         txt = script.parent / "requirements.txt"
         if txt.is_file():
             text = txt.read_text(encoding="utf-8")

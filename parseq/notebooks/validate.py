@@ -7,6 +7,8 @@ notebook when a parser is saved, so a broken file is a form/API error, not a fai
 
 from __future__ import annotations
 
+from parseq.core.argv import build_command as run_command
+
 import ast
 import json
 import warnings
@@ -17,10 +19,9 @@ from typing import Any
 import nbformat
 
 from parseq.notebooks import nbdoc, nbexec, nbsyntax
-from parseq.sandbox import runner
 from parseq.core.config import Config
 from parseq.core.errors import ParseqError, ValidationError
-from parseq.db.models import NotebookEngine, Parser, ParserKind
+from parseq.core.enums import NotebookEngine
 
 #: Run as ``<interpreter> nbexec_launcher.py <notebook> <output> --key value ...``.
 EXECUTOR = Path(nbexec.__file__).resolve().with_name("nbexec_launcher.py")
@@ -41,7 +42,7 @@ def build_command(
     """The argv of a notebook run: the engine's executor, the notebook, where to write the
     executed copy, then the run args and positionals exactly as a script gets them."""
     executor = KERNEL_EXECUTOR if engine is NotebookEngine.KERNEL else EXECUTOR
-    argv = runner.build_command(interpreter, executor, args, positional)
+    argv = run_command(interpreter, executor, args, positional)
     argv[2:2] = [str(notebook), str(output_path)]
     return argv
 
@@ -139,17 +140,3 @@ def syntax_warnings(nb: Mapping[str, Any]) -> list[str]:
                 + (f" (line {line})" if line else "")
             )
     return found
-
-
-def parser_warnings(config: Config, parser: Parser) -> list[str]:
-    """Warnings about a saved parser, for the admin's flash and the API's ``warnings``: the
-    notebook syntax the fast engine does not run. Empty for scripts."""
-    if parser.kind is not ParserKind.NOTEBOOK or not parser.path:
-        return []
-    if parser.engine is NotebookEngine.KERNEL:  # IPython itself runs every line
-        return []
-    try:
-        nb = check_parser_notebook(config, parser.path)
-    except ParseqError as exc:  # the file changed since it was validated
-        return [exc.message]
-    return syntax_warnings(nb)

@@ -1,7 +1,8 @@
 """Start a parser script as a sandboxed subprocess.
 
-Two pure builders (:func:`build_command`, :func:`build_env`) say what to run; :func:`spawn`
-starts it in its own process group, sandboxed; :mod:`parseq.sandbox.supervisor` then watches it.
+The argv comes from :func:`parseq.core.argv.build_command` and the environment from the pure
+:func:`build_env`; :func:`spawn` starts it in its own process group, sandboxed;
+:mod:`parseq.sandbox.supervisor` then watches it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import functools
 import json
 import logging
 import os
-import re
 import signal
 import subprocess  # nosec B404  # running parser scripts as child processes is the job
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from parseq.core.errors import ValidationError
+from parseq.core.argv import validate_secret_name
 from parseq.sandbox import forkserver, procs
 from parseq.sandbox.limits import (
     Launcher,
@@ -34,82 +34,9 @@ from parseq.sandbox.supervisor import Process
 
 log = logging.getLogger(__name__)
 
-ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-#: Variables a secret may not shadow: the contract's and the ones the sandbox sets.
-RESERVED_ENV = frozenset(
-    {"PATH", "HOME", "TMPDIR", "TMP", "TEMP", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "PYTHONPATH"}
-)
 #: prctl(2) option: the signal the child gets when the worker that started it dies.
 PR_SET_PDEATHSIG = 1
 _PRCTL = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "prctl", None)  # Linux only
-
-
-def validate_arg_name(name: str) -> str:
-    """Argument names become ``--name`` flags: keep them to safe identifiers."""
-    if not isinstance(name, str) or not ARG_NAME_RE.match(name):
-        raise ValidationError(
-            f"argument name {name!r} must start with a letter or _ and contain only "
-            "letters, digits, _ and - (at most 64)",
-            field="args",
-        )
-    return name
-
-
-def validate_secret_name(name: str) -> str:
-    """Secret names become environment variables of their own."""
-    if not isinstance(name, str) or not SECRET_NAME_RE.match(name):
-        raise ValidationError(
-            f"secret name {name!r} must be a valid environment variable name "
-            "(letters, digits, _; not starting with a digit)",
-            field="secrets",
-        )
-    if name in RESERVED_ENV or name.upper().startswith("PARSEQ_"):
-        raise ValidationError(f"secret name {name!r} is reserved by Parseq", field="secrets")
-    return name
-
-
-def arg_to_str(value: Any) -> str:
-    """How an argument value appears in argv: strings as they are, the rest as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def option_argv(name: str, value: Any) -> list[str]:
-    """How one argument appears in argv, the way argparse CLIs expect it: ``true`` is a bare
-    flag, ``false`` and ``null`` are left out, a one-character name is a short option
-    (``-m 20``), any other a long one (``--pages 3``), with the name exactly as given."""
-    flag = ("-" if len(validate_arg_name(name)) == 1 else "--") + name
-    if value is None or value is False:
-        return []
-    if value is True:
-        return [flag]
-    return [flag, arg_to_str(value)]
-
-
-def build_command(
-    interpreter: Path | str,
-    script: Path | str,
-    args: Mapping[str, Any],
-    positional: Sequence[Any] = (),
-) -> list[str]:
-    """The argv of a run: ``<interpreter> <script>``, the options in the args' order
-    (:func:`option_argv`), then the positional arguments (strings as is, the rest as JSON)."""
-    argv = [str(interpreter), str(script)]
-    for name, value in args.items():
-        argv += option_argv(name, value)
-    return argv + [arg_to_str(value) for value in positional]
-
-
-def check_positional(values: object) -> list[Any]:
-    """Positional arguments must be a JSON list of strings, numbers or booleans."""
-    if not isinstance(values, (list, tuple)) or not all(
-        isinstance(v, (str, int, float)) and "\0" not in arg_to_str(v) for v in values
-    ):
-        raise ValidationError(
-            "positional must be a JSON list of strings and numbers (no NUL characters)",
-            field="positional",
-        )
-    return list(values)
 
 
 def build_env(

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from parseq.core.config import Config
 from parseq.db.models import Run, RunStatus, db, utcnow
 from parseq.db.notify_models import MetricCounter, RunEnd
-from parseq.worker.workers import ALIVE_INTERVALS, Worker
+from parseq.db.workers import ALIVE_INTERVALS, Worker
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parseq.core.config import Config
-from parseq.core.errors import ScriptNotFound, ValidationError
-from parseq.db.models import NAME_RE, Parser, ParserKind, db
+from parseq.core.errors import ParseqError, ScriptNotFound, ValidationError
+from parseq.db.models import NAME_RE, NotebookEngine, Parser, ParserKind, db
+from parseq.envs import requirements as reqs
 from parseq.notebooks import validate as notebooks
 
 log = logging.getLogger(__name__)
@@ -193,3 +194,29 @@ def set_enabled(parser: Parser, enabled: bool) -> Parser:
     parser.enabled = enabled
     db.session.commit()
     return parser
+
+
+def parser_warnings(config: Config, parser: Parser) -> list[str]:
+    """Warnings about a saved parser, for the admin's flash and the API's ``warnings``: the
+    notebook syntax the fast engine does not run. Empty for scripts."""
+    if parser.kind is not ParserKind.NOTEBOOK or not parser.path:
+        return []
+    if parser.engine is NotebookEngine.KERNEL:  # IPython itself runs every line
+        return []
+    try:
+        nb = notebooks.check_parser_notebook(config, parser.path)
+    except ParseqError as exc:  # the file changed since it was validated
+        return [exc.message]
+    return notebooks.syntax_warnings(nb)
+
+
+def requirements_for(config: Config, parser: Parser, script: Path) -> reqs.Requirements:
+    """The parser's requirements (:func:`parseq.envs.requirements.resolve`): a script in a
+    folder of its own may bring a ``requirements.txt``; the kernel engine needs its kernel."""
+    return reqs.resolve(
+        config,
+        field=parser.requirements,
+        script=script,
+        own_folder=script.parent != root_for(config, parser.kind),
+        kernel=parser.kind is ParserKind.NOTEBOOK and parser.engine is NotebookEngine.KERNEL,
+    )

@@ -22,6 +22,7 @@ from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
+from parseq.core import argv
 from parseq.core.errors import BadRequest, BrokerError, Conflict, NotFound, ValidationError
 from parseq.core.pools import ProcessPool
 from parseq.db.models import (
@@ -35,7 +36,6 @@ from parseq.db.models import (
     kept_loaded,
     utcnow,
 )
-from parseq.sandbox import runner
 from parseq.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def check_args(args: object) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise BadRequest("args must be a JSON object", field="args")
     for name in args:
-        runner.validate_arg_name(name)
+        argv.validate_arg_name(name)
     return args
 
 
@@ -83,7 +83,7 @@ def new_run(
     merged = {**(parser.default_args or {}), **check_args(dict(args) if args else {})}
     if positional is None:
         positional = parser.default_positional or []
-    positional = runner.check_positional(positional)
+    positional = argv.check_positional(positional)
     limit = current_app.extensions["parseq"].config.max_args_bytes
     size = len(json.dumps(merged).encode()) + len(json.dumps(positional).encode())
     if size > limit:

@@ -15,24 +15,13 @@ import secrets
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
 
 from parseq.core.config import Config
-from parseq.db.models import UTCDateTime, db, utcnow
+from parseq.db.models import db, utcnow
+from parseq.db.sessions import AdminSession
 
 #: ``last_seen_at`` is written at most this often per session, so most requests only read.
 TOUCH_INTERVAL = timedelta(seconds=30)
-
-
-class AdminSession(db.Model):
-    """One logged-in browser of an admin user."""
-
-    __tablename__ = "admin_sessions"
-
-    id_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def _hash(session_id: str) -> str:

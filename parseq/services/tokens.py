@@ -8,44 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from datetime import timedelta
 
 from parseq.core.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
-from parseq.db.models import NAME_RE, UTCDateTime, _iso, db, utcnow
+from parseq.db.models import NAME_RE, db, utcnow
+from parseq.db.tokens import ApiToken
 
 TOKEN_PREFIX = "pq_"  # nosec B105  # a label in front of tokens, not a secret
 #: ``last_used_at`` is written at most this often per token, so reads stay reads.
 TOUCH_INTERVAL = timedelta(seconds=60)
-
-
-class ApiToken(db.Model):
-    """A bearer token for the REST API. Only its hash is stored."""
-
-    __tablename__ = "api_tokens"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    read_only: Mapped[bool] = mapped_column(default=False)
-    revoked: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-    def __str__(self) -> str:
-        return self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "read_only": self.read_only,
-            "revoked": self.revoked,
-            "created_at": _iso(self.created_at),
-            "last_used_at": _iso(self.last_used_at),
-        }
 
 
 def hash_token(token: str) -> str:

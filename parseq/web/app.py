@@ -43,10 +43,9 @@ class ParseqState:
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
     from parseq.queue.tasks import BrokerThread, init_broker
-    from parseq.services import notify, tokens  # noqa: F401 (tokens, workers: tables)
+    from parseq.services import notify
     from parseq.web.admin import admin
     from parseq.web.api import api
-    from parseq.worker import workers  # noqa: F401 (tokens, workers: tables)
 
     config = config or Config.from_env()
     logging.basicConfig(

@@ -22,17 +22,17 @@ import sqlalchemy.orm as sa_orm
 from flask import current_app
 from sqlalchemy.orm.attributes import set_committed_value
 
+from parseq.core.argv import build_command
 from parseq.core.config import Config
 from parseq.core.errors import ParseqError, ScriptNotFound
 from parseq.core.redaction import redact_json_file, redact_text
 from parseq.db.models import Parser, ParserKind, Run, RunStatus, db, kept_loaded, utcnow
 from parseq.db.reconnect import retry_db
 from parseq.envs import cache as envs
-from parseq.envs import requirements as reqs
 from parseq.notebooks import validate as notebooks
 from parseq.sandbox import limits as sandbox
 from parseq.sandbox import runner, supervisor
-from parseq.services import recording, registry
+from parseq.services import metrics, recording, registry
 from parseq.services.livelog import Capture as LiveLogCapture
 from parseq.services.registry import resolve_script
 from parseq.services.retries import schedule_retry
@@ -115,7 +115,7 @@ def interpreter_for(parser: Parser, run: Run | None = None, script: Path | None 
     file as :func:`resolve_script` found it, when the caller has it already."""
     config: Config = current_app.extensions["parseq"].config
     script = script or resolve_script(config, parser)
-    requirements = reqs.for_parser(config, parser, script)
+    requirements = registry.requirements_for(config, parser, script)
 
     def heartbeat() -> contextlib.AbstractContextManager[object]:
         # A first build can take minutes: keep the run's heartbeat going meanwhile.
@@ -124,7 +124,12 @@ def interpreter_for(parser: Parser, run: Run | None = None, script: Path | None 
         return Watchdog(current_app._get_current_object(), run.id, config.heartbeat_interval_s)
 
     try:
-        env = envs.acquire(config, requirements.lines, while_building=heartbeat)
+        env = envs.acquire(
+            config,
+            requirements.lines,
+            while_building=heartbeat,
+            on_build=metrics.count_env_build,
+        )
     except envs.EnvBuildFailed as exc:
         if run is not None:
             run.env_key = exc.key
@@ -252,7 +257,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             engine=parser.engine,
         )
     else:
-        argv = runner.build_command(interpreter, script, run.args or {}, run.positional or [])
+        argv = build_command(interpreter, script, run.args or {}, run.positional or [])
     env = runner.build_env(
         base_env=config.child_env,
         run_id=run.id,

@@ -328,7 +328,7 @@ class ParserView(auth.LoginRequired, ModelView):
     def after_model_change(self, form: Any, model: Parser, is_created: bool) -> None:
         """Saved, but say now what the fast engine would refuse at the first run."""
         config = current_app.extensions["parseq"].config
-        for warning in notebooks.parser_warnings(config, model):
+        for warning in registry.parser_warnings(config, model):
             flash(f"Warning: {warning}", "warning")
 
     def history(self, parser: Parser, limit: int = 25) -> list[Run]:

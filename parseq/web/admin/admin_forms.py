@@ -15,8 +15,8 @@ from flask_wtf import FlaskForm
 from wtforms import SelectChoice, fields, widgets
 from wtforms import ValidationError as FormValidationError
 
+from parseq.core import argv
 from parseq.core.errors import ParseqError
-from parseq.sandbox import runner
 from parseq.services import registry, runs
 
 
@@ -80,7 +80,7 @@ class JSONListField(fields.TextAreaField):
     def process_formdata(self, valuelist: list[Any]) -> None:
         raw = (valuelist[0] if valuelist else "").strip() or "[]"
         try:
-            self.data = runner.check_positional(json.loads(raw))
+            self.data = argv.check_positional(json.loads(raw))
         except ValueError as exc:
             self.data = None
             raise ValueError(f"not valid JSON: {exc}") from None
@@ -99,7 +99,7 @@ def parse_secrets(text: str) -> dict[str, str]:
         if not sep:
             raise FormValidationError(f"line {number}: expected NAME=value")
         try:
-            found[runner.validate_secret_name(name.strip())] = value
+            found[argv.validate_secret_name(name.strip())] = value
         except ParseqError as exc:
             raise FormValidationError(f"line {number}: {exc.message}") from None
     return found

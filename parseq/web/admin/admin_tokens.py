@@ -16,7 +16,8 @@ from wtforms import ValidationError as FormValidationError
 from wtforms.validators import DataRequired
 
 from parseq.db.models import NAME_RE, db
-from parseq.services.tokens import ApiToken, hash_token, new_token
+from parseq.db.tokens import ApiToken
+from parseq.services.tokens import hash_token, new_token
 from parseq.web.admin import auth
 
 

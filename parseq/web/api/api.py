@@ -16,11 +16,11 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
+from parseq.core.argv import check_positional
 from parseq.core.errors import BadRequest, ParseqError, TooManyRequests, Unauthorized
 from parseq.db.models import Parser, Run, RunStatus, RunTrigger, ScheduleSkip, db, iso
-from parseq.notebooks.validate import parser_warnings
-from parseq.sandbox.runner import check_positional
 from parseq.services import notify, runs, schedules, tokens
+from parseq.services.registry import parser_warnings
 from parseq.web import throttle
 from parseq.web.api import downloads, health, openapi, schemas
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from parseq.db.models import db, utcnow
-from parseq.worker.workers import Worker, stale_before
+from parseq.db.workers import Worker, stale_before
 
 #: Seconds a broker probe may take before it counts as down.
 BROKER_TIMEOUT_S = 3

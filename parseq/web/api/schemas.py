@@ -11,6 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from parseq.core.argv import (
+    ARG_NAME_RE,
+    RESERVED_ENV,
+    SECRET_NAME_RE,
+    check_positional,
+    validate_secret_name,
+)
 from parseq.core.config import Config
 from parseq.core.errors import BadRequest, Conflict, ParseqError, ValidationError
 from parseq.db.models import (
@@ -24,13 +31,6 @@ from parseq.db.models import (
 )
 from parseq.envs import requirements as reqs
 from parseq.notebooks.validate import check_parser_notebook
-from parseq.sandbox.runner import (
-    ARG_NAME_RE,
-    RESERVED_ENV,
-    SECRET_NAME_RE,
-    check_positional,
-    validate_secret_name,
-)
 from parseq.services import notify_settings, runs
 from parseq.services.registry import validate_name, validate_path
 from parseq.services.schedules import Schedule, validate_schedule
