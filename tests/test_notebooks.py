@@ -486,8 +486,8 @@ def test_notebook_runs_in_its_own_virtualenv_with_its_requirements(embedded_app:
 
 
 def test_demo_notebook_is_registered_and_runs(make_config: Callable[..., Config]) -> None:
-    from parseq.queue.tasks import start_worker
     from parseq.web.app import create_app, init_db
+    from parseq.worker.actors import start_worker
 
     app = create_app(make_config(notebooks_dir=PROJECT_ROOT / "notebooks"))
     init_db(app)

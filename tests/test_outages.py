@@ -21,6 +21,7 @@ from flask import Flask
 
 from parseq.core.config import Config
 from parseq.db.models import Run, RunStatus, db, utcnow
+from parseq.queue.broker import send_run
 from parseq.scheduler.sweeper import sweep_pending
 from parseq.services import runs
 from parseq.web.app import create_app, init_db
@@ -297,7 +298,8 @@ def test_queues_are_durable_and_messages_persistent(services_env: dict[str, str]
     queue = f"parseq_durable_{uuid.uuid4().hex[:10]}"
     app = create_app(Config.from_env(environ={**services_env, "PARSEQ_QUEUE_NAME": queue}))
     try:
-        app.extensions["parseq"].actor.send(12345)
+        with app.app_context():
+            send_run(12345)
         conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
         channel = conn.channel()
         method, properties, _body = channel.basic_get(queue=queue, auto_ack=True)

@@ -21,10 +21,10 @@ from parseq.db.models import (
     db,
     utcnow,
 )
-from parseq.queue.tasks import start_worker
 from parseq.scheduler.service import SchedulerService, fire, sweep_pending
 from parseq.services import runs
 from parseq.web.app import create_app, init_db
+from parseq.worker.actors import start_worker
 from tests.conftest import add_parser, api_client, wait_for_run
 
 SYNC_S = 0.2

@@ -156,12 +156,12 @@ def rotate_secrets_cmd() -> None:
 def up(host: str | None, port: int | None, threads: int | None) -> None:
     """All in one process: database, worker threads and the web admin (embedded default)."""
     from parseq.db.models import Run, db
-    from parseq.queue.tasks import start_worker
     from parseq.scheduler.service import SchedulerService, sweep_pending
     from parseq.services.reaper import reap_once
     from parseq.services.registry import sync_shipped
     from parseq.services.runs import create_run, get_parser
     from parseq.web.admin.auth import ensure_admin
+    from parseq.worker.actors import start_worker
 
     app = app_with_db(host=host, port=port, worker_threads=threads)
     config = app.extensions["parseq"].config
@@ -274,7 +274,8 @@ def scheduler() -> None:
 @one_line_errors
 def worker(threads: int | None) -> None:
     """A worker: executes runs from the broker's queue until stopped."""
-    from parseq.queue.tasks import start_worker, warn_if_runs_outlast_consumer_timeout
+    from parseq.queue.broker import warn_if_runs_outlast_consumer_timeout
+    from parseq.worker.actors import start_worker
 
     app = build_app(worker_threads=threads)
     _check_parser_user(app.extensions["parseq"].config, refuse=True)

@@ -24,10 +24,10 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from parseq.core.config import Config
 from parseq.core.errors import ConfigError
-from parseq.db.models import Parser
 from parseq.sandbox import procs
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,18 @@ class SandboxUser:
     gid: int
 
 
-def build_limits(parser: Parser, config: Config) -> Limits:
+class OwnLimits(Protocol):
+    """The limits a parser may set for itself (None: the configured default), as a parser
+    row carries them: the sandbox reads these values and knows nothing of the database."""
+
+    max_memory_bytes: int | None
+    max_cpu_s: float | None
+    max_processes: int | None
+    max_file_bytes: int | None
+    max_open_files: int | None
+
+
+def build_limits(parser: OwnLimits, config: Config) -> Limits:
     """The parser's own limits where it sets them, the configured defaults elsewhere."""
 
     def pick(own: float | None, default: float) -> float:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from parseq.core.enums import RunStatus
 from parseq.core.redaction import StreamRedactor
-from parseq.db.models import RunStatus
 from parseq.sandbox import forkserver, procs
 
 log = logging.getLogger(__name__)

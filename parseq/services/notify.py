@@ -21,6 +21,7 @@ from parseq.core.config import Config
 from parseq.core.redaction import webhook_target
 from parseq.db.models import Parser, Run, RunStatus, db, utcnow
 from parseq.db.notify_models import DeliveryStatus, NotificationDelivery
+from parseq.queue.broker import send_notification
 from parseq.services import livelog, metrics, notify_send
 from parseq.services.notify_mail import deliver_mail, flush_digest
 from parseq.services.runs import LOG_FILE
@@ -210,7 +211,7 @@ def run_ended(run_id: int) -> None:
     if not has_app_context():
         return
     try:
-        future = send(current_app._get_current_object(), "run", run_id, wait=False)
+        future = send_notification(current_app._get_current_object(), "run", run_id, wait=False)
     except Exception:
         log.warning("run %s: its end could not be sent for notifications", run_id, exc_info=True)
         return
@@ -220,16 +221,6 @@ def run_ended(run_id: int) -> None:
             log.warning("run %s: its end could not be sent: %s", run_id, done.exception())
 
     future.add_done_callback(check)
-
-
-def send(app: Any, kind: str, ident: int, delay_s: float = 0.0, wait: bool = True) -> Any:
-    """Send a ``notify`` message (``kind`` run, delivery or digest) through the app's broker
-    thread; with ``wait`` False, return its future at once."""
-    state = app.extensions["parseq"]
-    actor = app.extensions["parseq.services.notify"]
-    options = {"delay": int(delay_s * 1000)} if delay_s > 0 else {}
-    future = state.broker_thread.submit(actor.send_with_options, args=(kind, ident), **options)
-    return future.result() if wait else future
 
 
 def handle(kind: str, ident: int) -> None:
@@ -299,7 +290,9 @@ def attempt(delivery_id: int, retry: bool = True) -> None:
             settings.email_to,
             settings.email_digest_s,
             config,
-            lambda delay_s: send(current_app._get_current_object(), "digest", parser_id, delay_s),
+            lambda delay_s: send_notification(
+                current_app._get_current_object(), "digest", parser_id, delay_s
+            ),
         ):
             db.session.commit()
             return  # held for a digest
@@ -322,7 +315,7 @@ def _failed(
     if again:
         delay_s = config.notify_backoff_s * 2 ** (delivery.attempts - 1)
         log.info("delivery %s failed (%s); again in %.1f s", delivery.id, exc, delay_s)
-        send(current_app._get_current_object(), "delivery", delivery.id, delay_s)
+        send_notification(current_app._get_current_object(), "delivery", delivery.id, delay_s)
     else:
         log.warning("delivery %s of %s failed: %s", delivery.id, delivery.event, exc)
         metrics.count_notification(delivery.channel, "failed")

@@ -14,6 +14,7 @@ from datetime import timedelta
 from parseq.core.config import Config
 from parseq.core.errors import BrokerError
 from parseq.db.models import Run, RunStatus, db, utcnow
+from parseq.queue.broker import send_run
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ def schedule_retry(run: Run, config: Config, retryable: bool = True) -> Run | No
         retry.attempt,
         (parser.max_retries or 0) + 1,
     )
-    from parseq.queue.tasks import send_run
-
     try:
         send_run(retry.id, delay_s=delay_s)
     except BrokerError:  # logged by send_run once per outage; the sweeper sends it later

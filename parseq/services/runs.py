@@ -36,6 +36,7 @@ from parseq.db.models import (
     kept_loaded,
     utcnow,
 )
+from parseq.queue.broker import send_run
 from parseq.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,6 @@ def enqueue_runs(batch: Sequence[Run], mark_later: bool = False) -> int:
     (with ``mark_later``, in a batch of this process's :class:`EnqueuedMarks`: a POST does not
     wait for it). Stops at the first failure (the broker is down; logged once per outage) and
     returns how many were sent."""
-    from parseq.queue.tasks import send_run
-
     sent: list[int] = []
     for run in batch:
         # From the identity key: ``run.id`` would reload a run expired by a commit.

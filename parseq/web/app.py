@@ -15,15 +15,14 @@ from flask import Flask, Response
 from parseq.core.config import Config
 from parseq.db.crypto import local_key, make_cipher
 from parseq.db.models import db
+from parseq.queue.broker import BrokerThread, init_broker
 from parseq.sandbox import procs
 from parseq.storage.base import Storage, get_storage
 from parseq.web import headers
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
-    from dramatiq import Actor, Broker
-
-    from parseq.queue.tasks import BrokerThread
+    from dramatiq import Broker
 
 
 @dataclass
@@ -33,7 +32,6 @@ class ParseqState:
     config: Config
     storage: Storage
     broker: Broker
-    actor: Actor
     #: Encrypts and decrypts parser secrets (``crypto.EncryptedJSON``).
     cipher: MultiFernet
     #: Where the web, scheduler and worker threads make their broker calls (``send_run``).
@@ -42,7 +40,6 @@ class ParseqState:
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
-    from parseq.queue.tasks import BrokerThread, init_broker
     from parseq.services import notify
     from parseq.web.admin import admin
     from parseq.web.api import api
@@ -88,9 +85,8 @@ def create_app(config: Config | None = None) -> Flask:
         with app.app_context():
             sa.event.listen(db.engine, "connect", _sqlite_pragmas)
 
-    broker, actor = init_broker(app, config)
     app.extensions["parseq"] = ParseqState(
-        config, get_storage(config), broker, actor, make_cipher(config), BrokerThread()
+        config, get_storage(config), init_broker(config), make_cipher(config), BrokerThread()
     )
     api.init_app(app)
     notify.init_app(app)  # /metrics and the live log

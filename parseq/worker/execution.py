@@ -30,6 +30,7 @@ from parseq.db.models import Parser, ParserKind, Run, RunStatus, db, kept_loaded
 from parseq.db.reconnect import retry_db
 from parseq.envs import cache as envs
 from parseq.notebooks import validate as notebooks
+from parseq.queue.broker import send_run
 from parseq.sandbox import limits as sandbox
 from parseq.sandbox import runner, supervisor
 from parseq.services import metrics, recording, registry
@@ -220,8 +221,6 @@ def _not_due_yet(run_id: int) -> bool:
     left_s = (run.not_before - utcnow()).total_seconds()
     if left_s <= EARLY_S:
         return False
-    from parseq.queue.tasks import send_run
-
     send_run(run_id, delay_s=left_s)
     return True
 

@@ -4,7 +4,7 @@ A run's files are uploaded with a few retries (``upload_attempts``, ``upload_bac
 storage is still down, the files stay in the run's working folder with an
 ``upload_pending.json`` marker holding the run's outcome; the run stays ``running`` with a
 progress message saying it waits for storage (never ``completed`` with files missing). Every
-worker process runs :func:`retry_pending` every ``retry_interval_s`` (``tasks.Housekeeping``),
+worker process runs :func:`retry_pending` every ``retry_interval_s`` (``actors.Housekeeping``),
 heartbeating the runs meanwhile, and finishes each run once all its files are stored.
 """
 
