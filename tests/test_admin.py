@@ -68,7 +68,7 @@ def _form(**overrides: object) -> dict[str, object]:
 
 def _ran(parser_name: str = "echo", **args: object) -> Run:
     """A run executed in this process (stored files and all)."""
-    return runs.run_now(runs.get_parser(parser_name), args or None)
+    return execution.run_now(runs.get_parser(parser_name), args or None)
 
 
 # --- login ---------------------------------------------------------------------------------

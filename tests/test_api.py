@@ -263,7 +263,7 @@ def test_runs_filter_by_trigger_and_time(client) -> None:  # type: ignore[no-unt
     from parseq.db.models import utcnow
 
     api_run = _run(client)
-    manual = runs.run_now(runs.get_parser("echo"))
+    manual = execution.run_now(runs.get_parser("echo"))
     assert [r["id"] for r in client.get("/api/v1/runs?trigger=api").json["runs"]] == [api_run.id]
     assert [r["id"] for r in client.get("/api/v1/runs?trigger=manual").json["runs"]] == [manual.id]
     middle = manual.queued_at.isoformat()

@@ -11,7 +11,6 @@ import pytest
 from parseq.core.config import Config
 from parseq.db.models import Parser, RunStatus, db
 from parseq.envs import cache as envs
-from parseq.services import runs
 from parseq.worker import execution, watchdog
 from tests.conftest import running
 
@@ -58,7 +57,7 @@ def test_a_renamed_parser_keeps_its_state(
         for new_name in ("counter", "renamed", "renamed-again"):
             parser.name = new_name
             db.session.commit()
-            run = runs.run_now(parser)
+            run = execution.run_now(parser)
             assert run.status is RunStatus.COMPLETED, run.error
             storage = app.extensions["parseq"].storage
             key = run.file("output.txt").storage_key
@@ -96,12 +95,12 @@ def test_the_heartbeat_goes_on_while_the_env_builds_and_a_cached_env_needs_none(
         parser = Parser(name="echo", path="echo_env.py")
         db.session.add(parser)
         db.session.commit()
-        first = runs.run_now(parser)
+        first = execution.run_now(parser)
         assert first.status is RunStatus.COMPLETED, first.error
         assert beats_while_building == [True]
         watchdogs_of_a_build = len(started)
         started.clear()
-        again = runs.run_now(parser)
+        again = execution.run_now(parser)
         assert again.status is RunStatus.COMPLETED, again.error
         assert beats_while_building == [True]  # no second build
         # The env's lookup starts no watchdog of its own: only the run's is left.

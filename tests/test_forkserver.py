@@ -21,7 +21,7 @@ from parseq.core.config import Config
 from parseq.db.models import Parser, RunStatus, db
 from parseq.sandbox import forkserver, runner, supervisor
 from parseq.sandbox.limits import SandboxUser
-from parseq.services import runs
+from parseq.worker import execution
 from tests.conftest import PARSER_PYTHON, running
 
 PROBE = """\
@@ -274,7 +274,7 @@ def test_a_worker_forks_runs_from_its_env_server_unless_turned_off(
         db.session.commit()
         servers = []
         for _ in range(2):
-            run = runs.run_now(parser)
+            run = execution.run_now(parser)
             assert run.status is RunStatus.COMPLETED, run.error
             servers.append(dict(forkserver._servers))
     if fork_servers:

@@ -8,7 +8,7 @@ from flask import Flask
 
 from parseq.db.models import RunStatus
 from parseq.services import recording, runs
-from parseq.worker import execution, uploads
+from parseq.worker import execution
 from tests.conftest import add_parser
 
 
@@ -30,12 +30,12 @@ def test_recording_the_files_again_keeps_one_row_each(
         run = runs.create_run(add_parser(name, "echo_env.py"), enqueue=False)
         execution.claim(run.id)
         stored = [
-            uploads.StoredFile("output.txt", 3, "a" * 64, f"runs/{run.id}/output.txt"),
-            uploads.StoredFile("run.log", 0, "b" * 64, f"runs/{run.id}/run.log"),
+            recording.StoredFile("output.txt", 3, "a" * 64, f"runs/{run.id}/output.txt"),
+            recording.StoredFile("run.log", 0, "b" * 64, f"runs/{run.id}/run.log"),
         ]
-        pending = uploads.Pending(run.id, "completed", 0, None, {}, retry=False)
+        pending = recording.Pending(run.id, "completed", 0, None, {}, retry=False)
         assert recording.record_files_and_finish(run.id, stored, pending) is RunStatus.COMPLETED
-        again = [*stored, uploads.StoredFile("extra.csv", 1, "c" * 64, "k")]
+        again = [*stored, recording.StoredFile("extra.csv", 1, "c" * 64, "k")]
         assert recording.record_files_and_finish(run.id, again, pending) is RunStatus.COMPLETED
         runs.db.session.expire_all()
         files = runs.get_run(run.id).files

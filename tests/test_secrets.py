@@ -21,6 +21,7 @@ from parseq.db.models import Parser, RunStatus, db
 from parseq.sandbox import runner, supervisor
 from parseq.services import runs
 from parseq.web.app import create_app, init_db
+from parseq.worker import execution
 from tests.conftest import FIXTURE_PARSERS, add_parser, api_client, wait_for_run
 
 SECRET = "tok-9f2c1e77-very-secret"
@@ -180,7 +181,7 @@ def test_wrong_key_gives_a_clear_error_and_the_web_keeps_working(make_config) ->
         parser = runs.get_parser("locked")
         with pytest.raises(SecretsKeyError, match="PARSEQ_SECRETS_KEY"):
             dict(parser.secrets)
-        run = runs.run_now(parser)
+        run = execution.run_now(parser)
         assert run.status is RunStatus.ERROR
         assert "cannot be decrypted with PARSEQ_SECRETS_KEY" in run.error
         # Saving the parser without touching its secrets keeps the token as it was.

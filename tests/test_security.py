@@ -109,10 +109,10 @@ def test_a_trusted_proxy_says_when_the_request_was_https(
 
 
 def test_file_names_cannot_break_or_escape_content_disposition(sqlite_app: Flask) -> None:
-    from parseq.services import runs
     from parseq.web.api import downloads
+    from parseq.worker import execution
 
-    run = runs.run_now(add_parser("echo", "echo_env.py"))
+    run = execution.run_now(add_parser("echo", "echo_env.py"))
     stored = db.session.execute(
         db.select(RunFile).filter_by(run_id=run.id, name="report.json")
     ).scalar_one()

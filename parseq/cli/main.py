@@ -345,7 +345,8 @@ def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any
 def run_cmd(parser: str, args: dict[str, Any], positional: tuple[str, ...]) -> None:
     """Run PARSER now in this process and print its status and where its files went."""
     from parseq.services.registry import sync_shipped
-    from parseq.services.runs import get_parser, run_now
+    from parseq.services.runs import get_parser
+    from parseq.worker.execution import run_now
 
     app = app_with_db()
     _check_parser_user(app.extensions["parseq"].config, refuse=False)

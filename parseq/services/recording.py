@@ -1,16 +1,16 @@
 """Recording a run's end: its stored files and its final status, in one transaction.
 
 Both the worker that ran it (:mod:`parseq.worker.execution`, through :mod:`parseq.worker.uploads`)
-and the
-upload retrier record here; every write is safe to run again.
+and the upload retrier record here; every write is safe to run again. :class:`StoredFile` and
+:class:`Pending` are the values they hand over.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from flask import current_app
@@ -25,9 +25,6 @@ from parseq.services import notify
 from parseq.services.retries import schedule_retry
 from parseq.services.runs import get_run
 
-if TYPE_CHECKING:  # uploads imports this module
-    from parseq.worker.uploads import Pending, StoredFile
-
 log = logging.getLogger(__name__)
 
 #: Up to this many files (most runs have two or three) are recorded by an executemany of one
@@ -37,6 +34,36 @@ FEW_FILES = 4
 #: More files are recorded by multi-row VALUES statements of this many rows (5 parameters
 #: each; SQLite takes 32766 in one statement), so a thousand files cost one round trip.
 FILE_ROWS_PER_INSERT = 1000
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file as it was stored: what ``RunFile`` records."""
+
+    name: str
+    size: int
+    sha256: str
+    storage_key: str
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A run whose files wait for storage: what the marker holds."""
+
+    run_id: int
+    status: str
+    exit_code: int | None
+    error: str | None
+    #: File name -> path relative to the run's working folder.
+    files: dict[str, str]
+    attempts: int = 0
+    #: Whether a failed outcome may start the next attempt (``parseq run`` makes one only).
+    retry: bool = True
+    #: What the run should tell its user (``Run.warnings``).
+    warnings: list[str] = field(default_factory=list)
+    #: When the parser's process ended (ISO 8601, UTC): the run's ``finished_at``, so waiting
+    #: out a storage or database outage does not count in its ``duration_s``.
+    ended_at: str | None = None
 
 
 def mark_waiting(run_id: int, message: str) -> None:

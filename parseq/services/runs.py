@@ -273,17 +273,3 @@ def delete_parser(parser: Parser, storage: Storage, cascade: bool = False) -> in
         except Exception:  # files left behind cost space, not correctness
             log.warning("could not delete stored %s of parser %s", key, name, exc_info=True)
     return count
-
-
-def run_now(
-    parser: Parser,
-    args: Mapping[str, Any] | None = None,
-    positional: Sequence[Any] | None = None,
-) -> Run:
-    """Create and execute a run in this process (``parseq run``), bypassing the broker."""
-    from parseq.worker.execution import execute_run  # the worker side builds on this module
-
-    run = create_run(parser, args, RunTrigger.MANUAL, enqueue=False, positional=positional)
-    execute_run(run.id, retry=False)  # no worker here to take a delayed retry
-    db.session.refresh(run)
-    return run

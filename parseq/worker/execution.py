@@ -14,8 +14,10 @@ import logging
 import os
 import shutil
 import socket
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
@@ -26,14 +28,14 @@ from parseq.core.argv import build_command
 from parseq.core.config import Config
 from parseq.core.errors import ParseqError, ScriptNotFound
 from parseq.core.redaction import redact_json_file, redact_text
-from parseq.db.models import Parser, ParserKind, Run, RunStatus, db, kept_loaded, utcnow
+from parseq.db.models import Parser, ParserKind, Run, RunStatus, RunTrigger, db, kept_loaded, utcnow
 from parseq.db.reconnect import retry_db
 from parseq.envs import cache as envs
 from parseq.notebooks import validate as notebooks
 from parseq.queue.broker import send_run
 from parseq.sandbox import limits as sandbox
 from parseq.sandbox import runner, supervisor
-from parseq.services import metrics, recording, registry
+from parseq.services import metrics, recording, registry, runs
 from parseq.services.livelog import Capture as LiveLogCapture
 from parseq.services.registry import resolve_script
 from parseq.services.retries import schedule_retry
@@ -333,7 +335,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         if parser_kind is ParserKind.NOTEBOOK:
             redact_json_file(dirs["output"] / notebooks.OUTPUT_NOTEBOOK, secrets.values())
         found = gather_files(dirs["output"], log_path, shipped, stdout, outcome.status)
-        pending = uploads.Pending(
+        pending = recording.Pending(
             run_id,
             outcome.status.value,
             outcome.exit_code,
@@ -382,3 +384,15 @@ def gather_files(
         found.warnings.append(collect.NO_RESULT)
     found.warnings = collect.finish_warnings(found.warnings)
     return found
+
+
+def run_now(
+    parser: Parser,
+    args: Mapping[str, Any] | None = None,
+    positional: Sequence[Any] | None = None,
+) -> Run:
+    """Create and execute a run in this process (``parseq run``), bypassing the broker."""
+    run = runs.create_run(parser, args, RunTrigger.MANUAL, enqueue=False, positional=positional)
+    execute_run(run.id, retry=False)  # no worker here to take a delayed retry
+    db.session.refresh(run)
+    return run

@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from parseq.core.errors import NotFound, StorageError
 from parseq.core.pools import ProcessPool
 from parseq.db.models import Run, RunFile, RunStatus, db
 from parseq.services import recording
+from parseq.services.recording import Pending, StoredFile
 from parseq.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -42,36 +43,6 @@ LOCK = ".upload.lock"
 UPLOAD_THREADS = 32
 #: The upload threads of this process, shared by its runs (not started per run).
 _UPLOADS = ProcessPool(UPLOAD_THREADS, "parseq-upload")
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """A file as it was stored: what ``RunFile`` records."""
-
-    name: str
-    size: int
-    sha256: str
-    storage_key: str
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A run whose files wait for storage: what the marker holds."""
-
-    run_id: int
-    status: str
-    exit_code: int | None
-    error: str | None
-    #: File name -> path relative to the run's working folder.
-    files: dict[str, str]
-    attempts: int = 0
-    #: Whether a failed outcome may start the next attempt (``parseq run`` makes one only).
-    retry: bool = True
-    #: What the run should tell its user (``Run.warnings``).
-    warnings: list[str] = field(default_factory=list)
-    #: When the parser's process ended (ISO 8601, UTC): the run's ``finished_at``, so waiting
-    #: out a storage or database outage does not count in its ``duration_s``.
-    ended_at: str | None = None
 
 
 def sha256(path: Path) -> str:
