@@ -395,7 +395,8 @@ def test_worker_process_builds_once_for_concurrent_runs(
         body = api_client(services_app).get(f"/api/v1/runs/{done[0].id}").json
     assert body["env_key"] == done[0].env_key
     assert len(envs.builds(config, done[0].env_key)) == 1
-    with envs.acquire(config, ["six==1.15.0"]) as env:  # this process sees the worker's env
+    python = sandbox.base_python(config)  # as the worker builds
+    with envs.acquire(config, ["six==1.15.0"], python=python) as env:  # sees the worker's env
         assert not env.built
 
 

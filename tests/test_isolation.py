@@ -213,12 +213,13 @@ def _build_parsers_env(site: Path) -> None:
     code = (
         "from parseq.envs import cache as envs\n"
         "from parseq.core.config import Config\n"
+        "from parseq.sandbox.limits import base_python\n"
         "config = Config.from_env()\n"
-        "envs.acquire(config, []).release()\n"
-        "print(envs.env_key([], (), envs.base_python(config)))\n"
+        "envs.acquire(config, [], python=base_python(config)).release()\n"
+        "print(envs.env_key([], (), base_python(config)))\n"
     )
     key = _parseq(site, site, ["-c", code], caps=True, module=False).stdout.strip()
-    code = code.replace("envs.acquire(config, []).release()\n", "")
+    code = code.replace("envs.acquire(config, [], python=base_python(config)).release()\n", "")
     shared_key = _parseq(site, site, ["-c", code], caps=False, module=False).stdout.strip()
     assert (site / "envs" / key).is_dir(), key
     if shared_key != key:

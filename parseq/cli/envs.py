@@ -38,6 +38,7 @@ def envs_list() -> None:
 def envs_build(parser: str) -> None:
     """Build (or find) the env of PARSER and print its key and interpreter."""
     from parseq.envs import cache as envs_mod
+    from parseq.sandbox.limits import base_python
     from parseq.services import metrics, registry
     from parseq.services.registry import resolve_script, sync_shipped
     from parseq.services.runs import get_parser
@@ -49,7 +50,12 @@ def envs_build(parser: str) -> None:
         found = get_parser(parser)
         wanted = registry.requirements_for(config, found, resolve_script(config, found))
     try:
-        env = envs_mod.acquire(config, wanted.lines, on_build=metrics.count_env_build)
+        env = envs_mod.acquire(
+            config,
+            wanted.lines,
+            on_build=metrics.count_env_build,
+            python=base_python(config),
+        )
     except envs_mod.EnvBuildFailed as exc:
         where = config.envs_dir / ".failed" / f"{exc.key}.log"
         raise ParseqError(f"{exc.message.splitlines()[0]} (build log: {where})") from None

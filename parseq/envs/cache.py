@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from parseq.envs import envbuild
-from parseq.sandbox import limits as sandbox
 from parseq.core.config import Config
 from parseq.envs.envbuild import EnvBuildFailed  # what acquire raises: callers catch it from here
 
@@ -55,18 +54,11 @@ def python_tag(python: str = "") -> str:
     return f"{sys.implementation.name}-{version}-{platform.machine()}-{base}"
 
 
-#: :func:`sandbox.parser_python`'s answers by the settings it reads and the euid. It checks
-#: up to three interpreters' folders against the sandbox user: asked on every run, that was
-#: half the CPU of finding a cached env. A restart picks up changed folder permissions.
-_base_pythons: dict[tuple[str, str, int], str] = {}
-
-
-def base_python(config: Config) -> str:
-    """The base Python of parser envs (:func:`sandbox.parser_python`), found once per process."""
-    key = (config.python, config.run_as_user, os.geteuid())
-    if key not in _base_pythons:
-        _base_pythons[key] = sandbox.parser_python(config)
-    return _base_pythons[key]
+def base_python(config: Config, python: str | None = None) -> str:
+    """The base Python of parser envs: ``python`` when the caller knows it (a worker passes the
+    one its sandbox user can run, :func:`parseq.sandbox.limits.parser_python`), else
+    ``PARSEQ_PYTHON``, else the one running Parseq."""
+    return python or config.python or sys.executable
 
 
 def env_key(lines: Sequence[str], extra: Sequence[str] = (), python: str = "") -> str:
@@ -127,14 +119,17 @@ def acquire(
     extra: Sequence[str] = (),
     while_building: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     on_build: Callable[[bool, float], None] | None = None,
+    python: str | None = None,
 ) -> Env:
     """The env for this requirement set, built if missing; held in use until released.
 
     A cache hit is a directory check and a shared flock: no installer runs. A build runs
     inside ``while_building()`` (a run's heartbeat, say), which a cache hit never enters;
-    ``on_build(ok, seconds)`` hears of each build this call ran (the worker counts them).
+    ``on_build(ok, seconds)`` hears of each build this call ran (the worker counts them);
+    ``python`` is the base interpreter (:func:`base_python`).
     """
-    key = env_key(lines, extra, base_python(config))
+    python = base_python(config, python)
+    key = env_key(lines, extra, python)
     lease = _open_lock(config, f"{key}.use")
     try:
         fcntl.flock(lease, fcntl.LOCK_SH)
@@ -145,7 +140,7 @@ def acquire(
             started, ok = time.monotonic(), False
             try:
                 with while_building():
-                    built = build_env(config, lines, extra)
+                    built = build_env(config, lines, extra, python)
                 ok = True
             finally:
                 # not when another process built it meanwhile
@@ -157,10 +152,12 @@ def acquire(
         raise
 
 
-def build_env(config: Config, lines: Sequence[str], extra: Sequence[str] = ()) -> bool:
+def build_env(
+    config: Config, lines: Sequence[str], extra: Sequence[str] = (), python: str | None = None
+) -> bool:
     """Build the env for ``lines`` (+ trusted ``extra`` lines, e.g. Parseq's SDK) unless it
     exists; True if this call built it. Concurrent callers for one key build it once."""
-    python = base_python(config)
+    python = base_python(config, python)
     key = env_key(lines, extra, python)
     final = config.envs_dir / key
     with _exclusive(config, f"{key}.build"):

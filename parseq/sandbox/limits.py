@@ -264,6 +264,20 @@ def parser_python(config: Config) -> str:
     return sys.executable  # runs then fail with check_reachable's explanation
 
 
+#: :func:`parser_python`'s answers by the settings it reads and the euid. It checks up to three
+#: interpreters' folders against the sandbox user: too much to ask again on every run. A restart
+#: picks up changed folder permissions.
+_parser_pythons: dict[tuple[str, str, int], str] = {}
+
+
+def base_python(config: Config) -> str:
+    """:func:`parser_python`, found once per process: what a worker builds parser envs on."""
+    key = (config.python, config.run_as_user, os.geteuid())
+    if key not in _parser_pythons:
+        _parser_pythons[key] = parser_python(config)
+    return _parser_pythons[key]
+
+
 def harden_var(config: Config, db_url: str) -> None:
     """Let the sandbox user traverse ``var/`` to its own folders but list or open nothing else:
     the SQLite files and local storage become the worker's alone."""

@@ -132,6 +132,7 @@ def interpreter_for(parser: Parser, run: Run | None = None, script: Path | None 
             requirements.lines,
             while_building=heartbeat,
             on_build=metrics.count_env_build,
+            python=sandbox.base_python(config),
         )
     except envs.EnvBuildFailed as exc:
         if run is not None:
