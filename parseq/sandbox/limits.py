@@ -4,11 +4,12 @@
 small: :func:`prepare_dirs` / :func:`release_state` hand a run's folders to the sandbox user and
 back.
 
-The limits and the user switch are applied by a launcher prefix (:func:`launcher_argv`):
-util-linux's ``prlimit`` and ``setpriv`` exec'd in front of the interpreter. That lets
-``subprocess`` spawn with ``vfork()``, where a ``preexec_fn`` (or ``user=``) forces a full
-``fork()`` of the worker (about 8 ms per run). Without the two tools the same work is done by
-:func:`apply_rlimits` in a ``preexec_fn`` (``runner.spawn``).
+The limits and the user switch are applied by a launcher prefix
+(:func:`parseq.sandbox.runner.launcher_argv`): util-linux's ``prlimit`` and ``setpriv`` exec'd
+in front of the interpreter. That lets ``subprocess`` spawn with ``vfork()``, where a
+``preexec_fn`` (or ``user=``) forces a full ``fork()`` of the worker, a copy of its whole
+address space per run. Without the two tools the same work is done by :func:`apply_rlimits` in
+a ``preexec_fn`` (``runner.spawn``).
 """
 
 from __future__ import annotations
@@ -124,56 +125,6 @@ def apply_rlimits(limits: list[RLimit]) -> None:
     """Set each (clamped) limit on this process: the ``preexec_fn`` path."""
     for res, soft, hard in limits:
         resource.setrlimit(res, (soft, hard))
-
-
-@dataclass(frozen=True)
-class Launcher:
-    """Where util-linux's ``prlimit`` and ``setpriv`` are."""
-
-    prlimit: str
-    setpriv: str
-
-
-#: ``prlimit`` option of each resource :func:`rlimits` may set.
-PRLIMIT_OPTIONS = {
-    resource.RLIMIT_AS: "--as",
-    resource.RLIMIT_CPU: "--cpu",
-    resource.RLIMIT_NPROC: "--nproc",
-    resource.RLIMIT_FSIZE: "--fsize",
-    resource.RLIMIT_NOFILE: "--nofile",
-}
-
-
-def find_launcher(dirs: tuple[str, ...] = ("/usr/bin", "/bin")) -> Launcher | None:
-    """The two tools when both are installed (util-linux, on every Debian and most Linux
-    systems), else None: spawns then fall back to a ``preexec_fn``."""
-    found = []
-    for tool in ("prlimit", "setpriv"):
-        path = next((f"{d}/{tool}" for d in dirs if os.access(f"{d}/{tool}", os.X_OK)), None)
-        if path is None:
-            return None
-        found.append(path)
-    return Launcher(*found)
-
-
-def launcher_argv(launcher: Launcher, limits: list[RLimit], user: SandboxUser | None) -> list[str]:
-    """The argv prefix that sets ``limits`` (clamped already), switches to ``user`` (no
-    supplementary groups, and none of a non-root worker's capabilities: a uid change between
-    two non-zero uids keeps them) and asks for SIGKILL when the worker dies, then execs the rest.
-
-    The parent-death signal is set by ``setpriv`` after its uid change, which would clear it.
-    """
-
-    def value(v: int) -> str:
-        return "unlimited" if v == resource.RLIM_INFINITY else str(v)
-
-    argv = [launcher.prlimit]
-    argv += [f"{PRLIMIT_OPTIONS[res]}={value(soft)}:{value(hard)}" for res, soft, hard in limits]
-    argv += ["--", launcher.setpriv]
-    if user is not None:
-        argv += [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
-        argv += ["--inh-caps=-all", "--ambient-caps=-all"]
-    return [*argv, "--pdeathsig=KILL", "--"]
 
 
 def sandbox_user(

@@ -13,23 +13,17 @@ import functools
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess  # nosec B404  # running parser scripts as child processes is the job
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from parseq.core.argv import validate_secret_name
 from parseq.sandbox import forkserver, procs
-from parseq.sandbox.limits import (
-    Launcher,
-    RLimit,
-    SandboxUser,
-    apply_rlimits,
-    clamp_rlimits,
-    find_launcher,
-    launcher_argv,
-)
+from parseq.sandbox.limits import RLimit, SandboxUser, apply_rlimits, clamp_rlimits
 from parseq.sandbox.supervisor import Process
 
 log = logging.getLogger(__name__)
@@ -37,6 +31,56 @@ log = logging.getLogger(__name__)
 #: prctl(2) option: the signal the child gets when the worker that started it dies.
 PR_SET_PDEATHSIG = 1
 _PRCTL = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "prctl", None)  # Linux only
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """Where util-linux's ``prlimit`` and ``setpriv`` are."""
+
+    prlimit: str
+    setpriv: str
+
+
+#: ``prlimit`` option of each resource :func:`rlimits` may set.
+PRLIMIT_OPTIONS = {
+    resource.RLIMIT_AS: "--as",
+    resource.RLIMIT_CPU: "--cpu",
+    resource.RLIMIT_NPROC: "--nproc",
+    resource.RLIMIT_FSIZE: "--fsize",
+    resource.RLIMIT_NOFILE: "--nofile",
+}
+
+
+def find_launcher(dirs: tuple[str, ...] = ("/usr/bin", "/bin")) -> Launcher | None:
+    """The two tools when both are installed (util-linux, on every Debian and most Linux
+    systems), else None: spawns then fall back to a ``preexec_fn``."""
+    found = []
+    for tool in ("prlimit", "setpriv"):
+        path = next((f"{d}/{tool}" for d in dirs if os.access(f"{d}/{tool}", os.X_OK)), None)
+        if path is None:
+            return None
+        found.append(path)
+    return Launcher(*found)
+
+
+def launcher_argv(launcher: Launcher, limits: list[RLimit], user: SandboxUser | None) -> list[str]:
+    """The argv prefix that sets ``limits`` (clamped already), switches to ``user`` (no
+    supplementary groups, and none of a non-root worker's capabilities: a uid change between
+    two non-zero uids keeps them) and asks for SIGKILL when the worker dies, then execs the rest.
+
+    The parent-death signal is set by ``setpriv`` after its uid change, which would clear it.
+    """
+
+    def value(v: int) -> str:
+        return "unlimited" if v == resource.RLIM_INFINITY else str(v)
+
+    argv = [launcher.prlimit]
+    argv += [f"{PRLIMIT_OPTIONS[res]}={value(soft)}:{value(hard)}" for res, soft, hard in limits]
+    argv += ["--", launcher.setpriv]
+    if user is not None:
+        argv += [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+        argv += ["--inh-caps=-all", "--ambient-caps=-all"]
+    return [*argv, "--pdeathsig=KILL", "--"]
 
 
 def build_env(
