@@ -11,7 +11,7 @@ import pytest
 from parseq.core.config import Config
 from parseq.db.models import Parser, RunStatus, db
 from parseq.envs import cache as envs
-from parseq.worker import execution, watchdog
+from parseq.worker import execution, launch, watchdog
 from tests.conftest import running
 
 COUNTER = (
@@ -32,13 +32,13 @@ def test_state_dir_is_named_by_id_and_takes_over_the_old_folder_named_after_the_
     (old / "state.json").write_text('{"cursor": 3}')
     parser = Parser(id=7, name="quotes", path="quotes.py")
 
-    path = execution.state_dir_for(config, parser)
+    path = launch.state_dir_for(config, parser)
     assert path == config.state_dir / "7"
     assert (path / "state.json").read_text() == '{"cursor": 3}'
     assert not old.exists()
     # A folder by the old name that turns up later is left alone: the state by id wins.
     old.mkdir()
-    assert execution.state_dir_for(config, parser) == path
+    assert launch.state_dir_for(config, parser) == path
     assert (path / "state.json").exists() and old.exists()
 
 

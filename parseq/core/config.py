@@ -248,7 +248,7 @@ class Config:
     @property
     def legacy_state_dir(self) -> Path:
         """Where parser state was kept, by parser name, before it was kept by id (moved on
-        first use: ``execution.state_dir_for``)."""
+        first use: ``launch.state_dir_for``)."""
         return self.var_dir / "state"
 
     @property

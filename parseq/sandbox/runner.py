@@ -149,16 +149,9 @@ def spawn(
     """
     limits = clamp_rlimits(list(limits or []))
     if fork_servers > 0 and forkserver.can_fork(argv, env):
-        try:
-            proc: Process = forkserver.spawn(
-                argv, env, cwd, limits=limits, user=user, max_servers=fork_servers
-            )
-        except forkserver.ForkServerError as exc:
-            log.warning("%s; starting a fresh interpreter", exc)
-        else:
-            if user is not None:
-                procs.run_started(user.uid)
-            return proc
+        forked = _fork(argv, env, cwd, limits, user, fork_servers)
+        if forked is not None:
+            return forked
     if launcher == "auto":
         launcher = default_launcher()
     popen: dict[str, Any] = {}
@@ -168,6 +161,38 @@ def spawn(
         popen["preexec_fn"] = _child_setup(limits, os.getpid())
         if user is not None:
             popen.update(user=user.uid, group=user.gid, extra_groups=[])
+    return _popen(argv, env, cwd, user, popen)
+
+
+def _fork(
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    limits: list[RLimit],
+    user: SandboxUser | None,
+    max_servers: int,
+) -> Process | None:
+    """The process forked from its env's fork server; None when that failed (logged)."""
+    try:
+        proc: Process = forkserver.spawn(
+            argv, env, cwd, limits=limits, user=user, max_servers=max_servers
+        )
+    except forkserver.ForkServerError as exc:
+        log.warning("%s; starting a fresh interpreter", exc)
+        return None
+    if user is not None:
+        procs.run_started(user.uid)
+    return proc
+
+
+def _popen(
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    user: SandboxUser | None,
+    popen: dict[str, Any],
+) -> Process:
+    """``subprocess.Popen`` in a session of its own, with pipes for its output."""
     # argv is a list (no shell); its parts are the launcher's fixed flags, the interpreter, a
     # script path resolved inside the parsers root and --name flags checked by
     # validate_arg_name: hence the nosec.

@@ -9,13 +9,12 @@ idempotent, so a redelivered message changes nothing. Runs are created, listed a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
 import socket
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ import sqlalchemy.orm as sa_orm
 from flask import current_app
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq.core.argv import build_command
 from parseq.core.config import Config
 from parseq.core.errors import ParseqError, ScriptNotFound
 from parseq.core.redaction import redact_json_file, redact_text
@@ -40,7 +38,8 @@ from parseq.services.livelog import Capture as LiveLogCapture
 from parseq.services.registry import resolve_script
 from parseq.services.retries import schedule_retry
 from parseq.services.runs import LOG_FILE, OUTPUT_FILE, get_run
-from parseq.worker import collect, sdk, uploads
+from parseq.worker import collect, uploads
+from parseq.worker.launch import Launch, prepare
 from parseq.worker.watchdog import Watchdog, record_progress
 
 log = logging.getLogger(__name__)
@@ -229,118 +228,31 @@ def _not_due_yet(run_id: int) -> bool:
 
 
 def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> RunStatus:
-    parser = run.parser
-    script = resolve_script(config, parser)
-    # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
-    # The output folder is also its working directory: what it writes where it runs is kept.
-    dirs = {name: workdir / name for name in ("output", "home", "tmp", "progress")}
-    state_dir = state_dir_for(config, parser)
-    for path in [*dirs.values(), state_dir]:
-        path.mkdir(parents=True, exist_ok=True)
-    progress_file = dirs["progress"] / sdk.PROGRESS_FILE
-    secrets = dict(parser.secrets or {})  # raises SecretsKeyError when the key is wrong
-    interpreter = interpreter_for(parser, run, script)
-    sdk_path = sdk.install_sdk(config.sdk_dir)
-    user = sandbox.sandbox_user(config, parser_id=parser.id)
-    if user is not None:
-        sandbox.check_reachable(user, interpreter)
-        sandbox.check_reachable(user, script, need=0o4)
-        sandbox.harden_var(config, config.database_url)
-        sandbox.share_sdk(config.sdk_dir, sdk_path)
-        workdir.chmod(0o711)
-    if parser.kind is ParserKind.NOTEBOOK:
-        output_nb = dirs["output"] / notebooks.OUTPUT_NOTEBOOK
-        argv = notebooks.build_command(
-            interpreter,
-            script,
-            output_nb,
-            run.args or {},
-            run.positional or [],
-            engine=parser.engine,
-        )
-    else:
-        argv = build_command(interpreter, script, run.args or {}, run.positional or [])
-    env = runner.build_env(
-        base_env=config.child_env,
-        run_id=run.id,
-        parser=parser.name,
-        args=run.args or {},
-        positional=run.positional or [],
-        secrets=secrets,
-        output_dir=dirs["output"],
-        state_dir=state_dir,
-        home_dir=dirs["home"],
-        tmp_dir=dirs["tmp"],
-        extra={
-            "PYTHONPATH": str(sdk_path),
-            "PARSEQ_PROGRESS_FILE": str(progress_file),
-            # Who ``getpass.getuser()`` says it is: a uid of its own has no passwd entry.
-            **({"USER": user.name, "LOGNAME": user.name} if user is not None else {}),
-        },
-    )
-    timeout_s = parser.timeout_s or config.default_timeout_s
-    log_path = workdir / LOG_FILE
-    limits = sandbox.build_limits(parser, config)
-    if user is None:
-        # RLIMIT_NPROC counts every process of the user: without a sandbox user it would count
-        # the worker's own user's (a desktop session, say), not the parser's.
-        limits = dataclasses.replace(limits, processes=0)
-    run_id, name, parser_kind = run.id, parser.name, parser.kind
+    """Prepare, start, supervise and record one claimed run."""
+    script = resolve_script(config, run.parser)
+    launch = prepare(run, config, workdir, script, lambda: interpreter_for(run.parser, run, script))
+    run_id, kind = run.id, run.parser.kind
     try:
-        if user is not None:
-            sandbox.prepare_dirs(user, list(dirs.values()), state_dir, run_id)
-        folder = collect.folder_of(script, registry.root_for(config, parser_kind))
-        shipped = collect.copy_folder(folder, dirs["output"], user) if folder else {}
-        rlimits = sandbox.rlimits(limits)
-        proc = runner.spawn(
-            argv,
-            env,
-            cwd=dirs["output"],
-            limits=rlimits,
-            user=user,
-            fork_servers=config.fork_servers,
-        )
-        log.info("run %s of %s started pid=%d", run_id, name, proc.pid)
-        watchdog = Watchdog(
-            current_app._get_current_object(),
-            run_id,
-            config.heartbeat_interval_s,
-            progress_file,
-            secrets.values(),
-            extra_values={"env_key": run.env_key},
-            live_log=LiveLogCapture(log_path, config.live_log_max_bytes),
-        )
-        watchdog.start()
-        stdout = collect.StdoutCopy(workdir / STDOUT_FILE, limits.file_bytes)
-        try:
-            outcome = supervisor.supervise(
-                proc,
-                log_path,
-                timeout_s=timeout_s,
-                kill_grace_s=config.kill_grace_s,
-                max_log_bytes=config.max_log_bytes,
-                error_tail_bytes=config.error_tail_bytes,
-                cancel=watchdog.cancel,
-                on_line=stdout,
-                secrets=list(secrets.values()),
-                run_uid=None if user is None else user.uid,
-            )
-            ended_at = utcnow()  # the run's finished_at, however late a database lets it in
-        finally:
-            watchdog.stop()
-            stdout.close()
+        if launch.user is not None:
+            sandbox.prepare_dirs(launch.user, list(launch.dirs.values()), launch.state_dir, run_id)
+        folder = collect.folder_of(script, registry.root_for(config, kind))
+        shipped = collect.copy_folder(folder, launch.dirs["output"], launch.user) if folder else {}
+        outcome, ended_at, stdout = _supervise(run, launch, config, workdir)
         retry_db(
-            lambda: record_progress(get_run(run_id), progress_file, secrets.values()),
+            lambda: record_progress(get_run(run_id), launch.progress_file, launch.secrets.values()),
             config.db_retry_s,
         )
-        if parser_kind is ParserKind.NOTEBOOK:
-            redact_json_file(dirs["output"] / notebooks.OUTPUT_NOTEBOOK, secrets.values())
-        found = gather_files(dirs["output"], log_path, shipped, stdout, outcome.status)
+        if kind is ParserKind.NOTEBOOK:
+            output_nb = launch.dirs["output"] / notebooks.OUTPUT_NOTEBOOK
+            redact_json_file(output_nb, launch.secrets.values())
+        found = gather_files(
+            launch.dirs["output"], launch.log_path, shipped, stdout, outcome.status
+        )
         pending = recording.Pending(
             run_id,
             outcome.status.value,
             outcome.exit_code,
-            redact_text(outcome.error, secrets.values()),
+            redact_text(outcome.error, launch.secrets.values()),
             uploads.relative_files(workdir, found.files),
             retry=retry,
             warnings=found.warnings,
@@ -349,21 +261,53 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         return uploads.store_and_finish(config, workdir, found.files, pending)
     finally:
         # After the run's end is recorded (off the path to "completed"); the process is gone.
-        if user is not None:
-            sandbox.release_state(state_dir, run_id)
+        if launch.user is not None:
+            sandbox.release_state(launch.state_dir, run_id)
 
 
-def state_dir_for(config: Config, parser: Parser) -> Path:
-    """The parser's state folder. One that an earlier release kept under the parser's name is
-    moved here on first use (atomically: of two workers racing, one moves it)."""
-    path = config.state_dir / str(parser.id)
-    legacy = config.legacy_state_dir / parser.name
-    if not path.exists() and legacy.is_dir() and not legacy.is_symlink():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):  # the other worker moved it
-            legacy.rename(path)
-            log.info("state of parser %s moved from %s to %s", parser.name, legacy, path)
-    return path
+def _supervise(
+    run: Run, launch: Launch, config: Config, workdir: Path
+) -> tuple[supervisor.Outcome, datetime, collect.StdoutCopy]:
+    """Start the run's process and watch it to its end, with the run's heartbeat meanwhile."""
+    proc = runner.spawn(
+        launch.argv,
+        launch.env,
+        cwd=launch.dirs["output"],
+        limits=sandbox.rlimits(launch.limits),
+        user=launch.user,
+        fork_servers=config.fork_servers,
+    )
+    log.info("run %s of %s started pid=%d", run.id, run.parser.name, proc.pid)
+    secrets = launch.secrets.values()
+    watchdog = Watchdog(
+        current_app._get_current_object(),
+        run.id,
+        config.heartbeat_interval_s,
+        launch.progress_file,
+        secrets,
+        extra_values={"env_key": run.env_key},
+        live_log=LiveLogCapture(launch.log_path, config.live_log_max_bytes),
+    )
+    watchdog.start()
+    stdout = collect.StdoutCopy(workdir / STDOUT_FILE, launch.limits.file_bytes)
+    try:
+        outcome = supervisor.supervise(
+            proc,
+            launch.log_path,
+            timeout_s=launch.timeout_s,
+            kill_grace_s=config.kill_grace_s,
+            max_log_bytes=config.max_log_bytes,
+            error_tail_bytes=config.error_tail_bytes,
+            cancel=watchdog.cancel,
+            on_line=stdout,
+            secrets=list(secrets),
+            run_uid=None if launch.user is None else launch.user.uid,
+        )
+        ended_at = utcnow()  # the run's finished_at, however late a database lets it in
+    finally:
+        watchdog.stop()
+        stdout.close()
+    return outcome, ended_at, stdout
 
 
 def gather_files(
