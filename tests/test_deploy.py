@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from parseq.cli.main import main as cli
-from parseq.core.config import MIN_UID_BASE, Config
+from parseq.core.config import Config
+from parseq.core.config_checks import MIN_UID_BASE
 from parseq.sandbox import procs
 
 REPO = Path(__file__).resolve().parent.parent

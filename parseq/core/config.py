@@ -6,23 +6,16 @@ embedded all-in-one mode (SQLite, local storage, in-memory broker) under ``./var
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from parseq.core.config_checks import check
 from parseq.core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-#: Bounds of ``run_as_uid_base``: above system and login users, below 2**31 with room for ids.
-MIN_UID_BASE = 100_000
-MAX_UID_BASE = 2**31 - 2**24
-#: Where the login throttle may keep its counters (``limits`` storages Parseq installs for).
-THROTTLE_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://")
 
 
 @dataclass(frozen=True)
@@ -293,76 +286,8 @@ class Config:
             )
         if not self.storage_url:
             changes["storage_url"] = (var_dir / "storage").as_uri()
-        if self.default_timeout_s <= 0:
-            raise ConfigError("PARSEQ_DEFAULT_TIMEOUT_S must be > 0")
-        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
-            raise ConfigError("PARSEQ_HEARTBEAT_TIMEOUT_S must be > PARSEQ_HEARTBEAT_INTERVAL_S")
-        if self.upload_attempts < 1:
-            raise ConfigError("PARSEQ_UPLOAD_ATTEMPTS must be >= 1")
-        if self.max_wait_s < 0:
-            raise ConfigError("PARSEQ_MAX_WAIT_S must be >= 0")
-        if self.worker_heartbeat_interval_s <= 0:
-            raise ConfigError("PARSEQ_WORKER_HEARTBEAT_INTERVAL_S must be > 0")
-        prune_s = self.worker_prune_after_s
-        if prune_s and prune_s <= self.worker_heartbeat_interval_s:
-            raise ConfigError(
-                "PARSEQ_WORKER_PRUNE_AFTER_S must be 0 (never) or > "
-                "PARSEQ_WORKER_HEARTBEAT_INTERVAL_S"
-            )
-        if self.worker_threads < 1:
-            raise ConfigError("PARSEQ_WORKER_THREADS must be >= 1")
-        if self.env_installer not in ("auto", "uv", "pip"):
-            raise ConfigError("PARSEQ_ENV_INSTALLER must be auto, uv or pip")
-        for name in (
-            "scheduler_sync_interval_s",
-            "sweep_interval_s",
-            "broker_consumer_timeout_s",
-            "migration_lock_timeout_s",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
-        if self.schedule_grace_s < 0:
-            raise ConfigError("PARSEQ_SCHEDULE_GRACE_S must be >= 0")
-        self._check_web_security()
-        if self.notify_webhook_url and not self.notify_webhook_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ConfigError("PARSEQ_NOTIFY_WEBHOOK_URL must be an http:// or https:// URL")
-        if self.notify_webhook_format not in ("json", "slack"):
-            raise ConfigError("PARSEQ_NOTIFY_WEBHOOK_FORMAT must be json or slack")
-        if self.smtp_security not in ("starttls", "ssl", "none"):
-            raise ConfigError("PARSEQ_SMTP_SECURITY must be starttls, ssl or none")
-        for network in self.metrics_networks.split(","):
-            try:
-                ipaddress.ip_network(network.strip(), strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"PARSEQ_METRICS_NETWORKS: {network.strip()!r} is not a network (CIDR)"
-                ) from None
-        if self.notify_attempts < 1:
-            raise ConfigError("PARSEQ_NOTIFY_ATTEMPTS must be >= 1")
-        if self.fork_servers < 0:
-            raise ConfigError("PARSEQ_FORK_SERVERS must be >= 0 (0 = off)")
-        if self.run_as_uid_base and not MIN_UID_BASE <= self.run_as_uid_base <= MAX_UID_BASE:
-            raise ConfigError(
-                f"PARSEQ_RUN_AS_UID_BASE must be 0 (off) or between {MIN_UID_BASE} and "
-                f"{MAX_UID_BASE}: above the machine's users, with room for every parser id"
-            )
+        check(self)
         return replace(self, **changes)
-
-    def _check_web_security(self) -> None:
-        """The session, login-throttle and proxy settings."""
-        for name in ("session_max_age_s", "session_idle_timeout_s", "login_failure_window_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
-        if self.login_max_failures < 1:
-            raise ConfigError("PARSEQ_LOGIN_MAX_FAILURES must be >= 1")
-        if self.trusted_proxy_count < 0:
-            raise ConfigError("PARSEQ_TRUSTED_PROXY_COUNT must be >= 0")
-        if not self.throttle_storage_url.startswith(THROTTLE_STORAGE_SCHEMES):
-            raise ConfigError(
-                "PARSEQ_THROTTLE_STORAGE_URL must start with " + ", ".join(THROTTLE_STORAGE_SCHEMES)
-            )
 
 
 _INSTALLER_VARS = frozenset(
