@@ -9,6 +9,7 @@ import json
 import keyword
 import math
 import os
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing itself costs an import at every run
@@ -133,6 +134,25 @@ def args_from(environ: dict[str, str], argv: list[str]) -> dict[str, Any]:
             except ValueError:
                 args[flag[2:]] = raw
     return args
+
+
+def open_run(
+    argv: list[str], launcher: str
+) -> tuple[str, str, list[str], dict[str, Any], dict[str, Any]] | None:
+    """What both engines' launchers start from: the notebook's absolute path, the output path,
+    the run's own argv, the loaded notebook and the run's args. None, said on stderr, when the
+    argv or the notebook is unusable (the launcher then exits 2)."""
+    if len(argv) < 2:
+        print(f"usage: {launcher} NOTEBOOK OUTPUT_IPYNB [--key value ...]", file=sys.stderr)
+        return None
+    notebook_path, output_path, run_argv = os.path.abspath(argv[0]), argv[1], argv[2:]
+    try:
+        nb = load(notebook_path)
+        args = args_from(dict(os.environ), run_argv)
+    except (NotebookError, ValueError) as exc:
+        print(f"parseq: {exc}", file=sys.stderr)
+        return None
+    return notebook_path, output_path, run_argv, nb, args
 
 
 def save(nb: dict[str, Any], path: str) -> None:

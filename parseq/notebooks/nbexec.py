@@ -41,12 +41,12 @@ CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
 try:  # imported as parseq.notebooks.nbexec (Parseq itself, tests)
     from parseq.notebooks.nbdisplay import Display, install_hooks, mime_bundle
-    from parseq.notebooks.nbdoc import args_from, inject_parameters, load, save, source_of
+    from parseq.notebooks.nbdoc import inject_parameters, open_run, save, source_of
     from parseq.notebooks.nbmagic import Captured, Magics
     from parseq.notebooks.nbsyntax import NotebookError, check_shell_command, translate
 except ImportError:  # run through nbexec_launcher.py, which has this folder on sys.path
     from nbdisplay import Display, install_hooks, mime_bundle  # type: ignore[no-redef]
-    from nbdoc import args_from, inject_parameters, load, save, source_of  # type: ignore[no-redef]
+    from nbdoc import inject_parameters, open_run, save, source_of  # type: ignore[no-redef]
     from nbmagic import Captured, Magics  # type: ignore[no-redef]
     from nbsyntax import NotebookError, check_shell_command, translate  # type: ignore[no-redef]
 
@@ -320,16 +320,10 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
-        print("usage: nbexec_launcher.py NOTEBOOK OUTPUT_IPYNB [--key value ...]", file=sys.stderr)
+    opened = open_run(argv, "nbexec_launcher.py")
+    if opened is None:
         return 2
-    notebook_path, output_path, run_argv = os.path.abspath(argv[0]), argv[1], argv[2:]
-    try:
-        nb = load(notebook_path)
-        args = args_from(dict(os.environ), run_argv)
-    except (NotebookError, ValueError) as exc:
-        print(f"parseq: {exc}", file=sys.stderr)
-        return 2
+    notebook_path, output_path, run_argv, nb, args = opened
     # The notebook sees what a script would: its own folder first on sys.path (helper modules
     # beside it import; this file's folder, Parseq's package, must not), and the run's argv.
     here = os.path.dirname(os.path.abspath(__file__))

@@ -28,10 +28,10 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 try:  # imported as parseq.notebooks.nbkernel (Parseq itself, tests)
-    from parseq.notebooks.nbdoc import args_from, inject_parameters, load, save, source_of
+    from parseq.notebooks.nbdoc import inject_parameters, open_run, save, source_of
     from parseq.notebooks.nbsyntax import PIP_INSTALL_RE, NotebookError
 except ImportError:  # run through nbkernel_launcher.py, which has this folder on sys.path
-    from nbdoc import args_from, inject_parameters, load, save, source_of  # type: ignore[no-redef]
+    from nbdoc import inject_parameters, open_run, save, source_of  # type: ignore[no-redef]
     from nbsyntax import PIP_INSTALL_RE, NotebookError  # type: ignore[no-redef]
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -135,18 +135,10 @@ def summary(label: str, cell: Any, error: BaseException) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
-        print(
-            "usage: nbkernel_launcher.py NOTEBOOK OUTPUT_IPYNB [--key value ...]", file=sys.stderr
-        )
+    opened = open_run(argv, "nbkernel_launcher.py")
+    if opened is None:
         return 2
-    notebook_path, output_path, run_argv = os.path.abspath(argv[0]), argv[1], argv[2:]
-    try:
-        raw = load(notebook_path)
-        args = args_from(dict(os.environ), run_argv)
-    except (NotebookError, ValueError) as exc:
-        print(f"parseq: {exc}", file=sys.stderr)
-        return 2
+    notebook_path, output_path, _run_argv, raw, args = opened
     injected = inject_parameters(raw, args)
     labels = cell_labels(raw, injected)
     # Helper modules beside the notebook import, as with the fast engine.
