@@ -17,6 +17,17 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # In dependency order: a table's foreign keys point at tables made before it.
+    _create_api_tokens()
+    _create_parsers()
+    _create_users()
+    _create_workers()
+    _create_runs()
+    _create_schedule_skips()
+    _create_run_files()
+
+
+def _create_api_tokens() -> None:
     op.create_table(
         "api_tokens",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -30,6 +41,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("name"),
         sa.UniqueConstraint("token_hash"),
     )
+
+
+def _create_parsers() -> None:
     op.create_table(
         "parsers",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -74,6 +88,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
+
+
+def _create_users() -> None:
     op.create_table(
         "users",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -85,6 +102,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("username"),
     )
+
+
+def _create_workers() -> None:
     op.create_table(
         "workers",
         sa.Column("id", sa.String(length=128), nullable=False),
@@ -94,6 +114,9 @@ def upgrade() -> None:
         sa.Column("last_heartbeat_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+
+
+def _create_runs() -> None:
     op.create_table(
         "runs",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -144,6 +167,9 @@ def upgrade() -> None:
     op.create_index("ix_runs_queued_at", "runs", ["queued_at"], unique=False)
     op.create_index(op.f("ix_runs_retry_of_id"), "runs", ["retry_of_id"], unique=False)
     op.create_index("ix_runs_status_id", "runs", ["status", "id"], unique=False)
+
+
+def _create_schedule_skips() -> None:
     op.create_table(
         "schedule_skips",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -155,6 +181,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("parser_id", "scheduled_for"),
     )
+
+
+def _create_run_files() -> None:
     op.create_table(
         "run_files",
         sa.Column("id", sa.Integer(), nullable=False),
