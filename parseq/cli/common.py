@@ -1,10 +1,4 @@
-"""What every ``parseq`` subcommand module shares: one-line errors and building the app.
-
-It is its own module, rather than part of ``cli``, so that the subcommand modules
-(``cli_envs``) need not import ``cli``: ``cli`` imports them to register their groups, and
-``python -m parseq.cli`` runs ``cli`` as ``__main__``, where a cycle back to ``parseq.cli``
-would load it a second time, half-initialized.
-"""
+"""What every ``parseq`` command module shares: one-line errors and building the app."""
 
 from __future__ import annotations
 

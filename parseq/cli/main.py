@@ -50,8 +50,6 @@ def main(verbose: bool) -> None:
     """Parseq: run and schedule web parsers written in Python."""
 
 
-# The envs group lives in cli_envs, which imports only cli_common (never this module, which
-# ``python -m parseq.cli`` runs as __main__), so this import has no cycle.
 main.add_command(envs)
 
 

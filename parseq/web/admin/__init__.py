@@ -1,1 +1,2 @@
-"""parseq.web.admin."""
+"""The Flask-Admin panel at ``/admin``: dashboard, parsers, runs, schedules, tokens, login.
+"""

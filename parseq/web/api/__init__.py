@@ -1,1 +1,2 @@
-"""parseq.web.api."""
+"""The REST API under ``/api/v1``: routes, request schemas, downloads, health, OpenAPI.
+"""
