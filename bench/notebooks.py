@@ -5,14 +5,13 @@ Run on demand (not part of the tests): ``make bench BENCH=notebooks``, or
 ``python -m bench notebooks -- --repeat 20 --papermill-repeat 5``.
 
 Papermill and ipykernel are installed with uv into a bench-only virtualenv under
-``var/bench-venvs/papermill`` (built once, from PyPI); the script and the notebook run in a
-bare virtualenv, ``var/bench-venvs/bare``, as a parser without requirements would. Every
-variant is spawned and supervised by :mod:`parseq.sandbox.runner` in the same sandboxed environment
-a
-run gets, so the numbers compare what a worker pays; the notebook also as a worker starts it by
-default, forked from its env's fork server. Prints medians and the ratios the
-notebooks issue targets: notebook overhead over the script <= 50 ms, >= 50x faster than
-papermill, and the kernel engine within 1.2x of papermill's wall time.
+``var/bench-venvs/papermill`` (built once, from PyPI); the script and the notebook run in a bare
+virtualenv, ``var/bench-venvs/bare``, as a parser without requirements would. Every variant is
+spawned and supervised by :mod:`parseq.sandbox.runner` in the same sandboxed environment a run gets,
+so the numbers compare what a worker pays; the notebook also as a worker starts it by default,
+forked from its env's fork server. Prints medians and the ratios the notebooks issue targets:
+notebook overhead over the script <= 50 ms, >= 50x faster than papermill, and the kernel engine
+within 1.2x of papermill's wall time.
 """
 
 from __future__ import annotations

@@ -96,8 +96,9 @@ class Config:
     #: to switch users): they could then read its files and signal it. Off: it refuses to start.
     allow_shared_user: bool = False
     #: Fork servers each worker process keeps, one per recently used env: a run's script is
-    #: forked from a pre-started interpreter of its env instead of starting one (about 10 ms
-    #: of CPU less per run; runs of an env then share its address-space layout and hash seed).
+    #: forked from a pre-started interpreter of its env instead of starting one (an
+    #: interpreter's start-up less per run; runs of an env then share its address-space
+    #: layout and hash seed).
     #: 0 = every run starts a fresh interpreter.
     fork_servers: int = 8
     #: Python that runs parsers without a virtualenv of their own; empty = the one running

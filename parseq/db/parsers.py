@@ -75,9 +75,8 @@ class Parser(db.Model):
         str_enum(NotebookEngine), default=NotebookEngine.FAST, server_default="fast"
     )
     #: Notification settings (``parseq.services.notify_settings``; unset ones = the defaults),
-    #: encrypted
-    #: like the secrets: webhook URLs (Slack's) and signing secrets are credentials. Last, where
-    #: its migration adds it.
+    #: encrypted like the secrets: webhook URLs (Slack's) and signing secrets are credentials. Last,
+    #: where its migration adds it.
     notifications: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON, nullable=True)
 
     runs: Mapped[list[Run]] = relationship(

@@ -11,7 +11,7 @@ are injected as a new cell after the cell tagged ``parameters`` (papermill's con
 at the top. Each executed cell records its stdout/stderr, the value of its last expression and
 its execution count; a failing cell records its traceback, later cells stay unexecuted, and the
 process exits 1 with a last stderr line naming the cell. Starting a kernel costs seconds
-(papermill: ~3 s for a trivial notebook); running the cells in place costs a few milliseconds.
+(papermill's way); running the cells in place costs far less (bench/notebooks.py).
 Exit status: 0 every cell ran, 1 a cell failed, 2 the notebook could not be read.
 """
 
@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # typing itself costs an import at every run
     from typing import Any
 
 # Every import here is paid by every run, in a virtualenv where nothing else is loaded yet. The
-# Python halves of json, signal, ast and linecache pull in re, enum and tokenize: ~10 ms, as
-# much as the interpreter's own start (bench/notebooks.py). So the C halves do the common work,
+# Python halves of json, signal, ast and linecache pull in re, enum and tokenize, which cost
+# about what the interpreter's own start does (bench/notebooks.py). So the C halves do the common work,
 # and the full modules (and asyncio, subprocess, traceback) are imported where needed.
 try:
     import _signal as signals

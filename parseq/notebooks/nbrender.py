@@ -35,7 +35,7 @@ HEADERS = {
 def render_html(raw: bytes, title: str) -> str:
     """A notebook's JSON as a standalone HTML page; :class:`ValidationError` when it is not
     a notebook nbformat can read."""
-    from nbconvert import HTMLExporter  # ~1 s to import: only when a page is asked for
+    from nbconvert import HTMLExporter  # slow to import: only when a page is asked for
 
     try:
         nb: Any = nbformat.reads(raw.decode("utf-8"), as_version=4)

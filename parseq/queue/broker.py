@@ -83,7 +83,7 @@ class BrokerThread(ProcessPool):
 
     Dramatiq's RabbitMQ broker opens a connection per calling thread and keeps it until the
     broker closes: called from a thread-per-request web server, every request would open one
-    (about 6 ms) and leak it. Here all calls share one connection, which also keeps a
+    (a TCP and AMQP handshake) and leak it. Here all calls share one connection, which also keeps a
     connection's publisher confirms in order. Created per process, so a fork (gunicorn) gets
     its own thread.
     """

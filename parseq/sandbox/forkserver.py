@@ -1,15 +1,16 @@
 """Start parser scripts by forking a pre-started interpreter of their env (a fork server).
 
-Starting a fresh sandboxed interpreter costs about 10 ms of CPU per run, most of a hello-world
-run's cost. A worker instead keeps one :mod:`parseq.sandbox.zygote` process per env it has recently
-used and asks it to fork each run; the child sets up the same sandbox a fresh interpreter gets
-(its own session, resource limits, the sandbox user, death with its parent, no inherited files,
-a clean environment) and runs the script. See :mod:`parseq.sandbox.zygote` for what that trades.
+Starting a fresh sandboxed interpreter is most of what a short run costs (bench/RESULTS.md has
+the figures). A worker instead keeps one :mod:`parseq.sandbox.zygote` process per env it has
+recently used and asks it to fork each run; the child sets up the same sandbox a fresh
+interpreter gets (its own session, resource limits, the sandbox user, death with its parent, no
+inherited files, a clean environment) and runs the script. See :mod:`parseq.sandbox.zygote` for
+what that trades.
 
 :func:`spawn` returns a :class:`ForkedProcess`, which :func:`parseq.sandbox.supervisor.supervise`
-handles
-like a ``subprocess.Popen``. ``parseq.sandbox.runner.spawn`` starts a fresh interpreter instead when
-:func:`can_fork` says no or a server fails; ``PARSEQ_FORK_SERVERS=0`` turns fork servers off.
+handles like a ``subprocess.Popen``. ``parseq.sandbox.runner.spawn`` starts a fresh interpreter
+instead when :func:`can_fork` says no or a server fails; ``PARSEQ_FORK_SERVERS=0`` turns fork
+servers off.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from it, so the server never holds a run's arguments or secrets; it sets up the 
 ``python script.py`` would, and exits as the interpreter would, less the module-by-module
 teardown (:func:`shut_down`). The server writes ``X<exit code>`` once it has reaped the child.
 
-A run saves the interpreter's start-up (~10 ms of CPU). What it costs in isolation: every run
+A run saves the interpreter's start-up. What it costs in isolation: every run
 shares the server's address-space layout and string-hash seed. The server imports only the
 standard library, and ``-S`` keeps the env's site-packages (the ``.pth`` files of the parser's
 requirements) out of it, as it may run as root: each child adds them after dropping to the
@@ -310,10 +310,10 @@ def main() -> None:
     _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # the runs' orphans come here (_reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the worker
-    # The first compile() of a process sets up the parser (~2 ms): do it once, here.
+    # The first compile() of a process sets up the parser: do it once, here, not per child.
     with io.open_code(__file__) as fh:
         compile(fh.read(), __file__, "exec", dont_inherit=True)
-    # Made once: a namedtuple class costs ~0.5 ms of CPU to make, in every child.
+    # Made once: making a namedtuple class compiles code, which every child would repeat.
     flags = _fresh_flags()
     # Children do not collect (and so do not copy, page by page) the server's own objects.
     gc.freeze()

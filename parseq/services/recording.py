@@ -28,8 +28,8 @@ from parseq.services.runs import get_run
 log = logging.getLogger(__name__)
 
 #: Up to this many files (most runs have two or three) are recorded by an executemany of one
-#: statement built once: a round trip a row, but a third of the CPU of building and compiling
-#: a multi-row VALUES statement (SQLAlchemy compiles one anew at every execution).
+#: statement built once: a round trip a row, but no multi-row VALUES statement to build and
+#: compile (SQLAlchemy compiles one anew at every execution; bench/RESULTS.md, dispatch).
 FEW_FILES = 4
 #: More files are recorded by multi-row VALUES statements of this many rows (5 parameters
 #: each; SQLite takes 32766 in one statement), so a thousand files cost one round trip.

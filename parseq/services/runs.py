@@ -1,8 +1,7 @@
 """The run lifecycle: create and enqueue a run, find it, cancel it.
 
-Every entry point (API, admin, CLI, scheduler) creates runs through :func:`create_run`; every
-worker executes them through :func:`parseq.worker.execution.execute_run` and records their end
-through
+Every entry point (API, admin, CLI, scheduler) creates runs through :func:`create_run`; every worker
+executes them through :func:`parseq.worker.execution.execute_run` and records their end through
 :mod:`parseq.services.recording`, so status transitions live in these three modules.
 """
 

@@ -1,2 +1,1 @@
-"""The Flask-Admin panel at ``/admin``: dashboard, parsers, runs, schedules, tokens, login.
-"""
+"""The Flask-Admin panel at ``/admin``: dashboard, parsers, runs, schedules, tokens, login."""

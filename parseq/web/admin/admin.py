@@ -1,8 +1,8 @@
 """The Flask-Admin panel at ``/admin``: dashboard, parsers (Run now, Enable/Disable) and runs.
 
 Every page needs a login (:mod:`parseq.web.admin.auth`). Views only parse forms and render: what
-they do
-goes through :mod:`parseq.services.runs` and :mod:`parseq.services.registry`, as the REST API does.
+they do goes through :mod:`parseq.services.runs` and :mod:`parseq.services.registry`, as the REST
+API does.
 """
 
 from __future__ import annotations

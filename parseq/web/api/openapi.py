@@ -1,8 +1,7 @@
 """The OpenAPI 3.1 document of ``/api/v1`` and a docs page that renders it without a CDN.
 
 Request bodies come from :mod:`parseq.web.api.schemas`, the same table that validates requests; a
-test
-checks that every route of the app is documented here and every documented path exists.
+test checks that every route of the app is documented here and every documented path exists.
 """
 
 from __future__ import annotations
