@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm.attributes import set_committed_value
 
 from parseq.core.errors import NotFound
+from parseq.db import statements
 from parseq.db.models import Run, RunFile, RunStatus, db, utcnow
 from parseq.db.reconnect import retry_db
 from parseq.services import notify
@@ -130,36 +131,12 @@ def _add_files(run_id: int, stored: list[StoredFile]) -> None:
     # PostgreSQL and SQLite (the two databases Parseq runs on) both have ON CONFLICT.
     dialect = db.session.get_bind().dialect.name
     if len(rows) <= FEW_FILES:
-        db.session.execute(_INSERT_FILE[dialect], rows)
+        db.session.execute(statements.INSERT_RUN_FILE[dialect], rows)
         return
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     for start in range(0, len(rows), FILE_ROWS_PER_INSERT):
         batch = rows[start : start + FILE_ROWS_PER_INSERT]
-        db.session.execute(insert(_files).values(batch).on_conflict_do_nothing())
-
-
-# Built once, with bound parameters: every run executes it (see execution._CLAIM).
-_runs, _files = Run.__table__, RunFile.__table__
-_INSERT_FILE = {
-    "postgresql": pg_insert(_files).on_conflict_do_nothing(),
-    "sqlite": sqlite_insert(_files).on_conflict_do_nothing(),
-}
-_FINISH = (
-    sa.update(_runs)
-    .where(_runs.c.id == sa.bindparam("run_id"), _runs.c.status == RunStatus.RUNNING)
-    .values(
-        {
-            **{
-                name: sa.bindparam(name, type_=_runs.c[name].type)
-                for name in ("status", "exit_code", "error", "finished_at")
-            },
-            # The run's env key when it brings one; None keeps the stored one.
-            "env_key": sa.func.coalesce(
-                sa.bindparam("env_key", type_=_runs.c.env_key.type), _runs.c.env_key
-            ),
-        }
-    )
-)
+        db.session.execute(insert(RunFile.__table__).values(batch).on_conflict_do_nothing())
 
 
 def finish(
@@ -182,7 +159,7 @@ def finish(
     if run.env_key is not None:
         end["env_key"] = run.env_key  # a run shorter than a heartbeat has it written here
     # Usually the run is still running: one conditional update, no read first.
-    result = db.session.execute(_FINISH, {"run_id": run.id, "env_key": None, **end})
+    result = db.session.execute(statements.FINISH_RUN, {"run_id": run.id, "env_key": None, **end})
     if result.rowcount == 1:
         db.session.commit()
         for name, value in end.items():

@@ -18,14 +18,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-import sqlalchemy.orm as sa_orm
 from flask import current_app
 from sqlalchemy.orm.attributes import set_committed_value
 
 from parseq.core.config import Config
 from parseq.core.errors import ParseqError, ScriptNotFound
 from parseq.core.redaction import redact_json_file, redact_text
+from parseq.db import statements
 from parseq.db.models import Parser, ParserKind, Run, RunStatus, RunTrigger, db, kept_loaded, utcnow
 from parseq.db.reconnect import retry_db
 from parseq.envs import cache as envs
@@ -69,7 +68,7 @@ def _claim(run_id: int) -> bool:
     now = utcnow()
     due = now + timedelta(seconds=EARLY_S)
     params = {"run_id": run_id, "now": now, "due": due, "worker_id": WORKER_ID}
-    result = db.session.execute(_CLAIM, params)
+    result = db.session.execute(statements.CLAIM_RUN, params)
     return result.rowcount == 1
 
 
@@ -78,31 +77,9 @@ def _claim_and_load(run_id: int) -> Run | None:
     if not _claim(run_id):
         db.session.rollback()
         return None
-    run = db.session.execute(_LOAD, {"run_id": run_id}).scalar_one()
+    run = db.session.execute(statements.LOAD_RUN, {"run_id": run_id}).scalar_one()
     db.session.commit()  # the run stays loaded (execute_run: kept_loaded)
     return run
-
-
-# The claim and the load are built once, with bound parameters: every run executes them, and
-# building a statement (and its cache key) per run cost more CPU than the rest of the claim.
-_runs = Run.__table__
-_CLAIM = (
-    sa.update(_runs)
-    .where(
-        _runs.c.id == sa.bindparam("run_id"),
-        _runs.c.status == RunStatus.PENDING,
-        sa.or_(_runs.c.not_before.is_(None), _runs.c.not_before <= sa.bindparam("due")),
-    )
-    .values(
-        status=RunStatus.RUNNING,
-        started_at=sa.bindparam("now", type_=_runs.c.started_at.type),
-        heartbeat_at=sa.bindparam("now", type_=_runs.c.started_at.type),
-        worker_id=sa.bindparam("worker_id", type_=_runs.c.worker_id.type),
-    )
-)
-_LOAD = (
-    sa.select(Run).options(sa_orm.joinedload(Run.parser)).where(Run.id == sa.bindparam("run_id"))
-)
 
 
 #: Envs held in use (safe from eviction) by the runs executing in this process.
