@@ -379,3 +379,23 @@ def test_a_run_the_reaper_finishes_is_notified(
         [body] = hook.bodies()
         assert body["event"] == "error" and body["run"]["id"] == run.id
         assert body["run"]["error"].startswith("worker lost")
+
+
+def test_cancelling_a_pending_run_is_notified_once(
+    make_config: Callable[..., Config], receiver: Callable[..., Receiver]
+) -> None:
+    """A pending run ends at its cancel, with no worker to record it: the cancel announces it
+    (issue #24), and only once (a second cancel is a conflict)."""
+    hook = receiver()
+    with running(_config(make_config, notify_webhook_url=hook.url)):
+        parser = add_parser("waiting", "items.py")
+        run = runs.create_run(parser, enqueue=False)  # never sent: it stays pending
+        cancelled = runs.cancel_run(run)
+        assert cancelled.status is RunStatus.CANCELLED
+        hook.wait_for(1)
+        time.sleep(0.5)  # nothing more comes
+        [body] = hook.bodies()
+        assert body["event"] == "cancelled" and body["run"]["id"] == run.id
+        assert body["run"]["error"] == "cancelled before it started"
+        [delivery] = _deliveries(run.id, 1)
+        assert delivery.event == "cancelled" and delivery.status == "sent"

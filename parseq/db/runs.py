@@ -14,6 +14,10 @@ from parseq.db.base import UTCDateTime, db, iso, str_enum, utcnow
 if TYPE_CHECKING:
     from parseq.db.parsers import Parser
 
+#: A run's own files among its results: what the parser printed, and the run log.
+OUTPUT_FILE = "output.txt"
+LOG_FILE = "run.log"
+
 
 class Run(db.Model):
     """One execution of a parser."""

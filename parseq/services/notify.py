@@ -15,16 +15,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app, has_app_context
+from flask import current_app, has_app_context
 
 from parseq.core.config import Config
 from parseq.core.redaction import webhook_target
 from parseq.db.models import Parser, Run, RunStatus, db, utcnow
 from parseq.db.notify_models import DeliveryStatus, NotificationDelivery
+from parseq.db.runs import LOG_FILE
 from parseq.queue.broker import send_notification
 from parseq.services import livelog, metrics, notify_send
 from parseq.services.notify_mail import deliver_mail, flush_digest
-from parseq.services.runs import LOG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +194,6 @@ def deliveries_json(run_id: int) -> list[dict[str, Any]]:
         .order_by(NotificationDelivery.id)
     )
     return [d.to_dict() for d in db.session.execute(query).scalars()]
-
-
-def init_app(app: Flask) -> None:
-    """The routes of metrics and live logs."""
-    app.register_blueprint(metrics.bp)
-    app.register_blueprint(livelog.bp)
 
 
 # --- the message ------------------------------------------------------------------------------

@@ -36,12 +36,10 @@ from parseq.db.models import (
     utcnow,
 )
 from parseq.queue.broker import send_run
+from parseq.services import notify
 from parseq.storage.base import Storage
 
 log = logging.getLogger(__name__)
-
-OUTPUT_FILE = "output.txt"
-LOG_FILE = "run.log"
 
 
 def get_parser(name: str) -> Parser:
@@ -226,6 +224,10 @@ def cancel_run(run: Run) -> Run:
     db.session.refresh(run)
     if result.rowcount == 0 and not run.status.is_final:
         return cancel_run(run)  # it moved from pending to running meanwhile: try again
+    if result.rowcount and run.finished_at is not None:
+        # A pending run ends here, with no worker to record it: its end is announced here.
+        # (A running one's worker records its end, and announces it then.)
+        notify.run_ended(run.id)
     return run
 
 

@@ -40,9 +40,9 @@ class ParseqState:
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
-    from parseq.services import notify
+    from parseq.services import metrics
     from parseq.web.admin import admin
-    from parseq.web.api import api
+    from parseq.web.api import api, run_log
 
     config = config or Config.from_env()
     logging.basicConfig(
@@ -89,7 +89,8 @@ def create_app(config: Config | None = None) -> Flask:
         config, get_storage(config), init_broker(config), make_cipher(config), BrokerThread()
     )
     api.init_app(app)
-    notify.init_app(app)  # /metrics and the live log
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(run_log.bp)
     admin.init_app(app)
     headers.init_app(app, config)
     app.register_error_handler(sa.exc.DBAPIError, _database_error)

@@ -27,6 +27,7 @@ from parseq.core.redaction import redact_json_file, redact_text
 from parseq.db import statements
 from parseq.db.models import Parser, ParserKind, Run, RunStatus, RunTrigger, db, kept_loaded, utcnow
 from parseq.db.reconnect import retry_db
+from parseq.db.runs import LOG_FILE, OUTPUT_FILE
 from parseq.envs import cache as envs
 from parseq.notebooks import validate as notebooks
 from parseq.queue.broker import send_run
@@ -36,7 +37,7 @@ from parseq.services import metrics, recording, registry, runs
 from parseq.services.livelog import Capture as LiveLogCapture
 from parseq.services.registry import resolve_script
 from parseq.services.retries import schedule_retry
-from parseq.services.runs import LOG_FILE, OUTPUT_FILE, get_run
+from parseq.services.runs import get_run
 from parseq.worker import collect, uploads
 from parseq.worker.launch import Launch, prepare
 from parseq.worker.watchdog import Watchdog, record_progress

@@ -13,11 +13,11 @@ from pathlib import Path
 from parseq.core.argv import build_command
 from parseq.core.config import Config
 from parseq.db.models import Parser, ParserKind, Run
+from parseq.db.runs import LOG_FILE
 from parseq.notebooks import validate as notebooks
 from parseq.sandbox import limits as sandbox
 from parseq.sandbox import runner
 from parseq.sandbox.limits import Limits, SandboxUser
-from parseq.services.runs import LOG_FILE
 from parseq.worker import sdk
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response
 
 from parseq.core.errors import ParseqError
 from parseq.db.models import Parser, Run, RunFile, RunStatus, RunTrigger, db
+from parseq.db.runs import LOG_FILE, OUTPUT_FILE
 from parseq.services import livelog, notify, runs
 from parseq.web.admin.auth import LoginRequired
 from parseq.web.api import downloads
@@ -330,11 +331,11 @@ class RunView(LoginRequired, ModelView):
         return super().get_query().options(db.selectinload(Run.parser))
 
     def run_info(self, run: Run) -> RunInfo:
-        log_tail, log_cut = _read(run.file(runs.LOG_FILE), _read_tail)
+        log_tail, log_cut = _read(run.file(LOG_FILE), _read_tail)
         if log_tail is None and not run.status.is_final:
             # Live: what the worker copied so far (the page reloads every 2 s meanwhile).
             log_tail, log_cut = livelog.tail(run, LOG_TAIL_BYTES), False
-        preview, preview_cut = _read(run.file(runs.OUTPUT_FILE), _read_head)
+        preview, preview_cut = _read(run.file(OUTPUT_FILE), _read_head)
         return RunInfo(log_tail, log_cut, preview, preview_cut)
 
     def deliveries(self, run: Run) -> list[dict[str, Any]]:
