@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-class ProcessPool:
+class ForkSafeThreadPool:
     """Up to ``max_workers`` threads named ``name-N``, started as work arrives."""
 
     def __init__(self, max_workers: int, name: str) -> None:

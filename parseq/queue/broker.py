@@ -19,7 +19,7 @@ from flask import Flask, current_app
 from parseq.core.config import Config
 from parseq.core.errors import BrokerError, ConfigError
 from parseq.core.outage_log import OutageLog
-from parseq.core.pools import ProcessPool
+from parseq.core.pools import ForkSafeThreadPool
 
 if TYPE_CHECKING:
     from dramatiq import Broker
@@ -78,7 +78,7 @@ def notify_queue(config: Config) -> str:
     return f"{config.queue_name}-notify"
 
 
-class BrokerThread(ProcessPool):
+class BrokerThread(ForkSafeThreadPool):
     """Runs the app's broker calls on one long-lived thread of this process.
 
     Dramatiq's RabbitMQ broker opens a connection per calling thread and keeps it until the

@@ -23,7 +23,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from parseq.core import argv
 from parseq.core.errors import BadRequest, BrokerError, Conflict, NotFound, ValidationError
-from parseq.core.pools import ProcessPool
+from parseq.core.pools import ForkSafeThreadPool
 from parseq.db.models import (
     ACTIVE_STATUSES,
     Parser,
@@ -146,7 +146,7 @@ class EnqueuedMarks:
         self._pending: dict[int, datetime] = {}
         self._scheduled = False
         self._pid = os.getpid()
-        self._pool = ProcessPool(1, "enqueued-marks")
+        self._pool = ForkSafeThreadPool(1, "enqueued-marks")
 
     def add(self, app: Flask, run_ids: Sequence[int], when: datetime) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from flask import Flask, current_app
 
 from parseq.core.config import Config
 from parseq.core.errors import NotFound, StorageError
-from parseq.core.pools import ProcessPool
+from parseq.core.pools import ForkSafeThreadPool
 from parseq.db.models import Run, RunFile, RunStatus, db
 from parseq.services import recording
 from parseq.services.recording import Pending, StoredFile
@@ -42,7 +42,7 @@ LOCK = ".upload.lock"
 #: needed, so a few runs uploading at once cost a few.
 UPLOAD_THREADS = 32
 #: The upload threads of this process, shared by its runs (not started per run).
-_UPLOADS = ProcessPool(UPLOAD_THREADS, "parseq-upload")
+_UPLOADS = ForkSafeThreadPool(UPLOAD_THREADS, "parseq-upload")
 
 
 def sha256(path: Path) -> str:
