@@ -100,18 +100,26 @@ def free_port() -> int:
 # --- real services -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL database of this test session's own."""
+@contextlib.contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """A PostgreSQL database named ``name``, created for the block and dropped after it."""
     import psycopg2
 
-    name = f"parseq_test_{SESSION}"
     conn = psycopg2.connect(PG_ADMIN_DSN)
     conn.autocommit = True
     conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own."""
+    with scratch_database(f"parseq_test_{SESSION}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ import threading
 from collections import Counter
 from collections.abc import Container
 
+from parseq.sandbox.zygote import children
+
 log = logging.getLogger(__name__)
 
 PR_SET_DUMPABLE = 4
@@ -81,27 +83,6 @@ def can_switch_user(euid: int | None = None, caps: int | None = None) -> bool:
         if euid != 0 and caps is None:  # root needs no look at /proc (asked on every run)
             caps = effective_caps()
     return euid == 0 or (caps is not None and not missing_switch_caps(caps))
-
-
-def children(pid: int | None = None) -> list[int]:
-    """The pids of the children of process ``pid`` (this one by default), adopted orphans
-    included."""
-    pid = os.getpid() if pid is None else pid
-    found: list[int] = []
-    if os.path.exists(f"/proc/{pid}/task/{pid}/children"):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as fh:
-                found += [int(p) for p in fh.read().split()]  # a thread may end meanwhile
-        return found
-    # A kernel without CONFIG_PROC_CHILDREN: ask every process for its parent.
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        with (
-            contextlib.suppress(OSError, ValueError, IndexError),
-            open(f"/proc/{entry}/stat") as fh,
-        ):
-            if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 def uid_of(pid: int) -> int | None:

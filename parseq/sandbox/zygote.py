@@ -126,7 +126,7 @@ def _kill_orphans(running: set[int]) -> None:
     """SIGKILL and reap every child but the runs still ``running``: orphans of ended runs, re-
     parented here. Again until none is left: one forking as it dies leaves more."""
     while True:
-        orphans = [p for p in _children() if p not in running]
+        orphans = [p for p in children() if p not in running]
         if not orphans:
             return
         for pid in orphans:
@@ -137,20 +137,24 @@ def _kill_orphans(running: set[int]) -> None:
                 os.waitpid(pid, 0)
 
 
-def _children() -> list[int]:
-    """This process's children, from ``/proc`` (each thread's list, else every process's)."""
-    me, found = os.getpid(), []
-    if os.path.exists(f"/proc/{me}/task/{me}/children"):
-        for tid in os.listdir(f"/proc/{me}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{me}/task/{tid}/children") as fh:
-                found += [int(p) for p in fh.read().split()]
+def children(pid: int | None = None) -> list[int]:
+    """The pids of the children of process ``pid`` (this one by default), adopted orphans
+    included. Shared with the worker (:mod:`parseq.sandbox.procs`): this module stays standard
+    library only, as it runs alone in a parser env's interpreter."""
+    pid = os.getpid() if pid is None else pid
+    found: list[int] = []
+    if os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as fh:
+                found += [int(p) for p in fh.read().split()]  # a thread may end meanwhile
         return found
-    for entry in filter(str.isdigit, os.listdir("/proc")):  # no CONFIG_PROC_CHILDREN
+    # A kernel without CONFIG_PROC_CHILDREN: ask every process for its parent.
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         with (
             contextlib.suppress(OSError, ValueError, IndexError),
             open(f"/proc/{entry}/stat") as fh,
         ):
-            if int(fh.read().rsplit(")", 1)[1].split()[1]) == me:
+            if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
 

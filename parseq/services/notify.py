@@ -155,32 +155,24 @@ def payload_for(run: Run | None, event: str, config: Config, parser: str = "") -
 def _deliveries(
     run: Run | None, parser: Parser, events: list[str], settings: Settings, config: Config
 ) -> list[NotificationDelivery]:
-    made = []
-    for event in events:
-        payload = payload_for(run, event, config, parser.name)
-        run_id = run.id if run is not None else None
-        if settings.webhook_url:
-            made.append(
-                NotificationDelivery(
-                    run_id=run_id,
-                    parser_id=parser.id,
-                    event=event,
-                    channel="webhook",
-                    target=webhook_target(settings.webhook_url),
-                    payload=payload,
-                )
-            )
-        if settings.email_to:
-            made.append(
-                NotificationDelivery(
-                    run_id=run_id,
-                    parser_id=parser.id,
-                    event=event,
-                    channel="email",
-                    target=", ".join(settings.email_to)[:500],
-                    payload=payload,
-                )
-            )
+    """One delivery per event and channel the settings have (webhook, mail), saved."""
+    targets = []
+    if settings.webhook_url:
+        targets.append(("webhook", webhook_target(settings.webhook_url)))
+    if settings.email_to:
+        targets.append(("email", ", ".join(settings.email_to)[:500]))
+    made = [
+        NotificationDelivery(
+            run_id=run.id if run is not None else None,
+            parser_id=parser.id,
+            event=event,
+            channel=channel,
+            target=target,
+            payload=payload_for(run, event, config, parser.name),
+        )
+        for event in events
+        for channel, target in targets
+    ]
     db.session.add_all(made)
     db.session.commit()
     return made
