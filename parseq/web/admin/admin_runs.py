@@ -2,8 +2,7 @@
 preview), Cancel, Run again, and file downloads for a logged-in session.
 
 Actions go through :mod:`parseq.services.runs` and downloads through
-:func:`parseq.web.api.downloads.serve`,
-the same code the REST API uses.
+:func:`parseq.web.files.serve`, the same code the REST API uses.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from parseq.core.errors import ParseqError
 from parseq.db.models import Parser, Run, RunFile, RunStatus, RunTrigger, db
 from parseq.db.runs import LOG_FILE, OUTPUT_FILE
 from parseq.services import livelog, notify, runs
+from parseq.web import files
 from parseq.web.admin.auth import LoginRequired
-from parseq.web.api import downloads
 
 STATUS_COLORS = {
     RunStatus.PENDING: "secondary",
@@ -345,7 +344,7 @@ class RunView(LoginRequired, ModelView):
     # The parameter is not called ``name``: Flask-Admin's view wrapper takes that one.
     @expose("/<int:run_id>/files/<path:filename>")
     def download(self, run_id: int, filename: str) -> Response:
-        return downloads.serve(downloads.stored_file(runs.get_run(run_id), filename))
+        return files.serve(files.stored_file(runs.get_run(run_id), filename))
 
     @expose("/<int:run_id>/cancel", methods=("POST",))
     def cancel(self, run_id: int) -> Response:
