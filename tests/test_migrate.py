@@ -75,7 +75,7 @@ def make_app(make_config: Callable[..., Config]) -> Iterator[Callable[[str], Fla
 
 @pytest.fixture
 def migrations_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A copy of ``parseq/migrations`` that Parseq uses instead, so a test can add revisions."""
+    """A copy of ``parseq/db/migrations`` that Parseq uses instead, so a test can add revisions."""
     copy = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(migrate, "MIGRATIONS_DIR", copy)

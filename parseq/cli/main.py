@@ -115,7 +115,7 @@ def db_current() -> None:
 @one_line_errors
 def db_revision(message: str) -> None:
     """For developers: write a migration from what the models have and the database (at head)
-    lacks, into parseq/migrations/versions/. Review it before committing."""
+    lacks, into parseq/db/migrations/versions/. Review it before committing."""
     from parseq.db import migrate
 
     path = migrate.revision(build_app(), message)

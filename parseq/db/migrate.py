@@ -1,6 +1,6 @@
 """Schema migrations (Alembic): bring any Parseq database to the schema of this release.
 
-The migrations live in ``parseq/migrations/versions/``; Alembic is configured here, in code, so
+The migrations live in ``parseq/db/migrations/versions/``; Alembic is configured here, in code, so
 no ``alembic.ini`` is needed. Every entry point migrates while holding a PostgreSQL advisory
 lock (``parseq.db.locks.MIGRATION``), because the web, worker and scheduler processes of a
 deployment start at the same moment. A schema already at head takes no lock at all, and the
