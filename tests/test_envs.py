@@ -213,8 +213,9 @@ ACQUIRE = """
 import sys
 from parseq.envs import cache as envs
 from parseq.core.config import Config
+from parseq.sandbox.limits import base_python
 config = Config.from_env(envs_dir=sys.argv[1])
-with envs.acquire(config, ["idna==3.6"]) as env:
+with envs.acquire(config, ["idna==3.6"], python=base_python(config)) as env:
     print(env.key, env.built)
 """
 
