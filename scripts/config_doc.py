@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from parseq import config as config_module
+from parseq.core import config as config_module
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "configuration.md"
