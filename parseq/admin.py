@@ -21,7 +21,7 @@ from wtforms import SelectChoice, fields
 from wtforms import ValidationError as FormValidationError
 from wtforms.validators import NumberRange, Optional
 
-from parseq import admin_notify, admin_tokens, auth, headers, notebooks, registry, runs
+from parseq import admin_notify, admin_state, admin_tokens, auth, headers, notebooks, registry, runs
 from parseq import requirements as reqs
 from parseq.admin_forms import (
     JSONListField,
@@ -365,6 +365,10 @@ class ParserView(auth.LoginRequired, ModelView):
         """Send a sample notification to each of the parser's channels."""
         admin_notify.send_test(db.get_or_404(Parser, parser_id))
         return redirect(url_for(".details_view", id=parser_id))
+
+    @expose("/reset-state/<int:parser_id>", methods=("POST",))
+    def reset_state(self, parser_id: int) -> Response:
+        return admin_state.reset_view(parser_id)
 
     def trend_chart(self, parser: Parser) -> Markup:
         return admin_notify.trend_chart(parser)

@@ -41,7 +41,7 @@ class ParseqState:
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
-    from parseq import admin, api, notify, tokens, workers  # noqa: F401 (tokens, workers: tables)
+    from parseq import admin, api, api_state, notify, tokens, workers  # noqa: F401 (tables)
     from parseq.tasks import BrokerThread, init_broker
 
     config = config or Config.from_env()
@@ -89,6 +89,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["parseq"] = ParseqState(
         config, get_storage(config), broker, actor, make_cipher(config), BrokerThread()
     )
+    api_state.init_app(app)  # before api: its error handlers are the ones that stay
     api.init_app(app)
     notify.init_app(app)  # /metrics and the live log
     admin.init_app(app)

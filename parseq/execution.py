@@ -30,6 +30,7 @@ from parseq import (
     runner,
     sandbox,
     sdk,
+    state,
     supervisor,
     uploads,
 )
@@ -162,19 +163,21 @@ def release_env(run_id: int) -> None:
         env.release()
 
 
-def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
+def execute_run(run_id: int, retry: bool = True, requeue: bool = False) -> RunStatus | None:
     """Execute a pending run end to end; return its final status (``running`` while its files
-    wait for storage), or None if not claimed. A failure the parser allows retries for enqueues
-    the next attempt (unless ``retry`` is False). Database writes ride out a database restart
+    wait for storage, ``pending`` when it went back to the queue to wait for its parser's
+    state: only with ``requeue``, for a worker that consumes the queue), or None if not
+    claimed. A failure the parser allows retries for enqueues the next attempt (unless
+    ``retry`` is False). Database writes ride out a database restart
     (:func:`reconnect.retry_db`)."""
     config: Config = current_app.extensions["parseq"].config
     # The run and parser stay loaded across this run's commits: each write is a statement of
     # its own, and reloading them after every commit cost a round trip apiece.
     with kept_loaded():
-        return _claim_and_execute(run_id, config, retry)
+        return _claim_and_execute(run_id, config, retry, requeue)
 
 
-def _claim_and_execute(run_id: int, config: Config, retry: bool) -> RunStatus | None:
+def _claim_and_execute(run_id: int, config: Config, retry: bool, requeue: bool) -> RunStatus | None:
     run = retry_db(lambda: _claim_and_load(run_id), config.db_retry_s, "claim")
     if run is None:
         if not retry_db(lambda: _not_due_yet(run_id), config.db_retry_s, "due check"):
@@ -182,7 +185,11 @@ def _claim_and_execute(run_id: int, config: Config, retry: bool) -> RunStatus | 
         return None
     workdir = config.runs_dir / str(run_id)
     try:
-        status = _execute(run, config, workdir, retry)
+        state_dir = state_dir_for(config, run.parser)
+        with state.held(run, config, state_dir, requeue) as held:
+            if held is None:
+                return RunStatus.PENDING  # it waits for its parser's state in the queue
+            status = _execute(run, config, workdir, held, retry)
     except Exception as exc:
         db.session.rollback()
         if retry_db(lambda: not _exists(run_id), config.db_retry_s):
@@ -226,13 +233,15 @@ def _not_due_yet(run_id: int) -> bool:
     return True
 
 
-def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> RunStatus:
+def _execute(
+    run: Run, config: Config, workdir: Path, held: state.HeldState, retry: bool = True
+) -> RunStatus:
     parser = run.parser
     script = resolve_script(config, parser)
     # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
     # The output folder is also its working directory: what it writes where it runs is kept.
     dirs = {name: workdir / name for name in ("output", "home", "tmp", "progress")}
-    state_dir = state_dir_for(config, parser)
+    state_dir = held.state_dir
     for path in [*dirs.values(), state_dir]:
         path.mkdir(parents=True, exist_ok=True)
     progress_file = dirs["progress"] / sdk.PROGRESS_FILE
@@ -331,9 +340,11 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             lambda: record_progress(get_run(run_id), progress_file, secrets.values()),
             config.db_retry_s,
         )
+        state_warnings = held.commit()  # the process is gone: its state is final
         if parser_kind is ParserKind.NOTEBOOK:
             redact_json_file(dirs["output"] / notebooks.OUTPUT_NOTEBOOK, secrets.values())
         found = gather_files(dirs["output"], log_path, shipped, stdout, outcome.status)
+        found.warnings = collect.finish_warnings([*state_warnings, *found.warnings])
         pending = uploads.Pending(
             run_id,
             outcome.status.value,

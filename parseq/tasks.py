@@ -80,7 +80,7 @@ def init_broker(app: Flask, config: Config) -> tuple[Broker, Actor]:
         from parseq.execution import execute_run as run_it
 
         with app.app_context():
-            run_it(run_id)
+            run_it(run_id, requeue=True)
 
     actor = dramatiq.actor(
         execute_run,

@@ -1,0 +1,220 @@
+"""A parser's state shared by every machine: a run holds it, and a reset empties it.
+
+Before a run, its worker takes the parser's state lease (:mod:`parseq.state_lease`) and brings
+its local copy of the state folder up to the stored one (:mod:`parseq.state_sync`); after the
+run, it commits what changed and lets the lease go. Runs of one parser therefore take turns
+with its state, whichever machines they run on, and never lose each other's updates.
+
+A run that finds the lease held waits, showing who holds it in its progress message. A worker
+thread waits at most ``state_wait_s``; then the run goes back to the queue (``pending``, the
+thread free for other runs) and tries again later. A run that has waited ``state_max_wait_s``
+since it was queued fails, naming the holder. Waiting runs hold no lease, so nothing waits in
+a circle; with the default overlap policy (``skip``) a waiting run also keeps the scheduler
+from queueing more runs of its parser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import Flask, current_app
+from sqlalchemy.orm.attributes import set_committed_value
+
+from parseq import state_lease, state_sync
+from parseq.config import Config
+from parseq.errors import BrokerError, RunFailed, StateBusy, StorageError
+from parseq.models import Parser, Run, RunStatus, db, utcnow
+from parseq.storage import Storage
+from parseq.tasks import send_run
+from parseq.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+#: The first pause between two tries at a busy lease, and the longest, in seconds.
+POLL_FIRST_S = 0.1
+POLL_MAX_S = 1.0
+#: A run sent back to the queue tries again after at least this long, in seconds.
+REQUEUE_MIN_S = 1.0
+
+
+@dataclass
+class HeldState:
+    """A run's hold on its parser's state: the folder is up to date, the lease renewed."""
+
+    app: Flask
+    config: Config
+    storage: Storage
+    run_id: int
+    parser_id: int
+    state_dir: Path
+    base: state_sync.Manifest
+    keeper: state_lease.Keeper
+
+    def commit(self) -> list[str]:
+        """Store what the run changed; return the warnings the run gets (never raises: a
+        state that could not be stored stays here, and this machine's next run stores it)."""
+        if not self.keeper.still_held():
+            return ["parser state not saved: its lease expired while the run went on"]
+        config, last = self.config, None
+        with Watchdog(self.app, self.run_id, config.heartbeat_interval_s):
+            for attempt in range(config.upload_attempts):
+                if attempt:
+                    time.sleep(config.upload_backoff_s * 2 ** (attempt - 1))
+                try:
+                    done = state_sync.commit(
+                        self.storage,
+                        self.parser_id,
+                        self.state_dir,
+                        self.base,
+                        config.state_max_bytes,
+                        scratch=config.state_dir,
+                    )
+                    break
+                except Exception as exc:
+                    last = exc
+            else:
+                log.warning("run %s: parser state not saved: %s", self.run_id, last)
+                return [f"parser state not saved ({last}); the next run on this worker saves it"]
+        if done.evicted:
+            log.info("run %s: %d page-cache file(s) evicted", self.run_id, len(done.evicted))
+        if done.over_cap_bytes:
+            return [
+                f"parser state is {done.over_cap_bytes} bytes over PARSEQ_STATE_MAX_BYTES "
+                "with its page cache evicted; kept whole"
+            ]
+        return []
+
+    def release(self) -> None:
+        self.keeper.stop()
+
+
+@contextlib.contextmanager
+def held(run: Run, config: Config, state_dir: Path, requeue: bool) -> Iterator[HeldState | None]:
+    """Hold the run's parser state for the body (:func:`acquire`), released after it; None when
+    the run went back to the queue to wait."""
+    hold = acquire(run, config, state_dir, requeue)
+    try:
+        yield hold
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldState | None:
+    """Take the lease of the run's parser (waiting as the module says) and materialize the
+    state into ``state_dir``. None: the run went back to the queue (only with ``requeue``: a
+    worker consuming the broker will take it again). Raises :class:`StateBusy` past
+    ``state_max_wait_s`` and :class:`StorageError` when the state cannot be loaded."""
+    engine, token = db.engine, state_lease.new_token()
+    started, pause_s = time.monotonic(), POLL_FIRST_S
+    waited = False
+    while True:
+        holder = state_lease.try_acquire(
+            engine, run.parser_id, token, config.state_lease_ttl_s, run.id, run.worker_id or ""
+        )
+        if holder is None:
+            break
+        message = f"waiting for the parser's state, held by {holder.describe()}"
+        if (utcnow() - run.queued_at).total_seconds() > config.state_max_wait_s:
+            raise StateBusy(
+                f"gave up after {config.state_max_wait_s:g} s {message}",
+                holder_run_id=holder.run_id,
+            )
+        if requeue and time.monotonic() - started >= config.state_wait_s:
+            _send_back(run, message, max(config.state_wait_s, REQUEUE_MIN_S))
+            return None
+        _show(run, message)
+        waited = True
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, POLL_MAX_S)
+    if waited:
+        _show(run, None)
+    keeper = state_lease.Keeper(engine, run.parser_id, token, config.state_lease_ttl_s)
+    app = current_app._get_current_object()
+    storage = app.extensions["parseq"].storage
+    try:
+        with Watchdog(app, run.id, config.heartbeat_interval_s):
+            synced = state_sync.materialize(storage, run.parser_id, state_dir)
+    except Exception as exc:
+        keeper.stop()
+        raise StorageError(f"could not load the parser's state: {exc}", run_id=run.id) from exc
+    return HeldState(app, config, storage, run.id, run.parser_id, state_dir, synced.base, keeper)
+
+
+def _show(run: Run, message: str | None) -> None:
+    """Set the waiting run's progress message (and heartbeat); a run cancelled meanwhile ends."""
+    now = utcnow()
+    done = db.session.execute(
+        sa.update(Run)
+        .where(Run.id == run.id, Run.status == RunStatus.RUNNING)
+        .values(progress_message=message, heartbeat_at=now)
+    ).rowcount
+    db.session.commit()
+    if not done:
+        raise RunFailed("cancelled while waiting for the parser's state", run_id=run.id)
+    set_committed_value(run, "progress_message", message)
+
+
+def _send_back(run: Run, message: str, delay_s: float) -> None:
+    """Return the claimed run to ``pending`` for ``delay_s`` and re-send its message. A send
+    that fails leaves it unsent, which the sweeper re-sends."""
+    done = db.session.execute(
+        sa.update(Run)
+        .where(Run.id == run.id, Run.status == RunStatus.RUNNING)
+        .values(
+            status=RunStatus.PENDING,
+            progress_message=message,
+            started_at=None,
+            heartbeat_at=None,
+            worker_id=None,
+            enqueued_at=None,
+            not_before=utcnow() + timedelta(seconds=delay_s),
+        )
+    ).rowcount
+    db.session.commit()
+    if not done:
+        raise RunFailed("cancelled while waiting for the parser's state", run_id=run.id)
+    log.info("run %s waits %.1f s more: %s", run.id, delay_s, message)
+    try:
+        send_run(run.id, delay_s=delay_s)
+    except BrokerError:
+        return
+    with db.engine.begin() as conn:
+        conn.execute(sa.update(Run).where(Run.id == run.id).values(enqueued_at=utcnow()))
+
+
+def reset_state(parser: Parser) -> None:
+    """Empty the parser's state everywhere: in storage now, on each worker at its next run of
+    the parser. Refused (:class:`StateBusy`, 409) while a run holds the state."""
+    config: Config = current_app.extensions["parseq"].config
+    storage: Storage = current_app.extensions["parseq"].storage
+    engine, token = db.engine, state_lease.new_token()
+    holder = state_lease.try_acquire(
+        engine, parser.id, token, config.state_lease_ttl_s, None, "reset"
+    )
+    if holder is not None:
+        raise StateBusy(
+            f"the state of parser {parser.name!r} is in use by {holder.describe()}; "
+            "reset it once that run has ended",
+            parser=parser.name,
+            run_id=holder.run_id,
+        )
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        state_sync.reset_stored(storage, parser.id, config.state_dir)
+        # This machine's copies go now (the embedded mode's only ones); others' at their next run.
+        local = config.state_dir / str(parser.id)
+        shutil.rmtree(local, ignore_errors=True)
+        state_sync.record_path(local).unlink(missing_ok=True)
+        shutil.rmtree(config.legacy_state_dir / parser.name, ignore_errors=True)
+    finally:
+        state_lease.release(engine, parser.id, token)
+    log.info("state of parser %s reset", parser.name)

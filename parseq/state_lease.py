@@ -1,0 +1,167 @@
+"""The per-parser state lease: one holder at a time may materialize, change and commit a
+parser's shared state (``parseq.state_sync``), so runs on different machines never lose each
+other's updates.
+
+A lease is a row per parser, taken by a conditional write and kept alive by its holder's
+:class:`Keeper` thread; a holder that dies (worker killed, machine gone) stops renewing, and
+the lease is free again ``state_lease_ttl_s`` after its last renewal. Each holder has a random
+token, so a holder whose lease expired and was taken over cannot renew or release the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, mapped_column
+
+from parseq.models import UTCDateTime, db, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class StateLease(db.Model):
+    """Who holds a parser's state, until when."""
+
+    __tablename__ = "state_leases"
+
+    parser_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("parsers.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: Random per holder: only it renews or releases the lease.
+    token: Mapped[str] = mapped_column(sa.String(32))
+    #: The run holding it; None for a reset.
+    run_id: Mapped[int | None]
+    #: Who, for people: ``worker host:pid`` or ``reset``.
+    holder: Mapped[str] = mapped_column(sa.String(160))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+_leases = StateLease.__table__
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The current holder of a busy lease, to tell a waiting run (or a reset) about."""
+
+    run_id: int | None
+    holder: str
+    acquired_at: datetime
+
+    def describe(self) -> str:
+        who = f"run {self.run_id} on {self.holder}" if self.run_id else self.holder
+        return f"{who} since {self.acquired_at:%H:%M:%S} UTC"
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def try_acquire(
+    engine: sa.Engine,
+    parser_id: int,
+    token: str,
+    ttl_s: float,
+    run_id: int | None = None,
+    holder: str = "",
+) -> Holder | None:
+    """Take the parser's lease if it is free or expired (or already ``token``'s); return None
+    when taken, else who holds it. Each attempt commits on its own connection."""
+    now = utcnow()
+    values = {
+        "token": token,
+        "run_id": run_id,
+        "holder": holder[:160],
+        "acquired_at": now,
+        "expires_at": now + timedelta(seconds=ttl_s),
+    }
+    with engine.begin() as conn:
+        taken = conn.execute(
+            sa.update(_leases)
+            .where(
+                _leases.c.parser_id == parser_id,
+                sa.or_(_leases.c.expires_at < now, _leases.c.token == token),
+            )
+            .values(**values)
+        ).rowcount
+        if not taken:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            insert = dialect.insert(_leases).values(parser_id=parser_id, **values)
+            taken = conn.execute(insert.on_conflict_do_nothing()).rowcount
+        if taken:
+            return None
+        row = conn.execute(
+            sa.select(_leases.c.run_id, _leases.c.holder, _leases.c.acquired_at).where(
+                _leases.c.parser_id == parser_id
+            )
+        ).one_or_none()
+    if row is None:  # released between our two statements: try again
+        return try_acquire(engine, parser_id, token, ttl_s, run_id, holder)
+    return Holder(row.run_id, row.holder, row.acquired_at)
+
+
+def renew(engine: sa.Engine, parser_id: int, token: str, ttl_s: float) -> bool:
+    """Push the lease's expiry ``ttl_s`` ahead; False when it is no longer ``token``'s."""
+    with engine.begin() as conn:
+        return bool(
+            conn.execute(
+                sa.update(_leases)
+                .where(_leases.c.parser_id == parser_id, _leases.c.token == token)
+                .values(expires_at=utcnow() + timedelta(seconds=ttl_s))
+            ).rowcount
+        )
+
+
+def release(engine: sa.Engine, parser_id: int, token: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.delete(_leases).where(_leases.c.parser_id == parser_id, _leases.c.token == token)
+        )
+
+
+class Keeper:
+    """Renews a held lease every third of its TTL on a thread of its own, until :meth:`stop`
+    (which also releases it). :attr:`lost` is set if a renewal found the lease taken over."""
+
+    def __init__(self, engine: sa.Engine, parser_id: int, token: str, ttl_s: float) -> None:
+        self.engine, self.parser_id, self.token, self.ttl_s = engine, parser_id, token, ttl_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"state-lease-{parser_id}", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not renew(self.engine, self.parser_id, self.token, self.ttl_s):
+                    log.warning("state lease of parser %s was lost", self.parser_id)
+                    self.lost.set()
+                    return
+            except Exception:  # the database may be back before the lease expires
+                log.warning("renewing the state lease of parser %s failed", self.parser_id)
+
+    def still_held(self) -> bool:
+        """Renew now; False when the lease was lost (another holder may have committed)."""
+        if self.lost.is_set():
+            return False
+        try:
+            return renew(self.engine, self.parser_id, self.token, self.ttl_s)
+        except Exception:
+            log.warning("checking the state lease of parser %s failed", self.parser_id)
+            return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            release(self.engine, self.parser_id, self.token)
+        except Exception:  # it expires by itself
+            log.warning("releasing the state lease of parser %s failed", self.parser_id)

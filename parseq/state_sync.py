@@ -1,0 +1,378 @@
+"""A parser's state folder mirrored in storage: materialize it before a run, commit it after.
+
+The stored copy is content-addressed: ``state/<parser id>/manifest.json`` lists each file's
+path, SHA-256, size and mtime, and each content is the object ``state/<parser id>/blobs/<sha>``.
+A commit uploads only contents the manifest did not have (an unchanged page-cache entry costs
+nothing), then the new manifest (a commit cut short leaves the old manifest, whole), then deletes
+the contents no file uses any more. Each machine keeps its copy of the folder with a record of
+what it last synced (``.<id>.sync.json`` beside it, out of the parser's reach), so a run on the
+machine that ran last downloads nothing, and a local file is hashed again only when its size or
+mtime changed.
+
+Plain values in, plain values out: no database here. Who may commit when is the lease's business
+(:mod:`parseq.state_lease`); :mod:`parseq.state` ties the two to a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parseq.errors import NotFound
+from parseq.storage import Storage
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+#: The SDK's page cache (``parseq_sdk.fetching.CACHE_DIR``): what the size cap may evict.
+CACHE_DIR = "cache"
+#: Files never synced: the SDK's half-written temporaries and its lock files.
+TMP_PREFIX = ".parseq-tmp-"
+LOCK_SUFFIX = ".lock"
+HASH_CHUNK_BYTES = 1024 * 1024
+
+#: path -> {"sha256", "size", "mtime_ns"}
+Files = dict[str, dict[str, Any]]
+
+
+def prefix(parser_id: int) -> str:
+    return f"state/{parser_id}"
+
+
+def manifest_key(parser_id: int) -> str:
+    return f"{prefix(parser_id)}/manifest.json"
+
+
+def blob_key(parser_id: int, sha256: str) -> str:
+    return f"{prefix(parser_id)}/blobs/{sha256}"
+
+
+@dataclass
+class Manifest:
+    """What storage holds of one parser's state. ``epoch`` changes on a reset (every copy is
+    then dropped, not merged); ``generation`` counts commits within an epoch."""
+
+    epoch: str = ""
+    generation: int = 0
+    files: Files = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(f["size"]) for f in self.files.values())
+
+    def to_json(self) -> bytes:
+        body = {"format": FORMAT, "epoch": self.epoch, "generation": self.generation}
+        return json.dumps({**body, "files": self.files}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        raw = json.loads(data)
+        return cls(str(raw.get("epoch", "")), int(raw.get("generation", 0)), dict(raw["files"]))
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+def read_manifest(storage: Storage, parser_id: int) -> Manifest | None:
+    """The stored manifest; None when this parser's state was never stored."""
+    try:
+        data = b"".join(storage.iter_bytes(manifest_key(parser_id)))
+    except NotFound:
+        return None
+    return Manifest.from_json(data)
+
+
+def write_manifest(storage: Storage, parser_id: int, manifest: Manifest, scratch: Path) -> None:
+    _put_bytes(storage, manifest_key(parser_id), manifest.to_json(), scratch)
+
+
+def _put_bytes(storage: Storage, key: str, data: bytes, scratch: Path) -> None:
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=scratch, prefix=TMP_PREFIX) as fh:
+        fh.write(data)
+        fh.flush()
+        storage.put(key, Path(fh.name))
+
+
+# --- the local copy ------------------------------------------------------------------------
+
+
+def record_path(state_dir: Path) -> Path:
+    """The machine's record of its last sync, beside the folder (the parser cannot change it)."""
+    return state_dir.parent / f".{state_dir.name}.sync.json"
+
+
+def read_record(state_dir: Path) -> Manifest | None:
+    try:
+        return Manifest.from_json(record_path(state_dir).read_bytes())
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def write_record(state_dir: Path, manifest: Manifest) -> None:
+    path = record_path(state_dir)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(manifest.to_json())
+    tmp.replace(path)
+
+
+def _synced(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return not name.startswith(TMP_PREFIX) and not (
+        name.startswith(".") and name.endswith(LOCK_SUFFIX)
+    )
+
+
+def scan(state_dir: Path, known: Files | None = None) -> Files:
+    """Every regular file under ``state_dir`` with its hash; a file whose size and mtime match
+    ``known`` keeps the hash recorded there (not read again). Symlinks are not followed."""
+    known = known or {}
+    files: Files = {}
+    for root, dirs, names in os.walk(state_dir):
+        dirs.sort()
+        for name in names:
+            full = Path(root, name)
+            rel = full.relative_to(state_dir).as_posix()
+            if not _synced(rel):
+                continue
+            st = full.lstat()
+            if not stat.S_ISREG(st.st_mode):  # symlinks are not followed, nor kept
+                continue
+            old = known.get(rel)
+            if old and old["size"] == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
+                files[rel] = dict(old)
+                continue
+            files[rel] = {"sha256": _hash(full), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return files
+
+
+def _hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return (a or {}).get("sha256") == (b or {}).get("sha256")
+
+
+# --- materialize ---------------------------------------------------------------------------
+
+
+@dataclass
+class Synced:
+    """The outcome of :func:`materialize`: what storage held (the commit's base) and what the
+    folder holds now."""
+
+    base: Manifest
+    local: Files
+    downloaded: int = 0
+    conflicts: list[str] = field(default_factory=list)
+
+
+def materialize(storage: Storage, parser_id: int, state_dir: Path) -> Synced:
+    """Bring the local folder up to the stored state.
+
+    Files another machine changed since this one last synced are downloaded (or deleted); a
+    file changed here only (a run whose commit failed or never came) is kept, to be committed
+    after this run; changed on both sides, the stored one wins (logged). After a reset (a new
+    epoch) the local copy is dropped. Never stored yet (a new parser, or state from before it
+    was shared): the folder is kept as it is.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    remote = read_manifest(storage, parser_id)
+    record = read_record(state_dir)
+    local = scan(state_dir, record.files if record else None)
+    if remote is None:
+        return Synced(Manifest(new_epoch(), 0, {}), local)
+    if record is not None and record.epoch != remote.epoch:
+        base_files: Files = {}
+        local_wins: set[str] = set()  # reset: nothing local survives
+    else:
+        base_files = record.files if record else {}
+        local_wins = {p for p in local if not _same(local[p], base_files.get(p))}
+    synced = Synced(remote, dict(local))
+    for path in sorted(set(remote.files) | set(local)):
+        want, have = remote.files.get(path), local.get(path)
+        if _same(want, have):
+            continue
+        if path in local_wins:
+            if _same(want, base_files.get(path)):
+                continue  # changed here only: keep it for this run's commit
+            synced.conflicts.append(path)
+        target = _safe_target(state_dir, path)
+        if want is None:
+            target.unlink(missing_ok=True)
+            synced.local.pop(path, None)
+            continue
+        synced.local[path] = _download(storage, parser_id, want, target)
+        synced.downloaded += 1
+    if synced.conflicts:
+        log.warning(
+            "state of parser %s: %d file(s) changed here and elsewhere, the stored copy wins: %s",
+            parser_id,
+            len(synced.conflicts),
+            ", ".join(synced.conflicts[:5]),
+        )
+    _prune_empty_dirs(state_dir)
+    write_record(state_dir, Manifest(remote.epoch, remote.generation, synced.local))
+    return synced
+
+
+def _safe_target(state_dir: Path, path: str) -> Path:
+    """``state_dir / path`` with no symlink on the way: the parser owns the folder during its
+    runs and may have planted one, which the worker (root, in the sandbox) must not write
+    through. Such a link is removed (it was never synced)."""
+    current = state_dir
+    for part in path.split("/")[:-1]:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            current.unlink()
+    return state_dir / path
+
+
+def _download(storage: Storage, parser_id: int, entry: dict[str, Any], target: Path) -> Files:
+    """Write the stored content over ``target`` atomically, with the stored mtime (page-cache
+    eviction goes by age, on every machine alike)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in storage.iter_bytes(blob_key(parser_id, entry["sha256"])):
+                fh.write(chunk)
+        mtime_ns = int(entry.get("mtime_ns") or 0)
+        if mtime_ns:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    st = target.stat()
+    return {"sha256": entry["sha256"], "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _prune_empty_dirs(state_dir: Path) -> None:
+    for root, dirs, names in os.walk(state_dir, topdown=False):
+        if Path(root) != state_dir and not dirs and not names:
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
+
+
+# --- commit --------------------------------------------------------------------------------
+
+
+@dataclass
+class Committed:
+    """The outcome of :func:`commit`."""
+
+    manifest: Manifest
+    uploaded: int = 0
+    deleted: int = 0
+    evicted: list[str] = field(default_factory=list)
+    #: Bytes the state still holds over the cap once the page cache is gone (kept: only the
+    #: page cache is evicted, never ``state.json`` or a checkpoint).
+    over_cap_bytes: int = 0
+
+
+def commit(
+    storage: Storage,
+    parser_id: int,
+    state_dir: Path,
+    base: Manifest,
+    max_bytes: int = 0,
+    scratch: Path | None = None,
+) -> Committed:
+    """Store what the run left in the folder: evict page-cache entries oldest-first past
+    ``max_bytes`` (0 = no cap), upload contents ``base`` lacks, write the manifest, then delete
+    the contents no file uses any more. Nothing changed: no request at all."""
+    record = read_record(state_dir)
+    files = scan(state_dir, record.files if record else None)
+    evicted, over = evict(state_dir, files, max_bytes) if max_bytes else ([], 0)
+    result = Committed(base, evicted=evicted, over_cap_bytes=over)
+    if {p: f["sha256"] for p, f in files.items()} == {
+        p: f["sha256"] for p, f in base.files.items()
+    }:
+        write_record(state_dir, Manifest(base.epoch, base.generation, files))
+        return result
+    stored = {f["sha256"] for f in base.files.values()}
+    for path, entry in files.items():
+        if entry["sha256"] not in stored:
+            storage.put(blob_key(parser_id, entry["sha256"]), state_dir / path)
+            stored.add(entry["sha256"])
+            result.uploaded += 1
+    manifest = Manifest(base.epoch or new_epoch(), base.generation + 1, files)
+    write_manifest(storage, parser_id, manifest, scratch or state_dir.parent)
+    write_record(state_dir, manifest)
+    result.manifest = manifest
+    used = {f["sha256"] for f in files.values()}
+    for sha in {f["sha256"] for f in base.files.values()} - used:
+        try:
+            storage.delete(blob_key(parser_id, sha))
+            result.deleted += 1
+        except Exception:  # an orphan costs space, never state
+            log.warning("state of parser %s: could not delete content %s", parser_id, sha)
+    return result
+
+
+def evict(state_dir: Path, files: Files, max_bytes: int) -> tuple[list[str], int]:
+    """Delete page-cache entries (an entry's ``.json`` and ``.body`` together), oldest first,
+    until the folder's files fit in ``max_bytes``; return the paths deleted and the bytes still
+    over the cap. ``files`` is updated in place."""
+    total = sum(int(f["size"]) for f in files.values())
+    if total <= max_bytes:
+        return [], 0
+    entries: dict[str, list[str]] = {}
+    for path in files:
+        if path.startswith(CACHE_DIR + "/"):
+            entries.setdefault(path.rsplit(".", 1)[0], []).append(path)
+    by_age = sorted(entries.values(), key=lambda ps: max(files[p]["mtime_ns"] for p in ps))
+    evicted: list[str] = []
+    for paths in by_age:
+        if total <= max_bytes:
+            break
+        for path in paths:
+            (state_dir / path).unlink(missing_ok=True)
+            total -= int(files.pop(path)["size"])
+            evicted.append(path)
+    _prune_empty_dirs(state_dir)
+    return evicted, max(total - max_bytes, 0)
+
+
+def reset_stored(storage: Storage, parser_id: int, scratch: Path) -> Manifest:
+    """Empty a parser's stored state: an empty manifest of a new epoch (every machine then
+    drops its copy on its next run), then its contents go."""
+    old = read_manifest(storage, parser_id)
+    manifest = Manifest(new_epoch(), (old.generation if old else 0) + 1, {})
+    write_manifest(storage, parser_id, manifest, scratch)
+    _delete_contents(storage, parser_id, old)
+    return manifest
+
+
+def drop_stored(storage: Storage, parser_id: int) -> None:
+    """Delete a parser's stored state altogether (the parser is gone)."""
+    old = read_manifest(storage, parser_id)
+    storage.delete(manifest_key(parser_id))
+    _delete_contents(storage, parser_id, old)
+
+
+def _delete_contents(storage: Storage, parser_id: int, manifest: Manifest | None) -> None:
+    for sha in {f["sha256"] for f in manifest.files.values()} if manifest else ():
+        try:
+            storage.delete(blob_key(parser_id, sha))
+        except Exception:  # an orphan costs space, never state
+            log.warning("state of parser %s: could not delete content %s", parser_id, sha)
