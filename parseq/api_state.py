@@ -12,6 +12,7 @@ from flask import Flask, Response
 from flask_smorest import Api, Blueprint
 
 from parseq import runs, state
+from parseq.auth import csrf
 
 bp = Blueprint(
     "state_api",
@@ -54,4 +55,5 @@ def init_app(app: Flask) -> Api:
     app.config.setdefault("OPENAPI_VERSION", "3.0.3")
     smorest = Api(app)
     smorest.register_blueprint(bp)
+    csrf.exempt(bp)  # bearer tokens, not cookies: no cross-site request can carry one
     return smorest

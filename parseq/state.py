@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import state_lease, state_sync
+from parseq import sandbox, state_lease, state_sync
 from parseq.config import Config
 from parseq.errors import BrokerError, RunFailed, StateBusy, StorageError
 from parseq.models import Parser, Run, RunStatus, db, utcnow
@@ -140,9 +140,11 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
     keeper = state_lease.Keeper(engine, run.parser_id, token, config.state_lease_ttl_s)
     app = current_app._get_current_object()
     storage = app.extensions["parseq"].storage
+    user = sandbox.sandbox_user(config, parser_id=run.parser_id)
+    owner = (user.uid, user.gid) if user is not None else None
     try:
         with Watchdog(app, run.id, config.heartbeat_interval_s):
-            synced = state_sync.materialize(storage, run.parser_id, state_dir)
+            synced = state_sync.materialize(storage, run.parser_id, state_dir, owner)
     except Exception as exc:
         keeper.stop()
         raise StorageError(f"could not load the parser's state: {exc}", run_id=run.id) from exc

@@ -183,7 +183,14 @@ class Synced:
     conflicts: list[str] = field(default_factory=list)
 
 
-def materialize(storage: Storage, parser_id: int, state_dir: Path) -> Synced:
+#: ``(uid, gid)`` that files and folders made by :func:`materialize` are given: the sandbox
+#: user's, whose runs write the folder (its own files it keeps between runs).
+Owner = tuple[int, int]
+
+
+def materialize(
+    storage: Storage, parser_id: int, state_dir: Path, owner: Owner | None = None
+) -> Synced:
     """Bring the local folder up to the stored state.
 
     Files another machine changed since this one last synced are downloaded (or deleted); a
@@ -213,12 +220,12 @@ def materialize(storage: Storage, parser_id: int, state_dir: Path) -> Synced:
             if _same(want, base_files.get(path)):
                 continue  # changed here only: keep it for this run's commit
             synced.conflicts.append(path)
-        target = _safe_target(state_dir, path)
+        target = _safe_target(state_dir, path, owner)
         if want is None:
             target.unlink(missing_ok=True)
             synced.local.pop(path, None)
             continue
-        synced.local[path] = _download(storage, parser_id, want, target)
+        synced.local[path] = _download(storage, parser_id, want, target, owner)
         synced.downloaded += 1
     if synced.conflicts:
         log.warning(
@@ -232,7 +239,7 @@ def materialize(storage: Storage, parser_id: int, state_dir: Path) -> Synced:
     return synced
 
 
-def _safe_target(state_dir: Path, path: str) -> Path:
+def _safe_target(state_dir: Path, path: str, owner: Owner | None) -> Path:
     """``state_dir / path`` with no symlink on the way: the parser owns the folder during its
     runs and may have planted one, which the worker (root, in the sandbox) must not write
     through. Such a link is removed (it was never synced)."""
@@ -241,13 +248,18 @@ def _safe_target(state_dir: Path, path: str) -> Path:
         current = current / part
         if current.is_symlink() or (current.exists() and not current.is_dir()):
             current.unlink()
+        if not current.exists():
+            current.mkdir()
+            if owner is not None:
+                os.chown(current, *owner)
     return state_dir / path
 
 
-def _download(storage: Storage, parser_id: int, entry: dict[str, Any], target: Path) -> Files:
+def _download(
+    storage: Storage, parser_id: int, entry: dict[str, Any], target: Path, owner: Owner | None
+) -> Files:
     """Write the stored content over ``target`` atomically, with the stored mtime (page-cache
     eviction goes by age, on every machine alike)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
@@ -256,6 +268,8 @@ def _download(storage: Storage, parser_id: int, entry: dict[str, Any], target: P
             for chunk in storage.iter_bytes(blob_key(parser_id, entry["sha256"])):
                 fh.write(chunk)
         mtime_ns = int(entry.get("mtime_ns") or 0)
+        if owner is not None:
+            os.chown(tmp, *owner)
         if mtime_ns:
             os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, target)

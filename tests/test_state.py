@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from flask import Flask
 
 from parseq import runs, state_lease, state_sync
@@ -45,6 +46,9 @@ def stored_files(app: Flask, parser_id: int) -> dict[str, Any]:
     return manifest.files if manifest else {}
 
 
+SECRETS_KEY = Fernet.generate_key().decode()
+
+
 @dataclass
 class Machine:
     """A worker process with a var/ and envs/ of its own, and a web app sending to its queue."""
@@ -63,16 +67,18 @@ def start_machine(
     name: str, services_env: dict[str, str], services_app: Flask, tmp: Path, **settings: str
 ) -> Machine:
     del services_app  # the tables exist
+    for sub in ("var", "envs"):
+        (tmp / sub).mkdir(exist_ok=True)
     env = {
         **services_env,
         "PARSEQ_QUEUE_NAME": f"{services_env['PARSEQ_QUEUE_NAME']}_{name}_{uuid.uuid4().hex[:6]}",
         "PARSEQ_VAR_DIR": str(traversable(tmp / "var")),
         "PARSEQ_ENVS_DIR": str(traversable(tmp / "envs")),
+        "PARSEQ_SECRETS_KEY": SECRETS_KEY,  # machines share it, as they must
         "PARSEQ_STATE_LEASE_TTL_S": "3",
         "PARSEQ_STATE_WAIT_S": "1",
         **settings,
     }
-    (tmp / "var").mkdir(exist_ok=True)
     proc = start_worker_process(env, tmp / "worker.log")
     return Machine(name, env, create_app(Config.from_env(environ=env)), proc)
 
