@@ -22,7 +22,6 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +71,7 @@ class Manifest:
 
     def to_json(self) -> bytes:
         body = {"format": FORMAT, "epoch": self.epoch, "generation": self.generation}
-        return json.dumps({**body, "files": self.files}, sort_keys=True).encode()
+        return json.dumps({**body, "files": self.files}).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
@@ -120,10 +119,11 @@ def read_record(state_dir: Path) -> Manifest | None:
         return None
 
 
-def write_record(state_dir: Path, manifest: Manifest) -> None:
+def write_record(state_dir: Path, manifest: Manifest, data: bytes | None = None) -> None:
+    """Write the record (``data``: the manifest's JSON, when the caller has it already)."""
     path = record_path(state_dir)
     tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(manifest.to_json())
+    tmp.write_bytes(data or manifest.to_json())
     tmp.replace(path)
 
 
@@ -137,24 +137,32 @@ def _synced(path: str) -> bool:
 def scan(state_dir: Path, known: Files | None = None) -> Files:
     """Every regular file under ``state_dir`` with its hash; a file whose size and mtime match
     ``known`` keeps the hash recorded there (not read again). Symlinks are not followed."""
-    known = known or {}
     files: Files = {}
-    for root, dirs, names in os.walk(state_dir):
-        dirs.sort()
-        for name in names:
-            full = Path(root, name)
-            rel = full.relative_to(state_dir).as_posix()
-            if not _synced(rel):
-                continue
-            st = full.lstat()
-            if not stat.S_ISREG(st.st_mode):  # symlinks are not followed, nor kept
-                continue
-            old = known.get(rel)
-            if old and old["size"] == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
-                files[rel] = dict(old)
-                continue
-            files[rel] = {"sha256": _hash(full), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    _scan_into(files, str(state_dir), "", known or {})
     return files
+
+
+def _scan_into(files: Files, folder: str, rel: str, known: Files) -> None:
+    # os.scandir with plain strings: a run scans the folder twice, and pathlib's objects per
+    # entry cost more than the stat calls (bench/state.py).
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        path = rel + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            _scan_into(files, entry.path, path + "/", known)
+            continue
+        if not entry.is_file(follow_symlinks=False) or not _synced(path):
+            continue
+        st = entry.stat(follow_symlinks=False)
+        old = known.get(path)
+        if old and old["size"] == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
+            files[path] = old
+        else:
+            sha = _hash(Path(entry.path))
+            files[path] = {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _hash(path: Path) -> str:
@@ -212,6 +220,7 @@ def materialize(
         base_files = record.files if record else {}
         local_wins = {p for p in local if not _same(local[p], base_files.get(p))}
     synced = Synced(remote, dict(local))
+    pruned = False
     for path in sorted(set(remote.files) | set(local)):
         want, have = remote.files.get(path), local.get(path)
         if _same(want, have):
@@ -224,6 +233,7 @@ def materialize(
         if want is None:
             target.unlink(missing_ok=True)
             synced.local.pop(path, None)
+            pruned = True
             continue
         synced.local[path] = _download(storage, parser_id, want, target, owner)
         synced.downloaded += 1
@@ -234,8 +244,17 @@ def materialize(
             len(synced.conflicts),
             ", ".join(synced.conflicts[:5]),
         )
-    _prune_empty_dirs(state_dir)
-    write_record(state_dir, Manifest(remote.epoch, remote.generation, synced.local))
+    if pruned:
+        _prune_empty_dirs(state_dir)
+    # The record says what was synced: a file kept changed here is recorded as stored, so it
+    # stays "changed here" until a commit stores it.
+    synced_files = {
+        p: have if _same(have := synced.local.get(p), want) else want
+        for p, want in remote.files.items()
+    }
+    new_record = Manifest(remote.epoch, remote.generation, synced_files)
+    if record != new_record:
+        write_record(state_dir, new_record)
     return synced
 
 
@@ -330,8 +349,9 @@ def commit(
             stored.add(entry["sha256"])
             result.uploaded += 1
     manifest = Manifest(base.epoch or new_epoch(), base.generation + 1, files)
-    write_manifest(storage, parser_id, manifest, scratch or state_dir.parent)
-    write_record(state_dir, manifest)
+    data = manifest.to_json()
+    _put_bytes(storage, manifest_key(parser_id), data, scratch or state_dir.parent)
+    write_record(state_dir, manifest, data)
     result.manifest = manifest
     used = {f["sha256"] for f in files.values()}
     for sha in {f["sha256"] for f in base.files.values()} - used:

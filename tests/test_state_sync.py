@@ -250,3 +250,17 @@ def test_a_planted_symlink_is_not_written_through(storage: CountingStorage, tmp_
     assert list(outside.iterdir()) == []
     assert not (b / "cache").is_symlink()
     assert (b / "cache" / "ab" / ("ab" + "0" * 62 + ".body")).read_bytes() == b"page"
+
+
+def test_a_new_file_survives_runs_whose_commits_all_failed(
+    storage: CountingStorage, tmp_path: Path
+) -> None:
+    a = machine(tmp_path, "a")
+    run_on(storage, a, lambda d: (d / "state.json").write_text("{}"))
+    (a / "new").write_text("from a run whose commit failed")
+    for _ in range(2):  # two more runs, neither commits
+        state_sync.materialize(storage, PARSER, a)
+        assert (a / "new").exists()
+    synced = state_sync.materialize(storage, PARSER, a)
+    done = state_sync.commit(storage, PARSER, a, synced.base, scratch=a.parent)
+    assert set(done.manifest.files) == {"state.json", "new"}
