@@ -352,3 +352,15 @@ def test_a_lease_is_one_holders_until_it_expires(sqlite_app: Flask) -> None:
     assert state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1") is not None
     state_lease.release(engine, parser.id, theirs)
     assert state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1") is None
+
+
+def test_deleting_a_parser_deletes_its_stored_state(embedded_app: Flask, site: Any) -> None:
+    parser = add_parser("deleted", "state_pages.py")
+    run = wait_for_run(runs.create_run(parser, {"base": site.base, "max_pages": 1}).id)
+    assert run.status is RunStatus.COMPLETED, run.error
+    parser_id = parser.id
+    assert stored_files(embedded_app, parser_id)
+    runs.delete_parser(parser, embedded_app.extensions["parseq"].storage)
+    storage = embedded_app.extensions["parseq"].storage
+    assert state_sync.read_manifest(storage, parser_id) is None
+    assert not list((storage.root / "state" / str(parser_id)).rglob("*.*"))
