@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: The first pause between two tries at a busy lease, and the longest, in seconds.
 POLL_FIRST_S = 0.1
 POLL_MAX_S = 1.0
+#: How a waiting run's progress message starts.
+WAITING = "waiting for the parser's state"
 #: A run sent back to the queue tries again after at least this long, in seconds.
 REQUEUE_MIN_S = 1.0
 
@@ -62,7 +64,10 @@ class HeldState:
         """Store what the run changed; return the warnings the run gets (never raises: a
         state that could not be stored stays here, and this machine's next run stores it)."""
         if not self.keeper.still_held():
-            return ["parser state not saved: its lease expired while the run went on"]
+            return [
+                "parser state not saved: its lease could not be confirmed (expired while the "
+                "run went on, or the database was unreachable)"
+            ]
         config, last = self.config, None
         with Watchdog(self.app, self.run_id, config.heartbeat_interval_s):
             for attempt in range(config.upload_attempts):
@@ -122,7 +127,7 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
         )
         if holder is None:
             break
-        message = f"waiting for the parser's state, held by {holder.describe()}"
+        message = f"{WAITING}, held by {holder.describe()}"
         if (utcnow() - run.queued_at).total_seconds() > config.state_max_wait_s:
             raise StateBusy(
                 f"gave up after {config.state_max_wait_s:g} s {message}",
@@ -135,8 +140,8 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
         waited = True
         time.sleep(pause_s)
         pause_s = min(pause_s * 2, POLL_MAX_S)
-    if waited:
-        _show(run, None)
+    if waited or (run.progress_message or "").startswith(WAITING):
+        _show(run, None)  # waited, here or in the queue: the parser's progress comes next
     keeper = state_lease.Keeper(engine, run.parser_id, token, config.state_lease_ttl_s)
     app = current_app._get_current_object()
     storage = app.extensions["parseq"].storage

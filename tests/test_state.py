@@ -172,6 +172,7 @@ def test_concurrent_runs_on_a_and_b_keep_each_others_keys_and_the_waiting_one_sa
     assert RunStatus.PENDING in {m[0] for m in waiting}
     runs_done = [finished(a.app, first), finished(b.app, second)]
     assert [r.status for r in runs_done] == [RunStatus.COMPLETED] * 2, [r.error for r in runs_done]
+    assert runs_done[1].progress_message is None  # no longer waiting
     show = finished(a.app, a.run(name, {"mode": "show"}))
     assert json.loads(output_of(a.app, show)) == {"from_a": first, "from_b": second}
 
