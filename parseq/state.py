@@ -63,11 +63,6 @@ class HeldState:
     def commit(self) -> list[str]:
         """Store what the run changed; return the warnings the run gets (never raises: a
         state that could not be stored stays here, and this machine's next run stores it)."""
-        if not self.keeper.still_held():
-            return [
-                "parser state not saved: its lease could not be confirmed (expired while the "
-                "run went on, or the database was unreachable)"
-            ]
         config, last = self.config, None
         with Watchdog(self.app, self.run_id, config.heartbeat_interval_s):
             for attempt in range(config.upload_attempts):
@@ -81,8 +76,14 @@ class HeldState:
                         self.base,
                         config.state_max_bytes,
                         scratch=config.state_dir,
+                        publish=self.keeper.still_held,
                     )
                     break
+                except StateBusy:
+                    return [
+                        "parser state not saved: its lease could not be confirmed (expired "
+                        "while the run went on, or the database was unreachable)"
+                    ]
                 except Exception as exc:
                     last = exc
             else:
@@ -125,7 +126,7 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
         holder = state_lease.try_acquire(
             engine, run.parser_id, token, config.state_lease_ttl_s, run.id, run.worker_id or ""
         )
-        if holder is None:
+        if isinstance(holder, state_lease.Taken):
             break
         message = f"{WAITING}, held by {holder.describe()}"
         if (utcnow() - run.queued_at).total_seconds() > config.state_max_wait_s:
@@ -149,7 +150,9 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
     owner = (user.uid, user.gid) if user is not None else None
     try:
         with Watchdog(app, run.id, config.heartbeat_interval_s):
-            synced = state_sync.materialize(storage, run.parser_id, state_dir, owner)
+            synced = state_sync.materialize(
+                storage, run.parser_id, state_dir, owner, holder.version
+            )
     except Exception as exc:
         keeper.stop()
         raise StorageError(f"could not load the parser's state: {exc}", run_id=run.id) from exc
@@ -207,7 +210,7 @@ def reset_state(parser: Parser) -> None:
     holder = state_lease.try_acquire(
         engine, parser.id, token, config.state_lease_ttl_s, None, "reset"
     )
-    if holder is not None:
+    if isinstance(holder, state_lease.Holder):
         raise StateBusy(
             f"the state of parser {parser.name!r} is in use by {holder.describe()}; "
             "reset it once that run has ended",
@@ -216,7 +219,13 @@ def reset_state(parser: Parser) -> None:
         )
     try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        state_sync.reset_stored(storage, parser.id, config.state_dir)
+        ttl_s = config.state_lease_ttl_s
+        state_sync.reset_stored(
+            storage,
+            parser.id,
+            config.state_dir,
+            publish=lambda version: state_lease.renew(engine, parser.id, token, ttl_s, version),
+        )
         # This machine's copies go now (the embedded mode's only ones); others' at their next run.
         local = config.state_dir / str(parser.id)
         shutil.rmtree(local, ignore_errors=True)

@@ -6,6 +6,8 @@ A lease is a row per parser, taken by a conditional write and kept alive by its 
 :class:`Keeper` thread; a holder that dies (worker killed, machine gone) stops renewing, and
 the lease is free again ``state_lease_ttl_s`` after its last renewal. Each holder has a random
 token, so a holder whose lease expired and was taken over cannot renew or release the new one.
+The row also names the stored state's version, published by each commit before its manifest is
+written: a worker that synced that version last needs nothing from storage.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,9 +43,20 @@ class StateLease(db.Model):
     holder: Mapped[str] = mapped_column(sa.String(160))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The stored manifest's version (``state_sync.Manifest.version``); None = not known.
+    version: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 _leases = StateLease.__table__
+#: ``expires_at`` of a released lease: long past.
+RELEASED_AT = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A lease just taken, with the stored state's version as the last commit published it."""
+
+    version: str | None
 
 
 @dataclass(frozen=True)
@@ -70,9 +83,9 @@ def try_acquire(
     ttl_s: float,
     run_id: int | None = None,
     holder: str = "",
-) -> Holder | None:
-    """Take the parser's lease if it is free or expired (or already ``token``'s); return None
-    when taken, else who holds it. Each attempt commits on its own connection."""
+) -> Taken | Holder:
+    """Take the parser's lease if it is free or expired (or already ``token``'s): return
+    :class:`Taken`, else who holds it. Each attempt commits on its own connection."""
     now = utcnow()
     values = {
         "token": token,
@@ -89,13 +102,14 @@ def try_acquire(
                 sa.or_(_leases.c.expires_at < now, _leases.c.token == token),
             )
             .values(**values)
-        ).rowcount
-        if not taken:
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            insert = dialect.insert(_leases).values(parser_id=parser_id, **values)
-            taken = conn.execute(insert.on_conflict_do_nothing()).rowcount
-        if taken:
-            return None
+            .returning(_leases.c.version)
+        ).first()
+        if taken is not None:
+            return Taken(taken.version)
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(_leases).values(parser_id=parser_id, **values)
+        if conn.execute(insert.on_conflict_do_nothing()).rowcount:
+            return Taken(None)
         row = conn.execute(
             sa.select(_leases.c.run_id, _leases.c.holder, _leases.c.acquired_at).where(
                 _leases.c.parser_id == parser_id
@@ -106,22 +120,31 @@ def try_acquire(
     return Holder(row.run_id, row.holder, row.acquired_at)
 
 
-def renew(engine: sa.Engine, parser_id: int, token: str, ttl_s: float) -> bool:
-    """Push the lease's expiry ``ttl_s`` ahead; False when it is no longer ``token``'s."""
+def renew(
+    engine: sa.Engine, parser_id: int, token: str, ttl_s: float, version: str | None = None
+) -> bool:
+    """Push the lease's expiry ``ttl_s`` ahead (and publish ``version``, when given); False
+    when the lease is no longer ``token``'s."""
+    values: dict[str, object] = {"expires_at": utcnow() + timedelta(seconds=ttl_s)}
+    if version is not None:
+        values["version"] = version
     with engine.begin() as conn:
         return bool(
             conn.execute(
                 sa.update(_leases)
                 .where(_leases.c.parser_id == parser_id, _leases.c.token == token)
-                .values(expires_at=utcnow() + timedelta(seconds=ttl_s))
+                .values(**values)
             ).rowcount
         )
 
 
 def release(engine: sa.Engine, parser_id: int, token: str) -> None:
+    """Let the lease go; the row stays, with the stored state's version."""
     with engine.begin() as conn:
         conn.execute(
-            sa.delete(_leases).where(_leases.c.parser_id == parser_id, _leases.c.token == token)
+            sa.update(_leases)
+            .where(_leases.c.parser_id == parser_id, _leases.c.token == token)
+            .values(token="", run_id=None, expires_at=RELEASED_AT)
         )
 
 
@@ -148,12 +171,13 @@ class Keeper:
             except Exception:  # the database may be back before the lease expires
                 log.warning("renewing the state lease of parser %s failed", self.parser_id)
 
-    def still_held(self) -> bool:
-        """Renew now; False when the lease was lost (another holder may have committed)."""
+    def still_held(self, version: str | None = None) -> bool:
+        """Renew now (publishing ``version``, when given); False when the lease was lost
+        (another holder may have committed) or cannot be confirmed."""
         if self.lost.is_set():
             return False
         try:
-            return renew(self.engine, self.parser_id, self.token, self.ttl_s)
+            return renew(self.engine, self.parser_id, self.token, self.ttl_s, version)
         except Exception:
             log.warning("checking the state lease of parser %s failed", self.parser_id)
             return False

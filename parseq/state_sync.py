@@ -23,11 +23,12 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parseq.errors import NotFound
+from parseq.errors import NotFound, StateBusy
 from parseq.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ class Manifest:
     epoch: str = ""
     generation: int = 0
     files: Files = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        """Names this manifest among all of the parser's: its epoch and generation."""
+        return f"{self.epoch}:{self.generation}"
 
     @property
     def total_bytes(self) -> int:
@@ -197,7 +203,11 @@ Owner = tuple[int, int]
 
 
 def materialize(
-    storage: Storage, parser_id: int, state_dir: Path, owner: Owner | None = None
+    storage: Storage,
+    parser_id: int,
+    state_dir: Path,
+    owner: Owner | None = None,
+    stored_version: str | None = None,
 ) -> Synced:
     """Bring the local folder up to the stored state.
 
@@ -205,11 +215,15 @@ def materialize(
     file changed here only (a run whose commit failed or never came) is kept, to be committed
     after this run; changed on both sides, the stored one wins (logged). After a reset (a new
     epoch) the local copy is dropped. Never stored yet (a new parser, or state from before it
-    was shared): the folder is kept as it is.
+    was shared): the folder is kept as it is. ``stored_version``: the stored manifest's
+    version as the lease knows it; when this machine synced that version last, nothing is
+    read from storage (the machine that ran the parser last, the usual case).
     """
     state_dir.mkdir(parents=True, exist_ok=True)
-    remote = read_manifest(storage, parser_id)
     record = read_record(state_dir)
+    if record is not None and stored_version is not None and record.version == stored_version:
+        return Synced(record, dict(record.files))
+    remote = read_manifest(storage, parser_id)
     local = scan(state_dir, record.files if record else None)
     if remote is None:
         return Synced(Manifest(new_epoch(), 0, {}), local)
@@ -329,10 +343,13 @@ def commit(
     base: Manifest,
     max_bytes: int = 0,
     scratch: Path | None = None,
+    publish: Callable[[str], bool] | None = None,
 ) -> Committed:
     """Store what the run left in the folder: evict page-cache entries oldest-first past
     ``max_bytes`` (0 = no cap), upload contents ``base`` lacks, write the manifest, then delete
-    the contents no file uses any more. Nothing changed: no request at all."""
+    the contents no file uses any more. Nothing changed: no request at all. ``publish`` is
+    called with the new manifest's version just before it is written; False (the lease was
+    lost) stops the commit with :class:`StateBusy`, the old manifest untouched."""
     record = read_record(state_dir)
     files = scan(state_dir, record.files if record else None)
     evicted, over = evict(state_dir, files, max_bytes) if max_bytes else ([], 0)
@@ -349,6 +366,8 @@ def commit(
             stored.add(entry["sha256"])
             result.uploaded += 1
     manifest = Manifest(base.epoch or new_epoch(), base.generation + 1, files)
+    if publish is not None and not publish(manifest.version):
+        raise StateBusy("the parser's state lease was lost before its commit", parser_id=parser_id)
     data = manifest.to_json()
     _put_bytes(storage, manifest_key(parser_id), data, scratch or state_dir.parent)
     write_record(state_dir, manifest, data)
@@ -387,11 +406,18 @@ def evict(state_dir: Path, files: Files, max_bytes: int) -> tuple[list[str], int
     return evicted, max(total - max_bytes, 0)
 
 
-def reset_stored(storage: Storage, parser_id: int, scratch: Path) -> Manifest:
+def reset_stored(
+    storage: Storage,
+    parser_id: int,
+    scratch: Path,
+    publish: Callable[[str], bool] | None = None,
+) -> Manifest:
     """Empty a parser's stored state: an empty manifest of a new epoch (every machine then
-    drops its copy on its next run), then its contents go."""
+    drops its copy on its next run), then its contents go. ``publish`` as for :func:`commit`."""
     old = read_manifest(storage, parser_id)
     manifest = Manifest(new_epoch(), (old.generation if old else 0) + 1, {})
+    if publish is not None and not publish(manifest.version):
+        raise StateBusy("the parser's state lease was lost before its reset", parser_id=parser_id)
     write_manifest(storage, parser_id, manifest, scratch)
     _delete_contents(storage, parser_id, old)
     return manifest

@@ -246,7 +246,12 @@ def test_reset_over_the_api_empties_the_state_and_is_refused_while_a_run_holds_i
     with a.app.app_context():
         engine = db.engine
     token = state_lease.new_token()
-    assert state_lease.try_acquire(engine, parser_id, token, 30, 12345, "host:1") is None
+    taken = state_lease.try_acquire(engine, parser_id, token, 30, 12345, "host:1")
+    assert isinstance(taken, state_lease.Taken)
+    assert (
+        taken.version
+        == state_sync.read_manifest(a.app.extensions["parseq"].storage, parser_id).version
+    )
     try:
         busy = client.delete(f"/api/v1/parsers/{name}/state")
         assert busy.status_code == 409
@@ -326,7 +331,8 @@ def test_a_run_gives_up_waiting_for_state_held_too_long(
         parser = add_parser("held", "state_pages.py")
         run = runs.create_run(parser, {"mode": "show"}, enqueue=False)
         token = state_lease.new_token()
-        assert state_lease.try_acquire(db.engine, parser.id, token, 60, None, "reset") is None
+        taken = state_lease.try_acquire(db.engine, parser.id, token, 60, None, "reset")
+        assert isinstance(taken, state_lease.Taken)
         assert execute_run(run.id) is RunStatus.ERROR
         db.session.expire_all()
         run = db.session.get(Run, run.id)
@@ -342,17 +348,24 @@ def test_a_lease_is_one_holders_until_it_expires(sqlite_app: Flask) -> None:
     parser = add_parser("leased", "state_pages.py")
     engine = db.engine
     mine, theirs = state_lease.new_token(), state_lease.new_token()
-    assert state_lease.try_acquire(engine, parser.id, mine, 0.3, 1, "w1") is None
+    assert state_lease.try_acquire(engine, parser.id, mine, 0.3, 1, "w1") == state_lease.Taken(None)
     holder = state_lease.try_acquire(engine, parser.id, theirs, 0.3, 2, "w2")
-    assert holder is not None and (holder.run_id, holder.holder) == (1, "w1")
-    assert state_lease.try_acquire(engine, parser.id, mine, 0.3, 1, "w1") is None  # re-entrant
+    assert isinstance(holder, state_lease.Holder) and (holder.run_id, holder.holder) == (1, "w1")
+    again = state_lease.try_acquire(engine, parser.id, mine, 0.3, 1, "w1")  # re-entrant
+    assert isinstance(again, state_lease.Taken)
     time.sleep(0.4)  # no renewal: expired
-    assert state_lease.try_acquire(engine, parser.id, theirs, 30, 2, "w2") is None
+    assert isinstance(
+        state_lease.try_acquire(engine, parser.id, theirs, 30, 2, "w2"), state_lease.Taken
+    )
     assert not state_lease.renew(engine, parser.id, mine, 30)  # taken over: not mine to renew
     state_lease.release(engine, parser.id, mine)  # nor to release
-    assert state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1") is not None
+    assert isinstance(
+        state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1"), state_lease.Holder
+    )
+    assert state_lease.renew(engine, parser.id, theirs, 30, version="e:3")  # a commit publishes
     state_lease.release(engine, parser.id, theirs)
-    assert state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1") is None
+    # Free again, and the next holder learns the stored state's version.
+    assert state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1") == state_lease.Taken("e:3")
 
 
 def test_deleting_a_parser_deletes_its_stored_state(embedded_app: Flask, site: Any) -> None:

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("holder", sa.String(length=160), nullable=False),
         sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("version", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(["parser_id"], ["parsers.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("parser_id"),
     )
