@@ -21,7 +21,7 @@ from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import runner, state_sync
+from parseq import runner, state_commit
 from parseq.errors import BadRequest, BrokerError, Conflict, NotFound, ValidationError
 from parseq.models import (
     ACTIVE_STATUSES,
@@ -273,7 +273,7 @@ def delete_parser(parser: Parser, storage: Storage, cascade: bool = False) -> in
         except Exception:  # files left behind cost space, not correctness
             log.warning("could not delete stored %s of parser %s", key, name, exc_info=True)
     try:
-        state_sync.drop_stored(storage, parser_id)
+        state_commit.drop_stored(storage, parser_id)
     except Exception:
         log.warning("could not delete the stored state of parser %s", name, exc_info=True)
     return count

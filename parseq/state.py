@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from sqlalchemy.orm.attributes import set_committed_value
 
-from parseq import sandbox, state_lease, state_sync
+from parseq import sandbox, state_commit, state_lease, state_sync
 from parseq.config import Config
 from parseq.errors import BrokerError, RunFailed, StateBusy, StorageError
 from parseq.models import Parser, Run, RunStatus, db, utcnow
@@ -69,7 +69,7 @@ class HeldState:
                 if attempt:
                     time.sleep(config.upload_backoff_s * 2 ** (attempt - 1))
                 try:
-                    done = state_sync.commit(
+                    done = state_commit.commit(
                         self.storage,
                         self.parser_id,
                         self.state_dir,
@@ -220,7 +220,7 @@ def reset_state(parser: Parser) -> None:
     try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         ttl_s = config.state_lease_ttl_s
-        state_sync.reset_stored(
+        state_commit.reset_stored(
             storage,
             parser.id,
             config.state_dir,

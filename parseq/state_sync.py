@@ -1,13 +1,13 @@
-"""A parser's state folder mirrored in storage: materialize it before a run, commit it after.
+"""A parser's state folder mirrored in storage: the layout, and materializing it before a run
+(the commit after it is :mod:`parseq.state_commit`).
 
 The stored copy is content-addressed: ``state/<parser id>/manifest.json`` lists each file's
 path, SHA-256, size and mtime, and each content is the object ``state/<parser id>/blobs/<sha>``.
 A commit uploads only contents the manifest did not have (an unchanged page-cache entry costs
-nothing), then the new manifest (a commit cut short leaves the old manifest, whole), then deletes
-the contents no file uses any more. Each machine keeps its copy of the folder with a record of
-what it last synced (``.<id>.sync.json`` beside it, out of the parser's reach), so a run on the
-machine that ran last downloads nothing, and a local file is hashed again only when its size or
-mtime changed.
+nothing), then the new manifest (a commit cut short leaves the old manifest, whole). Each
+machine keeps its copy of the folder with a record of what it last synced (``.<id>.sync.json``
+beside it, out of the parser's reach), so a run on the machine that ran last downloads nothing,
+and a local file is hashed again only when its size or mtime changed.
 
 Plain values in, plain values out: no database here. Who may commit when is the lease's business
 (:mod:`parseq.state_lease`); :mod:`parseq.state` ties the two to a run.
@@ -23,12 +23,11 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parseq.errors import NotFound, StateBusy
+from parseq.errors import NotFound
 from parseq.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -65,6 +64,9 @@ class Manifest:
     epoch: str = ""
     generation: int = 0
     files: Files = field(default_factory=dict)
+    #: Contents no file uses any more but still stored: deleted in batches (a run that
+    #: changes one page pays no delete request), or used again if the content comes back.
+    garbage: list[str] = field(default_factory=list)
 
     @property
     def version(self) -> str:
@@ -77,12 +79,21 @@ class Manifest:
 
     def to_json(self) -> bytes:
         body = {"format": FORMAT, "epoch": self.epoch, "generation": self.generation}
-        return json.dumps({**body, "files": self.files}).encode()
+        return json.dumps({**body, "files": self.files, "garbage": self.garbage}).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         raw = json.loads(data)
-        return cls(str(raw.get("epoch", "")), int(raw.get("generation", 0)), dict(raw["files"]))
+        return cls(
+            str(raw.get("epoch", "")),
+            int(raw.get("generation", 0)),
+            dict(raw["files"]),
+            list(raw.get("garbage", [])),
+        )
+
+    def stored(self) -> set[str]:
+        """Every content this manifest knows to be in storage."""
+        return {f["sha256"] for f in self.files.values()} | set(self.garbage)
 
 
 def new_epoch() -> str:
@@ -99,10 +110,10 @@ def read_manifest(storage: Storage, parser_id: int) -> Manifest | None:
 
 
 def write_manifest(storage: Storage, parser_id: int, manifest: Manifest, scratch: Path) -> None:
-    _put_bytes(storage, manifest_key(parser_id), manifest.to_json(), scratch)
+    put_bytes(storage, manifest_key(parser_id), manifest.to_json(), scratch)
 
 
-def _put_bytes(storage: Storage, key: str, data: bytes, scratch: Path) -> None:
+def put_bytes(storage: Storage, key: str, data: bytes, scratch: Path) -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=scratch, prefix=TMP_PREFIX) as fh:
         fh.write(data)
@@ -259,14 +270,14 @@ def materialize(
             ", ".join(synced.conflicts[:5]),
         )
     if pruned:
-        _prune_empty_dirs(state_dir)
+        prune_empty_dirs(state_dir)
     # The record says what was synced: a file kept changed here is recorded as stored, so it
     # stays "changed here" until a commit stores it.
     synced_files = {
         p: have if _same(have := synced.local.get(p), want) else want
         for p, want in remote.files.items()
     }
-    new_record = Manifest(remote.epoch, remote.generation, synced_files)
+    new_record = Manifest(remote.epoch, remote.generation, synced_files, remote.garbage)
     if record != new_record:
         write_record(state_dir, new_record)
     return synced
@@ -313,126 +324,8 @@ def _download(
     return {"sha256": entry["sha256"], "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _prune_empty_dirs(state_dir: Path) -> None:
+def prune_empty_dirs(state_dir: Path) -> None:
     for root, dirs, names in os.walk(state_dir, topdown=False):
         if Path(root) != state_dir and not dirs and not names:
             with contextlib.suppress(OSError):
                 os.rmdir(root)
-
-
-# --- commit --------------------------------------------------------------------------------
-
-
-@dataclass
-class Committed:
-    """The outcome of :func:`commit`."""
-
-    manifest: Manifest
-    uploaded: int = 0
-    deleted: int = 0
-    evicted: list[str] = field(default_factory=list)
-    #: Bytes the state still holds over the cap once the page cache is gone (kept: only the
-    #: page cache is evicted, never ``state.json`` or a checkpoint).
-    over_cap_bytes: int = 0
-
-
-def commit(
-    storage: Storage,
-    parser_id: int,
-    state_dir: Path,
-    base: Manifest,
-    max_bytes: int = 0,
-    scratch: Path | None = None,
-    publish: Callable[[str], bool] | None = None,
-) -> Committed:
-    """Store what the run left in the folder: evict page-cache entries oldest-first past
-    ``max_bytes`` (0 = no cap), upload contents ``base`` lacks, write the manifest, then delete
-    the contents no file uses any more. Nothing changed: no request at all. ``publish`` is
-    called with the new manifest's version just before it is written; False (the lease was
-    lost) stops the commit with :class:`StateBusy`, the old manifest untouched."""
-    record = read_record(state_dir)
-    files = scan(state_dir, record.files if record else None)
-    evicted, over = evict(state_dir, files, max_bytes) if max_bytes else ([], 0)
-    result = Committed(base, evicted=evicted, over_cap_bytes=over)
-    if {p: f["sha256"] for p, f in files.items()} == {
-        p: f["sha256"] for p, f in base.files.items()
-    }:
-        write_record(state_dir, Manifest(base.epoch, base.generation, files))
-        return result
-    stored = {f["sha256"] for f in base.files.values()}
-    for path, entry in files.items():
-        if entry["sha256"] not in stored:
-            storage.put(blob_key(parser_id, entry["sha256"]), state_dir / path)
-            stored.add(entry["sha256"])
-            result.uploaded += 1
-    manifest = Manifest(base.epoch or new_epoch(), base.generation + 1, files)
-    if publish is not None and not publish(manifest.version):
-        raise StateBusy("the parser's state lease was lost before its commit", parser_id=parser_id)
-    data = manifest.to_json()
-    _put_bytes(storage, manifest_key(parser_id), data, scratch or state_dir.parent)
-    write_record(state_dir, manifest, data)
-    result.manifest = manifest
-    used = {f["sha256"] for f in files.values()}
-    for sha in {f["sha256"] for f in base.files.values()} - used:
-        try:
-            storage.delete(blob_key(parser_id, sha))
-            result.deleted += 1
-        except Exception:  # an orphan costs space, never state
-            log.warning("state of parser %s: could not delete content %s", parser_id, sha)
-    return result
-
-
-def evict(state_dir: Path, files: Files, max_bytes: int) -> tuple[list[str], int]:
-    """Delete page-cache entries (an entry's ``.json`` and ``.body`` together), oldest first,
-    until the folder's files fit in ``max_bytes``; return the paths deleted and the bytes still
-    over the cap. ``files`` is updated in place."""
-    total = sum(int(f["size"]) for f in files.values())
-    if total <= max_bytes:
-        return [], 0
-    entries: dict[str, list[str]] = {}
-    for path in files:
-        if path.startswith(CACHE_DIR + "/"):
-            entries.setdefault(path.rsplit(".", 1)[0], []).append(path)
-    by_age = sorted(entries.values(), key=lambda ps: max(files[p]["mtime_ns"] for p in ps))
-    evicted: list[str] = []
-    for paths in by_age:
-        if total <= max_bytes:
-            break
-        for path in paths:
-            (state_dir / path).unlink(missing_ok=True)
-            total -= int(files.pop(path)["size"])
-            evicted.append(path)
-    _prune_empty_dirs(state_dir)
-    return evicted, max(total - max_bytes, 0)
-
-
-def reset_stored(
-    storage: Storage,
-    parser_id: int,
-    scratch: Path,
-    publish: Callable[[str], bool] | None = None,
-) -> Manifest:
-    """Empty a parser's stored state: an empty manifest of a new epoch (every machine then
-    drops its copy on its next run), then its contents go. ``publish`` as for :func:`commit`."""
-    old = read_manifest(storage, parser_id)
-    manifest = Manifest(new_epoch(), (old.generation if old else 0) + 1, {})
-    if publish is not None and not publish(manifest.version):
-        raise StateBusy("the parser's state lease was lost before its reset", parser_id=parser_id)
-    write_manifest(storage, parser_id, manifest, scratch)
-    _delete_contents(storage, parser_id, old)
-    return manifest
-
-
-def drop_stored(storage: Storage, parser_id: int) -> None:
-    """Delete a parser's stored state altogether (the parser is gone)."""
-    old = read_manifest(storage, parser_id)
-    storage.delete(manifest_key(parser_id))
-    _delete_contents(storage, parser_id, old)
-
-
-def _delete_contents(storage: Storage, parser_id: int, manifest: Manifest | None) -> None:
-    for sha in {f["sha256"] for f in manifest.files.values()} if manifest else ():
-        try:
-            storage.delete(blob_key(parser_id, sha))
-        except Exception:  # an orphan costs space, never state
-            log.warning("state of parser %s: could not delete content %s", parser_id, sha)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from parseq import state_sync
+from parseq import state_commit, state_sync
+from parseq.errors import StateBusy
 from parseq.storage import LocalStorage
 
 PARSER = 7
@@ -66,7 +67,7 @@ def run_on(storage: CountingStorage, state_dir: Path, change, max_bytes: int = 0
     """What a worker does around a run: materialize, let the run change the folder, commit."""
     synced = state_sync.materialize(storage, PARSER, state_dir)
     change(state_dir)
-    return state_sync.commit(
+    return state_commit.commit(
         storage, PARSER, state_dir, synced.base, max_bytes, scratch=state_dir.parent
     )
 
@@ -99,11 +100,11 @@ def test_a_second_machine_gets_the_state_and_unchanged_files_are_not_uploaded_ag
     def one_page(d: Path) -> None:
         (d / "cache" / changed[:2] / f"{changed}.body").write_bytes(b"new body")
 
-    done = state_sync.commit(storage, PARSER, b, synced.base, scratch=b.parent)
+    done = state_commit.commit(storage, PARSER, b, synced.base, scratch=b.parent)
     assert done.uploaded == 0 and storage.puts == []  # nothing changed yet: no request
     one_page(b)
-    done = state_sync.commit(storage, PARSER, b, done.manifest, scratch=b.parent)
-    assert done.uploaded == 1 and done.deleted == 1
+    done = state_commit.commit(storage, PARSER, b, done.manifest, scratch=b.parent)
+    assert done.uploaded == 1 and len(done.manifest.garbage) == 1
     assert storage.puts == [
         state_sync.blob_key(
             PARSER, done.manifest.files[f"cache/{changed[:2]}/{changed}.body"]["sha256"]
@@ -139,9 +140,28 @@ def test_deleted_files_are_deleted_in_storage_and_on_other_machines(
     storage.reset_counts()
     done = run_on(storage, a, lambda d: (d / "drop").unlink())
     assert set(done.manifest.files) == {"keep"}
-    assert storage.deletes == [state_sync.blob_key(PARSER, state_sync.scan(b)["drop"]["sha256"])]
+    dropped = state_sync.scan(b)["drop"]["sha256"]
+    assert done.manifest.garbage == [dropped] and storage.deletes == []  # deleted in a batch
     state_sync.materialize(storage, PARSER, b)
     assert not (b / "drop").exists() and (b / "keep").read_text() == "keep"
+
+
+def test_unused_contents_are_deleted_in_batches_and_reused_until_then(
+    storage: CountingStorage, tmp_path: Path
+) -> None:
+    a = machine(tmp_path, "a")
+    run_on(storage, a, lambda d: (d / "page").write_text("v0"))
+    for n in range(1, state_commit.GC_BATCH):
+        done = run_on(storage, a, lambda d, n=n: (d / "page").write_text(f"v{n}"))
+    assert len(done.manifest.garbage) == state_commit.GC_BATCH - 1 and storage.deletes == []
+    storage.reset_counts()
+    done = run_on(storage, a, lambda d: (d / "page").write_text("v0"))  # content comes back
+    assert done.uploaded == 0 and storage.puts == [state_sync.manifest_key(PARSER)]
+    done = run_on(storage, a, lambda d: (d / "page").write_text("new"))
+    assert done.manifest.garbage == [] and done.deleted == state_commit.GC_BATCH
+    assert sorted(p.name for p in (storage.root / "state" / str(PARSER) / "blobs").iterdir()) == [
+        done.manifest.files["page"]["sha256"]
+    ]
 
 
 def test_the_page_cache_is_evicted_oldest_first_past_the_cap(
@@ -182,7 +202,7 @@ def test_a_change_left_by_a_run_that_never_committed_is_kept_for_the_next_commit
     (a / "state.json").write_text('{"n": 2}')  # a run whose commit failed (storage down)
     synced = state_sync.materialize(storage, PARSER, a)
     assert (a / "state.json").read_text() == '{"n": 2}'
-    state_sync.commit(storage, PARSER, a, synced.base, scratch=a.parent)
+    state_commit.commit(storage, PARSER, a, synced.base, scratch=a.parent)
     b = machine(tmp_path, "b")
     state_sync.materialize(storage, PARSER, b)
     assert (b / "state.json").read_text() == '{"n": 2}'
@@ -215,7 +235,7 @@ def test_a_reset_empties_every_machines_copy(storage: CountingStorage, tmp_path:
     run_on(storage, a, lambda d: (d / "state.json").write_text('{"n": 1}'))
     state_sync.materialize(storage, PARSER, b)
     (b / "leftover").write_text("a killed run's file")
-    state_sync.reset_stored(storage, PARSER, tmp_path)
+    state_commit.reset_stored(storage, PARSER, tmp_path)
     assert state_sync.read_manifest(storage, PARSER).files == {}
     for d in (a, b):
         state_sync.materialize(storage, PARSER, d)
@@ -262,5 +282,37 @@ def test_a_new_file_survives_runs_whose_commits_all_failed(
         state_sync.materialize(storage, PARSER, a)
         assert (a / "new").exists()
     synced = state_sync.materialize(storage, PARSER, a)
-    done = state_sync.commit(storage, PARSER, a, synced.base, scratch=a.parent)
+    done = state_commit.commit(storage, PARSER, a, synced.base, scratch=a.parent)
     assert set(done.manifest.files) == {"state.json", "new"}
+
+
+def test_told_the_version_it_synced_last_a_machine_reads_nothing_from_storage(
+    storage: CountingStorage, tmp_path: Path
+) -> None:
+    a = machine(tmp_path, "a")
+    done = run_on(storage, a, lambda d: (d / "state.json").write_text("{}"))
+    storage.reset_counts()
+    synced = state_sync.materialize(storage, PARSER, a, stored_version=done.manifest.version)
+    assert synced.base.version == done.manifest.version and storage.gets == []
+    # Another version stored meanwhile (the lease says so): the manifest is read.
+    state_sync.materialize(storage, PARSER, a, stored_version="other:9")
+    assert storage.gets == [state_sync.manifest_key(PARSER)]
+
+
+def test_a_commit_stops_before_its_manifest_when_the_lease_is_lost(
+    storage: CountingStorage, tmp_path: Path
+) -> None:
+    a = machine(tmp_path, "a")
+    done = run_on(storage, a, lambda d: (d / "state.json").write_text('{"n": 1}'))
+    synced = state_sync.materialize(storage, PARSER, a)
+    (a / "state.json").write_text('{"n": 2}')
+    published: list[str] = []
+
+    def lost(version: str) -> bool:
+        published.append(version)
+        return False
+
+    with pytest.raises(StateBusy):
+        state_commit.commit(storage, PARSER, a, synced.base, scratch=a.parent, publish=lost)
+    assert published == [f"{done.manifest.epoch}:{done.manifest.generation + 1}"]
+    assert state_sync.read_manifest(storage, PARSER) == done.manifest
