@@ -98,6 +98,28 @@ def line(label: str, samples: list[float]) -> str:
     )
 
 
+def floors(app: Flask, tmp: Path, rounds: int) -> str:
+    """What one S3 PUT of 10 KB and one PostgreSQL round trip cost here, now: a commit needs two
+    PUTs (the page, the manifest) and the lease three statements (take, publish, release)."""
+    storage = app.extensions["parseq"].storage
+    page = tmp / "floor"
+    page.write_bytes(os.urandom(PAGE_BYTES))
+    puts, queries = [], []
+    with app.app_context():
+        for _ in range(rounds):
+            started = time.perf_counter()
+            storage.put("floor/page", page)
+            puts.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            with db.engine.begin() as conn:
+                conn.execute(db.text("SELECT 1"))
+            queries.append((time.perf_counter() - started) * 1000)
+    return (
+        f"floors: one S3 PUT p50 {statistics.median(puts):.1f} ms, "
+        f"one PostgreSQL transaction p50 {statistics.median(queries):.1f} ms"
+    )
+
+
 @contextmanager
 def embedded_app(root: Path) -> Iterator[Flask]:
     app = create_app(Config.from_env(environ={}, var_dir=root / "var", log_level="WARNING"))
@@ -120,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 samples = per_run_ms(app, dirs, args.rounds)
                 print(line(f"SQLite + local storage, {label} machine(s)", samples))
     with Stack(workers=0) as stack:
+        print(floors(stack.app, stack.tmp, args.rounds))
         for label, dirs in (
             ("same", [stack.tmp / "m1"]),
             ("alternating", [stack.tmp / "m2", stack.tmp / "m3"]),

@@ -75,16 +75,22 @@ def commit(
         return result
     stored = base.stored()
     new = {e["sha256"]: path for path, e in files.items() if e["sha256"] not in stored}
-    _each(lambda sha: storage.put(blob_key(parser_id, sha), state_dir / new[sha]), new)
-    result.uploaded = len(new)
     used = {f["sha256"] for f in files.values()}
     garbage = sorted((stored | set(new)) - used)
     collect = len(garbage) >= GC_BATCH
     manifest = Manifest(
         base.epoch or new_epoch(), base.generation + 1, files, [] if collect else garbage
     )
-    if publish is not None and not publish(manifest.version):
-        raise StateBusy("the parser's state lease was lost before its commit", parser_id=parser_id)
+    # The version is published while the contents go up (two round trips at once): published
+    # early, a commit that then fails only makes the next run read the manifest.
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(publish, manifest.version) if publish is not None else None
+        _each(lambda sha: storage.put(blob_key(parser_id, sha), state_dir / new[sha]), new)
+        if held is not None and not held.result():
+            raise StateBusy(
+                "the parser's state lease was lost before its commit", parser_id=parser_id
+            )
+    result.uploaded = len(new)
     data = manifest.to_json()
     put_bytes(storage, manifest_key(parser_id), data, scratch or state_dir.parent)
     write_record(state_dir, manifest, data)

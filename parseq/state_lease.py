@@ -48,8 +48,9 @@ class StateLease(db.Model):
 
 
 _leases = StateLease.__table__
-#: ``expires_at`` of a released lease: long past.
+#: ``expires_at`` and ``token`` of a released lease: long past, and no holder's.
 RELEASED_AT = datetime(2000, 1, 1, tzinfo=timezone.utc)
+NO_HOLDER = ""
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def release(engine: sa.Engine, parser_id: int, token: str) -> None:
         conn.execute(
             sa.update(_leases)
             .where(_leases.c.parser_id == parser_id, _leases.c.token == token)
-            .values(token="", run_id=None, expires_at=RELEASED_AT)
+            .values(token=NO_HOLDER, run_id=None, expires_at=RELEASED_AT)
         )
 
 
