@@ -49,7 +49,9 @@ REQUEUE_MIN_S = 1.0
 
 @dataclass
 class HeldState:
-    """A run's hold on its parser's state: the folder is up to date, the lease renewed."""
+    """A run's hold on its parser's state: the folder is up to date and, for a parser with
+    state, the lease renewed. Without state (``keeper`` None) the lease is taken only if the
+    run made some, to commit it."""
 
     app: Flask
     config: Config
@@ -58,37 +60,74 @@ class HeldState:
     parser_id: int
     state_dir: Path
     base: state_sync.Manifest
-    keeper: state_lease.Keeper
+    keeper: state_lease.Keeper | None
+    owner: state_sync.Owner | None = None
 
     def commit(self) -> list[str]:
         """Store what the run changed; return the warnings the run gets (never raises: a
         state that could not be stored stays here, and this machine's next run stores it)."""
+        if self.keeper is None and not state_commit.has_changes(self.state_dir, self.base):
+            return []  # a parser without state that made none: nothing to store
+        with Watchdog(self.app, self.run_id, self.config.heartbeat_interval_s):
+            if self.keeper is None and not self._lease_to_commit():
+                return [
+                    "parser state not saved yet: another run held it for longer than "
+                    "PARSEQ_STATE_WAIT_S; the next run on this worker saves it"
+                ]
+            return self._commit()
+
+    def _lease_to_commit(self) -> bool:
+        """Take the lease for a run that started without state and made some, then bring in
+        what other runs stored meanwhile (``state.json`` merged key by key)."""
+        engine, token, config = db.engine, state_lease.new_token(), self.config
+        deadline, pause_s = time.monotonic() + config.state_wait_s, POLL_FIRST_S
+        while True:
+            taken = state_lease.try_acquire(
+                engine, self.parser_id, token, config.state_lease_ttl_s, self.run_id, "commit"
+            )
+            if isinstance(taken, state_lease.Taken):
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, POLL_MAX_S)
+        self.keeper = state_lease.Keeper(engine, self.parser_id, token, config.state_lease_ttl_s)
+        try:
+            self.base = state_sync.materialize(
+                self.storage, self.parser_id, self.state_dir, self.owner, taken.version
+            ).base
+        except Exception as exc:
+            log.warning("run %s: stored parser state not readable: %s", self.run_id, exc)
+            return False
+        return True
+
+    def _commit(self) -> list[str]:
         config, last = self.config, None
-        with Watchdog(self.app, self.run_id, config.heartbeat_interval_s):
-            for attempt in range(config.upload_attempts):
-                if attempt:
-                    time.sleep(config.upload_backoff_s * 2 ** (attempt - 1))
-                try:
-                    done = state_commit.commit(
-                        self.storage,
-                        self.parser_id,
-                        self.state_dir,
-                        self.base,
-                        config.state_max_bytes,
-                        scratch=config.state_dir,
-                        publish=self.keeper.still_held,
-                    )
-                    break
-                except StateBusy:
-                    return [
-                        "parser state not saved: its lease could not be confirmed (expired "
-                        "while the run went on, or the database was unreachable)"
-                    ]
-                except Exception as exc:
-                    last = exc
-            else:
-                log.warning("run %s: parser state not saved: %s", self.run_id, last)
-                return [f"parser state not saved ({last}); the next run on this worker saves it"]
+        assert self.keeper is not None
+        for attempt in range(config.upload_attempts):
+            if attempt:
+                time.sleep(config.upload_backoff_s * 2 ** (attempt - 1))
+            try:
+                done = state_commit.commit(
+                    self.storage,
+                    self.parser_id,
+                    self.state_dir,
+                    self.base,
+                    config.state_max_bytes,
+                    scratch=config.state_dir,
+                    publish=self.keeper.still_held,
+                )
+                break
+            except StateBusy:
+                return [
+                    "parser state not saved: its lease could not be confirmed (expired "
+                    "while the run went on, or the database was unreachable)"
+                ]
+            except Exception as exc:
+                last = exc
+        else:
+            log.warning("run %s: parser state not saved: %s", self.run_id, last)
+            return [f"parser state not saved ({last}); the next run on this worker saves it"]
         if done.evicted:
             log.info("run %s: %d page-cache file(s) evicted", self.run_id, len(done.evicted))
         if done.over_cap_bytes:
@@ -99,7 +138,8 @@ class HeldState:
         return []
 
     def release(self) -> None:
-        self.keeper.stop()
+        if self.keeper is not None:
+            self.keeper.stop()
 
 
 @contextlib.contextmanager
@@ -120,6 +160,17 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
     worker consuming the broker will take it again). Raises :class:`StateBusy` past
     ``state_max_wait_s`` and :class:`StorageError` when the state cannot be loaded."""
     engine, token = db.engine, state_lease.new_token()
+    app = current_app._get_current_object()
+    storage = app.extensions["parseq"].storage
+    user = sandbox.sandbox_user(config, parser_id=run.parser_id)
+    owner = (user.uid, user.gid) if user is not None else None
+    known = state_lease.peek(engine, run.parser_id)
+    if not known.stateful:
+        # No state yet: runs need not take turns (a parser that keeps none never waits).
+        base = state_sync.Manifest(state_sync.new_epoch(), 0, {})
+        if known.version is not None:  # None: never stored, nothing to read
+            base = _materialize(app, run, config, state_dir, owner, known.version)
+        return HeldState(app, config, storage, run.id, run.parser_id, state_dir, base, None, owner)
     started, pause_s = time.monotonic(), POLL_FIRST_S
     waited = False
     while True:
@@ -144,19 +195,29 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
     if waited or (run.progress_message or "").startswith(WAITING):
         _show(run, None)  # waited, here or in the queue: the parser's progress comes next
     keeper = state_lease.Keeper(engine, run.parser_id, token, config.state_lease_ttl_s)
-    app = current_app._get_current_object()
+    try:
+        base = _materialize(app, run, config, state_dir, owner, holder.version)
+    except StorageError:
+        keeper.stop()
+        raise
+    return HeldState(app, config, storage, run.id, run.parser_id, state_dir, base, keeper, owner)
+
+
+def _materialize(
+    app: Flask,
+    run: Run,
+    config: Config,
+    state_dir: Path,
+    owner: state_sync.Owner | None,
+    version: str | None,
+) -> state_sync.Manifest:
+    """Materialize the state (the run's heartbeat going); its base manifest."""
     storage = app.extensions["parseq"].storage
-    user = sandbox.sandbox_user(config, parser_id=run.parser_id)
-    owner = (user.uid, user.gid) if user is not None else None
     try:
         with Watchdog(app, run.id, config.heartbeat_interval_s):
-            synced = state_sync.materialize(
-                storage, run.parser_id, state_dir, owner, holder.version
-            )
+            return state_sync.materialize(storage, run.parser_id, state_dir, owner, version).base
     except Exception as exc:
-        keeper.stop()
         raise StorageError(f"could not load the parser's state: {exc}", run_id=run.id) from exc
-    return HeldState(app, config, storage, run.id, run.parser_id, state_dir, synced.base, keeper)
 
 
 def _show(run: Run, message: str | None) -> None:
@@ -224,7 +285,9 @@ def reset_state(parser: Parser) -> None:
             storage,
             parser.id,
             config.state_dir,
-            publish=lambda version: state_lease.renew(engine, parser.id, token, ttl_s, version),
+            publish=lambda version, _stateful: state_lease.renew(
+                engine, parser.id, token, ttl_s, version, stateful=False
+            ),
         )
         # This machine's copies go now (the embedded mode's only ones); others' at their next run.
         local = config.state_dir / str(parser.id)

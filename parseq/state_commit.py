@@ -57,7 +57,7 @@ def commit(
     base: Manifest,
     max_bytes: int = 0,
     scratch: Path | None = None,
-    publish: Callable[[str], bool] | None = None,
+    publish: Callable[[str, bool], bool] | None = None,
 ) -> Committed:
     """Store what the run left in the folder: evict page-cache entries oldest-first past
     ``max_bytes`` (0 = no cap), upload contents ``base`` lacks, write the manifest, then delete
@@ -84,7 +84,8 @@ def commit(
     # The version is published while the contents go up (two round trips at once): published
     # early, a commit that then fails only makes the next run read the manifest.
     with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(publish, manifest.version) if publish is not None else None
+        stateful = bool(files)
+        held = pool.submit(publish, manifest.version, stateful) if publish is not None else None
         _each(lambda sha: storage.put(blob_key(parser_id, sha), state_dir / new[sha]), new)
         if held is not None and not held.result():
             raise StateBusy(
@@ -126,6 +127,16 @@ def _delete_blobs(storage: Storage, parser_id: int, shas: Iterable[str]) -> int:
     return len(deleted)
 
 
+def has_changes(state_dir: Path, base: Manifest) -> bool:
+    """Whether the run changed the folder since ``base`` (a run without state that made none
+    needs no commit, nor the lease)."""
+    record = read_record(state_dir)
+    files = scan(state_dir, record.files if record else None)
+    return {p: f["sha256"] for p, f in files.items()} != {
+        p: f["sha256"] for p, f in base.files.items()
+    }
+
+
 def evict(state_dir: Path, files: Files, max_bytes: int) -> tuple[list[str], int]:
     """Delete page-cache entries (an entry's ``.json`` and ``.body`` together), oldest first,
     until the folder's files fit in ``max_bytes``; return the paths deleted and the bytes still
@@ -154,13 +165,13 @@ def reset_stored(
     storage: Storage,
     parser_id: int,
     scratch: Path,
-    publish: Callable[[str], bool] | None = None,
+    publish: Callable[[str, bool], bool] | None = None,
 ) -> Manifest:
     """Empty a parser's stored state: an empty manifest of a new epoch (every machine then
     drops its copy on its next run), then its contents go. ``publish`` as for :func:`commit`."""
     old = read_manifest(storage, parser_id)
     manifest = Manifest(new_epoch(), (old.generation if old else 0) + 1, {})
-    if publish is not None and not publish(manifest.version):
+    if publish is not None and not publish(manifest.version, False):
         raise StateBusy("the parser's state lease was lost before its reset", parser_id=parser_id)
     write_manifest(storage, parser_id, manifest, scratch)
     _delete_contents(storage, parser_id, old)

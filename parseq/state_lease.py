@@ -45,6 +45,9 @@ class StateLease(db.Model):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: The stored manifest's version (``state_sync.Manifest.version``); None = not known.
     version: Mapped[str | None] = mapped_column(sa.String(64))
+    #: The stored state has files: runs of the parser hold the lease from before they start
+    #: to their commit. Without state, a run takes it only to commit what it made, if anything.
+    stateful: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
 
 _leases = StateLease.__table__
@@ -58,6 +61,16 @@ class Taken:
     """A lease just taken, with the stored state's version as the last commit published it."""
 
     version: str | None
+    stateful: bool = False
+
+
+def peek(engine: sa.Engine, parser_id: int) -> Taken:
+    """The stored state's version and whether it has files, without taking the lease."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(_leases.c.version, _leases.c.stateful).where(_leases.c.parser_id == parser_id)
+        ).one_or_none()
+    return Taken(None) if row is None else Taken(row.version, bool(row.stateful))
 
 
 @dataclass(frozen=True)
@@ -103,10 +116,10 @@ def try_acquire(
                 sa.or_(_leases.c.expires_at < now, _leases.c.token == token),
             )
             .values(**values)
-            .returning(_leases.c.version)
+            .returning(_leases.c.version, _leases.c.stateful)
         ).first()
         if taken is not None:
-            return Taken(taken.version)
+            return Taken(taken.version, bool(taken.stateful))
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(_leases).values(parser_id=parser_id, **values)
         if conn.execute(insert.on_conflict_do_nothing()).rowcount:
@@ -122,13 +135,18 @@ def try_acquire(
 
 
 def renew(
-    engine: sa.Engine, parser_id: int, token: str, ttl_s: float, version: str | None = None
+    engine: sa.Engine,
+    parser_id: int,
+    token: str,
+    ttl_s: float,
+    version: str | None = None,
+    stateful: bool = False,
 ) -> bool:
-    """Push the lease's expiry ``ttl_s`` ahead (and publish ``version``, when given); False
-    when the lease is no longer ``token``'s."""
+    """Push the lease's expiry ``ttl_s`` ahead (and publish ``version`` and ``stateful``, when
+    a version is given); False when the lease is no longer ``token``'s."""
     values: dict[str, object] = {"expires_at": utcnow() + timedelta(seconds=ttl_s)}
     if version is not None:
-        values["version"] = version
+        values.update(version=version, stateful=stateful)
     with engine.begin() as conn:
         return bool(
             conn.execute(
@@ -172,13 +190,13 @@ class Keeper:
             except Exception:  # the database may be back before the lease expires
                 log.warning("renewing the state lease of parser %s failed", self.parser_id)
 
-    def still_held(self, version: str | None = None) -> bool:
-        """Renew now (publishing ``version``, when given); False when the lease was lost
-        (another holder may have committed) or cannot be confirmed."""
+    def still_held(self, version: str | None = None, stateful: bool = False) -> bool:
+        """Renew now (publishing ``version`` and ``stateful``, when given); False when the
+        lease was lost (another holder may have committed) or cannot be confirmed."""
         if self.lost.is_set():
             return False
         try:
-            return renew(self.engine, self.parser_id, self.token, self.ttl_s, version)
+            return renew(self.engine, self.parser_id, self.token, self.ttl_s, version, stateful)
         except Exception:
             log.warning("checking the state lease of parser %s failed", self.parser_id)
             return False

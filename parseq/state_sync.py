@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 #: The SDK's page cache (``parseq_sdk.fetching.CACHE_DIR``): what the size cap may evict.
 CACHE_DIR = "cache"
+#: The SDK's key-value store (``parseq_sdk.store.STATE_FILE``): merged key by key when two runs
+#: that started without state both made one.
+STATE_FILE = "state.json"
 #: Files never synced: the SDK's half-written temporaries and its lock files.
 TMP_PREFIX = ".parseq-tmp-"
 LOCK_SUFFIX = ".lock"
@@ -253,6 +256,12 @@ def materialize(
         if path in local_wins:
             if _same(want, base_files.get(path)):
                 continue  # changed here only: keep it for this run's commit
+            if path == STATE_FILE and want is not None and path not in base_files:
+                # Two runs that started with no state both made one: keep both's keys.
+                merged = _merge_state(storage, parser_id, want, state_dir / path, owner)
+                if merged is not None:
+                    synced.local[path] = merged
+                    continue
             synced.conflicts.append(path)
         target = _safe_target(state_dir, path, owner)
         if want is None:
@@ -281,6 +290,29 @@ def materialize(
     if record != new_record:
         write_record(state_dir, new_record)
     return synced
+
+
+def _merge_state(
+    storage: Storage, parser_id: int, entry: dict[str, Any], local: Path, owner: Owner | None
+) -> dict[str, Any] | None:
+    """``state.json`` with the stored file's keys and this run's (its own win on a key both
+    set), written over the local file; None when either is not a JSON object."""
+    try:
+        theirs = json.loads(b"".join(storage.iter_bytes(blob_key(parser_id, entry["sha256"]))))
+        ours = json.loads(local.read_bytes())
+    except (ValueError, OSError):
+        return None
+    if not isinstance(theirs, dict) or not isinstance(ours, dict):
+        return None
+    data = json.dumps({**theirs, **ours}, ensure_ascii=False, indent=1, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=TMP_PREFIX)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode())
+    if owner is not None:
+        os.chown(tmp, *owner)
+    os.replace(tmp, local)
+    st = local.stat()
+    return {"sha256": _hash(local), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _safe_target(state_dir: Path, path: str, owner: Owner | None) -> Path:

@@ -151,6 +151,9 @@ def test_concurrent_runs_on_a_and_b_keep_each_others_keys_and_the_waiting_one_sa
 ) -> None:
     a, b = machines
     name, _ = new_parser(a.app, "keys")
+    # A parser with state: its runs take turns (one without state need not: the next test).
+    before = finished(a.app, a.run(name, {"mode": "key", "key": "before"}))
+    assert before.status is RunStatus.COMPLETED, before.error
     first = a.run(name, {"mode": "key", "key": "from_a", "sleep": 3})
     with a.app.app_context():
         assert wait_for_run_status(first, RunStatus.RUNNING).status is RunStatus.RUNNING
@@ -174,7 +177,27 @@ def test_concurrent_runs_on_a_and_b_keep_each_others_keys_and_the_waiting_one_sa
     assert [r.status for r in runs_done] == [RunStatus.COMPLETED] * 2, [r.error for r in runs_done]
     assert runs_done[1].progress_message is None  # no longer waiting
     show = finished(a.app, a.run(name, {"mode": "show"}))
+    expected = {"before": before.id, "from_a": first, "from_b": second}
+    assert json.loads(output_of(a.app, show)) == expected
+
+
+@pytest.mark.services
+def test_runs_of_a_parser_without_state_do_not_wait_and_keep_each_others_first_keys(
+    machines: tuple[Machine, Machine],
+) -> None:
+    a, b = machines
+    name, parser_id = new_parser(a.app, "fresh")
+    first = a.run(name, {"mode": "key", "key": "from_a", "sleep": 2})
+    second = b.run(name, {"mode": "key", "key": "from_b", "sleep": 2})
+    done = [finished(a.app, first), finished(b.app, second)]
+    assert [r.status for r in done] == [RunStatus.COMPLETED] * 2, [r.error for r in done]
+    # They ran side by side (neither waited for the other's state)...
+    assert done[0].started_at < done[1].finished_at and done[1].started_at < done[0].finished_at
+    # ...and both made a state.json: merged key by key at the second commit.
+    show = finished(a.app, a.run(name, {"mode": "show"}))
     assert json.loads(output_of(a.app, show)) == {"from_a": first, "from_b": second}
+    with a.app.app_context():
+        assert state_lease.peek(db.engine, parser_id).stateful
 
 
 @pytest.mark.services
@@ -333,6 +356,7 @@ def test_a_run_gives_up_waiting_for_state_held_too_long(
         token = state_lease.new_token()
         taken = state_lease.try_acquire(db.engine, parser.id, token, 60, None, "reset")
         assert isinstance(taken, state_lease.Taken)
+        assert state_lease.renew(db.engine, parser.id, token, 60, "e:1", stateful=True)
         assert execute_run(run.id) is RunStatus.ERROR
         db.session.expire_all()
         run = db.session.get(Run, run.id)
@@ -362,10 +386,13 @@ def test_a_lease_is_one_holders_until_it_expires(sqlite_app: Flask) -> None:
     assert isinstance(
         state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1"), state_lease.Holder
     )
-    assert state_lease.renew(engine, parser.id, theirs, 30, version="e:3")  # a commit publishes
+    assert state_lease.peek(engine, parser.id) == state_lease.Taken(None, False)
+    assert state_lease.renew(engine, parser.id, theirs, 30, "e:3", stateful=True)  # a commit
     state_lease.release(engine, parser.id, theirs)
-    # Free again, and the next holder learns the stored state's version.
-    assert state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1") == state_lease.Taken("e:3")
+    # Free again, and the next holder (or a look) learns the stored state's version.
+    assert state_lease.peek(engine, parser.id) == state_lease.Taken("e:3", True)
+    taken = state_lease.try_acquire(engine, parser.id, mine, 30, 1, "w1")
+    assert taken == state_lease.Taken("e:3", True)
 
 
 def test_deleting_a_parser_deletes_its_stored_state(embedded_app: Flask, site: Any) -> None:

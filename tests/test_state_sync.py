@@ -308,7 +308,7 @@ def test_a_commit_stops_before_its_manifest_when_the_lease_is_lost(
     (a / "state.json").write_text('{"n": 2}')
     published: list[str] = []
 
-    def lost(version: str) -> bool:
+    def lost(version: str, stateful: bool) -> bool:
         published.append(version)
         return False
 
@@ -316,3 +316,21 @@ def test_a_commit_stops_before_its_manifest_when_the_lease_is_lost(
         state_commit.commit(storage, PARSER, a, synced.base, scratch=a.parent, publish=lost)
     assert published == [f"{done.manifest.epoch}:{done.manifest.generation + 1}"]
     assert state_sync.read_manifest(storage, PARSER) == done.manifest
+
+
+def test_two_runs_that_started_without_state_keep_both_state_json_keys(
+    storage: CountingStorage, tmp_path: Path
+) -> None:
+    a, b = machine(tmp_path, "a"), machine(tmp_path, "b")
+    start_a = state_sync.materialize(storage, PARSER, a)
+    start_b = state_sync.materialize(storage, PARSER, b)
+    (a / "state.json").write_text('{"from_a": 1, "both": "a"}')
+    (b / "state.json").write_text('{"from_b": 2, "both": "b"}')
+    state_commit.commit(storage, PARSER, a, start_a.base, scratch=a.parent)
+    # B commits second: it brings in what A stored (as the worker does under the lease).
+    merged = state_sync.materialize(storage, PARSER, b)
+    assert merged.conflicts == []
+    done = state_commit.commit(storage, PARSER, b, merged.base, scratch=b.parent)
+    assert done.manifest.generation == 2
+    assert json.loads((b / "state.json").read_text()) == {"from_a": 1, "from_b": 2, "both": "b"}
+    del start_b

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("version", sa.String(length=64), nullable=True),
+        sa.Column("stateful", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.ForeignKeyConstraint(["parser_id"], ["parsers.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("parser_id"),
     )
