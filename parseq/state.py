@@ -32,6 +32,7 @@ from parseq import sandbox, state_commit, state_lease, state_sync
 from parseq.config import Config
 from parseq.errors import BrokerError, RunFailed, StateBusy, StorageError
 from parseq.models import Parser, Run, RunStatus, db, utcnow
+from parseq.reconnect import retry_db
 from parseq.storage import Storage
 from parseq.tasks import send_run
 from parseq.watchdog import Watchdog
@@ -82,8 +83,12 @@ class HeldState:
         engine, token, config = db.engine, state_lease.new_token(), self.config
         deadline, pause_s = time.monotonic() + config.state_wait_s, POLL_FIRST_S
         while True:
-            taken = state_lease.try_acquire(
-                engine, self.parser_id, token, config.state_lease_ttl_s, self.run_id, "commit"
+            taken = retry_db(
+                lambda: state_lease.try_acquire(
+                    engine, self.parser_id, token, config.state_lease_ttl_s, self.run_id, "commit"
+                ),
+                config.db_retry_s,
+                "state lease",
             )
             if isinstance(taken, state_lease.Taken):
                 break
@@ -164,7 +169,7 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
     storage = app.extensions["parseq"].storage
     user = sandbox.sandbox_user(config, parser_id=run.parser_id)
     owner = (user.uid, user.gid) if user is not None else None
-    known = state_lease.peek(engine, run.parser_id)
+    known = retry_db(lambda: state_lease.peek(engine, run.parser_id), config.db_retry_s, "state")
     if not known.stateful:
         # No state yet: runs need not take turns (a parser that keeps none never waits).
         base = state_sync.Manifest(state_sync.new_epoch(), 0, {})
@@ -174,8 +179,12 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
     started, pause_s = time.monotonic(), POLL_FIRST_S
     waited = False
     while True:
-        holder = state_lease.try_acquire(
-            engine, run.parser_id, token, config.state_lease_ttl_s, run.id, run.worker_id or ""
+        holder = retry_db(
+            lambda: state_lease.try_acquire(
+                engine, run.parser_id, token, config.state_lease_ttl_s, run.id, run.worker_id or ""
+            ),
+            config.db_retry_s,
+            "state lease",
         )
         if isinstance(holder, state_lease.Taken):
             break
@@ -188,12 +197,14 @@ def acquire(run: Run, config: Config, state_dir: Path, requeue: bool) -> HeldSta
         if requeue and time.monotonic() - started >= config.state_wait_s:
             _send_back(run, message, max(config.state_wait_s, REQUEUE_MIN_S))
             return None
-        _show(run, message)
+        retry_db(lambda text=message: _show(run, text), config.db_retry_s, "state wait")
         waited = True
         time.sleep(pause_s)
         pause_s = min(pause_s * 2, POLL_MAX_S)
     if waited or (run.progress_message or "").startswith(WAITING):
-        _show(run, None)  # waited, here or in the queue: the parser's progress comes next
+        retry_db(
+            lambda: _show(run, None), config.db_retry_s
+        )  # waited, here or in the queue: the parser's progress comes next
     keeper = state_lease.Keeper(engine, run.parser_id, token, config.state_lease_ttl_s)
     try:
         base = _materialize(app, run, config, state_dir, owner, holder.version)
