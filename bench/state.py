@@ -2,7 +2,7 @@
 
 A parser's state folder of 1 MB (``state.json`` and 100 cached pages of 10 KB) in which each
 run changes one page. Per run, the worker takes the lease and materializes the folder
-(:func:`parseq.state.acquire`), then commits and releases it (``HeldState.commit`` /
+(:func:`parseq.worker.state.acquire`), then commits and releases it (``HeldState.commit`` /
 ``release``); the parser's own work is not timed. Two placements:
 
 - *same machine*: the worker that ran last runs again (one manifest read, nothing downloaded);
@@ -28,10 +28,10 @@ from pathlib import Path
 from flask import Flask
 
 from bench.stack import Stack, pct
-from parseq import state
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import Parser, Run, RunStatus, db, utcnow
+from parseq.core.config import Config
+from parseq.db.models import Parser, Run, RunStatus, db, utcnow
+from parseq.web.app import create_app, init_db
+from parseq.worker import state
 
 PAGES = 100
 PAGE_BYTES = 10_000

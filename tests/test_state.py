@@ -19,11 +19,13 @@ import pytest
 from cryptography.fernet import Fernet
 from flask import Flask
 
-from parseq import runs, state_lease, state_sync
-from parseq.app import create_app
-from parseq.config import Config
-from parseq.execution import execute_run
-from parseq.models import Run, RunStatus, db
+from parseq.core.config import Config
+from parseq.db import state_leases as state_lease
+from parseq.db.models import Run, RunStatus, db
+from parseq.services import runs
+from parseq.storage import state_sync
+from parseq.web.app import create_app, init_db
+from parseq.worker.execution import execute_run
 from tests.conftest import (
     add_parser,
     admin_client,
@@ -347,8 +349,6 @@ def test_a_run_gives_up_waiting_for_state_held_too_long(
     make_config: Callable[..., Config],
 ) -> None:
     app = create_app(make_config(state_max_wait_s=1.0))
-    from parseq.app import init_db
-
     init_db(app)
     with app.app_context():
         parser = add_parser("held", "state_pages.py")

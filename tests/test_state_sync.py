@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from parseq import state_commit, state_sync
-from parseq.errors import StateBusy
-from parseq.storage import LocalStorage
+from parseq.core.errors import StateBusy
+from parseq.storage import state_commit, state_sync
+from parseq.storage.base import LocalStorage
 
 PARSER = 7
 
