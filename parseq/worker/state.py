@@ -76,7 +76,7 @@ class HeldState:
                     "parser state not saved yet: another run held it for longer than "
                     "PARSEQ_STATE_WAIT_S; the next run on this worker saves it"
                 ]
-            return self._commit()
+            return self._commit(self.keeper) if self.keeper is not None else []
 
     def _lease_to_commit(self) -> bool:
         """Take the lease for a run that started without state and made some, then bring in
@@ -107,9 +107,8 @@ class HeldState:
             return False
         return True
 
-    def _commit(self) -> list[str]:
+    def _commit(self, keeper: state_lease.Keeper) -> list[str]:
         config, last = self.config, None
-        assert self.keeper is not None
         for attempt in range(config.upload_attempts):
             if attempt:
                 time.sleep(config.upload_backoff_s * 2 ** (attempt - 1))
@@ -121,7 +120,7 @@ class HeldState:
                     self.base,
                     config.state_max_bytes,
                     scratch=config.state_dir,
-                    publish=self.keeper.still_held,
+                    publish=keeper.still_held,
                 )
                 break
             except StateBusy:
