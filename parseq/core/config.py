@@ -131,6 +131,18 @@ class Config:
     sweep_interval_s: float = 10.0
     #: A pending run whose message never reached the broker is re-sent after this, in seconds.
     sweep_pending_after_s: float = 30.0
+    #: Parser state (``PARSEQ_STATE_DIR``) lives in storage and is copied to each worker for a
+    #: run (``parseq.worker.state``). Its cap per parser, past which page-cache entries are
+    #: evicted oldest first, in bytes; 0 = no cap.
+    state_max_bytes: int = 1024**3
+    #: A parser's state lease not renewed for this long (its holder died) is free again, in s.
+    state_lease_ttl_s: float = 30.0
+    #: Longest a worker thread waits for a parser's state lease before the run goes back to the
+    #: queue to try again later (the thread serves other runs meanwhile), in seconds.
+    state_wait_s: float = 10.0
+    #: Longest a run waits for its parser's state in all, counted from when it was queued; then
+    #: it fails naming the holder, in seconds.
+    state_max_wait_s: float = 3600.0
     #: Web server bind address.
     host: str = "127.0.0.1"
     port: int = 8000

@@ -21,10 +21,20 @@ THROTTLE_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://
 def check(config: Config) -> None:
     """Every check below, in turn."""
     _check_runs(config)
+    _check_state(config)
     _check_workers(config)
     _check_web(config)
     _check_notify(config)
     _check_sandbox(config)
+
+
+def _check_state(config: Config) -> None:
+    """The shared parser state's lease, waits and cap."""
+    for name in ("state_lease_ttl_s", "state_max_wait_s"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"PARSEQ_{name.upper()} must be > 0")
+    if config.state_wait_s < 0 or config.state_max_bytes < 0:
+        raise ConfigError("PARSEQ_STATE_WAIT_S and PARSEQ_STATE_MAX_BYTES must be >= 0")
 
 
 def _check_runs(config: Config) -> None:

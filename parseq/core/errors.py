@@ -87,6 +87,12 @@ class Conflict(ParseqError):
     code = "conflict"
 
 
+class StateBusy(Conflict):
+    """A parser's state is held by a run (or a reset) elsewhere: ``parseq.state_lease``."""
+
+    code = "state_busy"
+
+
 class StorageError(ParseqError):
     """The storage backend failed or is unreachable."""
 

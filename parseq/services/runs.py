@@ -37,6 +37,7 @@ from parseq.db.models import (
 )
 from parseq.queue.broker import send_run
 from parseq.services import notify
+from parseq.storage import state_commit
 from parseq.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -273,4 +274,8 @@ def delete_parser(parser: Parser, storage: Storage, cascade: bool = False) -> in
             storage.delete(key)
         except Exception:  # files left behind cost space, not correctness
             log.warning("could not delete stored %s of parser %s", key, name, exc_info=True)
+    try:
+        state_commit.drop_stored(storage, parser_id)
+    except Exception:
+        log.warning("could not delete the stored state of parser %s", name, exc_info=True)
     return count

@@ -43,6 +43,7 @@ def create_app(config: Config | None = None) -> Flask:
     from parseq.services import metrics
     from parseq.web.admin import admin
     from parseq.web.api import api, run_log
+    from parseq.web.api import state as state_api
 
     config = config or Config.from_env()
     logging.basicConfig(
@@ -88,6 +89,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["parseq"] = ParseqState(
         config, get_storage(config), init_broker(config), make_cipher(config), BrokerThread()
     )
+    state_api.init_app(app)  # before api: its error handlers are the ones that stay
     api.init_app(app)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(run_log.bp)

@@ -40,7 +40,7 @@ def declare_actors(app: Flask, broker: Broker, config: Config) -> None:
 
     def execute_run(run_id: int) -> None:
         with app.app_context():
-            run_it(run_id)
+            run_it(run_id, requeue=True)
 
     dramatiq.actor(
         execute_run,

@@ -39,7 +39,8 @@ from parseq.services.registry import resolve_script
 from parseq.services.retries import schedule_retry
 from parseq.services.runs import get_run
 from parseq.worker import collect, uploads
-from parseq.worker.launch import Launch, prepare
+from parseq.worker.launch import Launch, prepare, state_dir_for
+from parseq.worker.state import HeldState, held
 from parseq.worker.watchdog import Watchdog, record_progress
 
 log = logging.getLogger(__name__)
@@ -143,19 +144,21 @@ def release_env(run_id: int) -> None:
         env.release()
 
 
-def execute_run(run_id: int, retry: bool = True) -> RunStatus | None:
+def execute_run(run_id: int, retry: bool = True, requeue: bool = False) -> RunStatus | None:
     """Execute a pending run end to end; return its final status (``running`` while its files
-    wait for storage), or None if not claimed. A failure the parser allows retries for enqueues
-    the next attempt (unless ``retry`` is False). Database writes ride out a database restart
+    wait for storage, ``pending`` when it went back to the queue to wait for its parser's
+    state: only with ``requeue``, for a worker that consumes the queue), or None if not
+    claimed. A failure the parser allows retries for enqueues the next attempt (unless
+    ``retry`` is False). Database writes ride out a database restart
     (:func:`reconnect.retry_db`)."""
     config: Config = current_app.extensions["parseq"].config
     # The run and parser stay loaded across this run's commits: each write is a statement of
     # its own, and reloading them after every commit cost a round trip apiece.
     with kept_loaded():
-        return _claim_and_execute(run_id, config, retry)
+        return _claim_and_execute(run_id, config, retry, requeue)
 
 
-def _claim_and_execute(run_id: int, config: Config, retry: bool) -> RunStatus | None:
+def _claim_and_execute(run_id: int, config: Config, retry: bool, requeue: bool) -> RunStatus | None:
     run = retry_db(lambda: _claim_and_load(run_id), config.db_retry_s, "claim")
     if run is None:
         if not retry_db(lambda: _not_due_yet(run_id), config.db_retry_s, "due check"):
@@ -163,7 +166,10 @@ def _claim_and_execute(run_id: int, config: Config, retry: bool) -> RunStatus | 
         return None
     workdir = config.runs_dir / str(run_id)
     try:
-        status = _execute(run, config, workdir, retry)
+        with held(run, config, state_dir_for(config, run.parser), requeue) as state:
+            if state is None:
+                return RunStatus.PENDING  # it waits for its parser's state in the queue
+            status = _execute(run, config, workdir, state, retry)
     except Exception as exc:
         db.session.rollback()
         if retry_db(lambda: not _exists(run_id), config.db_retry_s):
@@ -205,8 +211,10 @@ def _not_due_yet(run_id: int) -> bool:
     return True
 
 
-def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> RunStatus:
-    """Prepare, start, supervise and record one claimed run."""
+def _execute(
+    run: Run, config: Config, workdir: Path, state: HeldState, retry: bool = True
+) -> RunStatus:
+    """Prepare, start, supervise and record one claimed run (its parser's state held)."""
     script = resolve_script(config, run.parser)
     launch = prepare(run, config, workdir, script, lambda: interpreter_for(run.parser, run, script))
     run_id, kind = run.id, run.parser.kind
@@ -220,12 +228,14 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
             lambda: record_progress(get_run(run_id), launch.progress_file, launch.secrets.values()),
             config.db_retry_s,
         )
+        state_warnings = state.commit()  # the process is gone: its state is final
         if kind is ParserKind.NOTEBOOK:
             output_nb = launch.dirs["output"] / notebooks.OUTPUT_NOTEBOOK
             redact_json_file(output_nb, launch.secrets.values())
         found = gather_files(
             launch.dirs["output"], launch.log_path, shipped, stdout, outcome.status
         )
+        found.warnings = collect.finish_warnings([*state_warnings, *found.warnings])
         pending = recording.Pending(
             run_id,
             outcome.status.value,

@@ -35,6 +35,7 @@ from parseq.notebooks import validate as notebooks
 from parseq.services import registry, runs, schedules
 from parseq.web import headers
 from parseq.web.admin import admin_notify, admin_tokens, auth
+from parseq.web.admin import state as admin_state
 from parseq.web.admin.admin_forms import (
     RunNowForm,
     parse_secrets,
@@ -219,6 +220,10 @@ class ParserView(ParserFormMixin, auth.LoginRequired, ModelView):
         """Send a sample notification to each of the parser's channels."""
         admin_notify.send_test(db.get_or_404(Parser, parser_id))
         return redirect(url_for(".details_view", id=parser_id))
+
+    @expose("/reset-state/<int:parser_id>", methods=("POST",))
+    def reset_state(self, parser_id: int) -> Response:
+        return admin_state.reset_view(parser_id)
 
     def trend_chart(self, parser: Parser) -> Markup:
         return admin_notify.trend_chart(parser)

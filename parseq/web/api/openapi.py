@@ -304,6 +304,13 @@ PATHS: dict[str, dict[str, Any]] = {
             parameters=[_param("cascade", "query", {"type": "boolean"}, "cancel active runs")],
         ),
     },
+    "/parsers/{name}/state": {
+        "parameters": [PARSER_NAME],
+        "delete": _op(
+            "Reset the parser's state (409 while a run holds it); served by parseq.api_state",
+            {"204": {"description": "reset"}, **_errors(401, 403, 404, 409, 503)},
+        ),
+    },
     "/parsers/{name}/enable": {
         "parameters": [PARSER_NAME],
         "post": _op(
