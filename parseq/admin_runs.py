@@ -1,7 +1,7 @@
 """The admin's runs: list (status, duration, progress), detail (log tail, files, output
 preview), Cancel, Run again, and file downloads for a logged-in session.
 
-Actions go through :mod:`parseq.runs` and downloads through :func:`parseq.downloads.serve`,
+Actions go through :mod:`parseq.runs` and downloads through :func:`parseq.file_responses.serve`,
 the same code the REST API uses.
 """
 
@@ -20,7 +20,7 @@ from flask_admin.contrib.sqla import filters as sqla_filters
 from markupsafe import Markup, escape
 from werkzeug.wrappers import Response
 
-from parseq import downloads, livelog, notify, runs
+from parseq import file_responses, livelog, notify, runs
 from parseq.auth import LoginRequired
 from parseq.errors import ParseqError
 from parseq.models import Parser, Run, RunFile, RunStatus, RunTrigger, db
@@ -342,7 +342,7 @@ class RunView(LoginRequired, ModelView):
     # The parameter is not called ``name``: Flask-Admin's view wrapper takes that one.
     @expose("/<int:run_id>/files/<path:filename>")
     def download(self, run_id: int, filename: str) -> Response:
-        return downloads.serve(downloads.stored_file(runs.get_run(run_id), filename))
+        return file_responses.serve(file_responses.stored_file(runs.get_run(run_id), filename))
 
     @expose("/<int:run_id>/cancel", methods=("POST",))
     def cancel(self, run_id: int) -> Response:

@@ -15,14 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, request, stream_with_context
+from flask import current_app
 
 from parseq import runs
-from parseq.errors import BadRequest
 from parseq.models import Run, db
 from parseq.notify_models import RunLogChunk
 
-bp = Blueprint("livelog", __name__, url_prefix="/api/v1")
 TRUNCATED = b"\n[parseq: live log cut at %d bytes; the stored log has the rest]\n"
 #: How often a follower looks for new lines, in seconds.
 FOLLOW_POLL_S = 0.5
@@ -98,37 +96,7 @@ def tail(run: Run, max_bytes: int = 64 * 1024) -> str:
     return data[-max_bytes:].decode("utf-8", "replace")
 
 
-def _offset_arg() -> int:
-    raw = request.args.get("offset", "0")
-    if not raw.isdigit() or int(raw) >= 2**62:
-        raise BadRequest("query parameter 'offset' must be a byte offset (an integer >= 0)")
-    return int(raw)
-
-
-def _follow_arg() -> bool:
-    raw = request.args.get("follow", "0").lower()
-    if raw not in ("0", "1", "true", "false", "yes", "no"):
-        raise BadRequest("query parameter 'follow' must be true or false")
-    return raw in ("1", "true", "yes")
-
-
-@bp.get("/runs/<int:run_id>/log")
-def run_log(run_id: int) -> Response:
-    """What the run printed (secrets masked); ``?follow=1`` streams new lines until it ends."""
-    run = runs.get_run(run_id)
-    offset, follow = _offset_arg(), _follow_arg()
-    if not follow:
-        data, end = read(run, offset)
-        headers = {"X-Parseq-Log-Offset": str(end), "X-Parseq-Run-Status": run.status.value}
-        return Response(data, content_type="text/plain; charset=utf-8", headers=headers)
-    return Response(
-        stream_with_context(_follow(run_id, offset)),
-        content_type="text/plain; charset=utf-8",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def _follow(run_id: int, offset: int) -> Iterator[bytes]:
+def follow(run_id: int, offset: int) -> Iterator[bytes]:
     """New log bytes as they arrive (chunked), until the run has ended and all is sent."""
     while True:
         db.session.rollback()  # a fresh snapshot: the worker commits elsewhere

@@ -195,9 +195,8 @@ def deliveries_json(run_id: int) -> list[dict[str, Any]]:
 
 
 def init_app(app: Flask) -> None:
-    """The routes of metrics and live logs."""
+    """The route of metrics (the live log is the API's: ``parseq.api.runs``)."""
     app.register_blueprint(metrics.bp)
-    app.register_blueprint(livelog.bp)
 
 
 # --- the message ------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_a_trusted_proxy_says_when_the_request_was_https(
 
 
 def test_file_names_cannot_break_or_escape_content_disposition(sqlite_app: Flask) -> None:
-    from parseq import downloads, runs
+    from parseq import file_responses, runs
 
     run = runs.run_now(add_parser("echo", "echo_env.py"))
     stored = db.session.execute(
@@ -127,7 +127,7 @@ def test_file_names_cannot_break_or_escape_content_disposition(sqlite_app: Flask
     # A line feed cannot even be routed to (a URL path holds no newline); the header alone.
     stored.name = "line\r\nfeed.json"
     with sqlite_app.test_request_context("/"):
-        resp = downloads.serve(stored)
+        resp = file_responses.serve(stored)
         resp.close()
     _assert_disposition(resp.headers["Content-Disposition"], stored.name)
     db.session.rollback()

@@ -1,5 +1,5 @@
-"""Result files over the REST API: lists, downloads with ``Range``, presigned S3 redirects,
-the latest completed run's files, and ``output.txt`` as JSON when it holds JSON Lines.
+"""A run's stored file as an HTTP response, for the API and the admin alike: whole, a
+``Range`` of it, a presigned S3 redirect, JSON Lines as JSON, a notebook as a page.
 
 File names are looked up on the run's records only, so no path trick can reach the
 filesystem or another run's objects.
@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request, stream_with_context
+from flask import Response, current_app, jsonify, redirect, request, stream_with_context
 
 from parseq import nbrender, runs
 from parseq.errors import BadRequest, NotFound, ValidationError
 from parseq.models import Run, RunFile, RunStatus, db
 from parseq.storage import ByteRange
 
-bp = Blueprint("api_files", __name__, url_prefix="/api/v1")
-
+#: Where the API serves files (``parseq.api``); the admin links there too.
+API_PREFIX = "/api/v1"
 #: Files that ``?format=json`` may turn from JSON Lines into a JSON document.
 JSON_LINES_SUFFIXES = (".txt", ".jsonl", ".ndjson")
 #: What cannot stand in a quoted ``filename="..."``: quote, backslash, controls.
@@ -30,7 +30,7 @@ _UNQUOTABLE = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 def file_url(run_id: int, name: str) -> str:
-    return f"{bp.url_prefix}/runs/{run_id}/files/{quote(name)}"
+    return f"{API_PREFIX}/runs/{run_id}/files/{quote(name)}"
 
 
 def files_json(run: Run) -> list[dict[str, Any]]:
@@ -49,27 +49,6 @@ def latest_completed(parser_name: str) -> Run:
     if run is None:
         raise NotFound(f"parser {parser_name!r} has no completed run yet", parser=parser_name)
     return run
-
-
-@bp.get("/runs/<int:run_id>/files")
-def list_files(run_id: int) -> Response:
-    return jsonify({"run_id": run_id, "files": files_json(runs.get_run(run_id))})
-
-
-@bp.get("/runs/<int:run_id>/files/<path:name>", merge_slashes=False)
-def download_file(run_id: int, name: str) -> Response:
-    return serve(stored_file(runs.get_run(run_id), name))
-
-
-@bp.get("/parsers/<name>/latest/files")
-def list_latest_files(name: str) -> Response:
-    run = latest_completed(name)
-    return jsonify({"run_id": run.id, "files": files_json(run)})
-
-
-@bp.get("/parsers/<name>/latest/files/<path:file>", merge_slashes=False)
-def download_latest_file(name: str, file: str) -> Response:
-    return serve(stored_file(latest_completed(name), file))
 
 
 def stored_file(run: Run, name: str) -> RunFile:

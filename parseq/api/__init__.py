@@ -1,0 +1,53 @@
+"""The REST API under ``/api/v1``, on flask-smorest: one set of marshmallow schemas validates
+each request, serializes each answer and writes the OpenAPI document (``/api/v1/openapi.json``,
+shown by Swagger UI at ``/api/v1/docs``).
+
+Every endpoint but ``/health`` and the docs needs an ``Authorization: Bearer <token>`` header
+(:mod:`parseq.tokens`); every error answers ``{"error": {"code": ..., "message": ...}}``.
+:func:`init_app` is the one place that registers the API's blueprints.
+
+May import: services (``runs``, ``parser_rules``, ``registry``, ``notify``, ``health``...),
+models and core modules; nothing imports it but the app factory.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from parseq import throttle
+from parseq.api import files, meta, parsers, runs
+from parseq.api.base import PREFIX, ParseqApi, parseq_error
+from parseq.api.fields import configured_maximum, json_schema_extras
+from parseq.api.schemas import JsonLinesSchema
+from parseq.errors import ParseqError
+
+BEARER = {"type": "http", "scheme": "bearer", "description": "an API token (parseq create-token)"}
+
+
+def init_app(app: Flask) -> ParseqApi:
+    """Register the API, its document and its docs page on ``app``."""
+    config = app.extensions["parseq"].config
+    app.config.update(
+        API_TITLE="Parseq API",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX=PREFIX,
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": "Run and schedule web parsers; download their results."},
+            "security": [{"bearerAuth": []}],
+            "components": {"securitySchemes": {"bearerAuth": BEARER}},
+        },
+    )
+    api = ParseqApi()
+    api.init_app(app)
+    converter = api.ma_plugin.converter
+    converter.add_attribute_function(json_schema_extras)
+    converter.add_attribute_function(configured_maximum(config))
+    api.spec.components.schema("JsonLines", schema=JsonLinesSchema)
+    for bp in (parsers.bp, runs.bp, files.bp, meta.bp):
+        api.register_blueprint(bp)
+    app.register_blueprint(meta.docs)
+    app.register_error_handler(ParseqError, parseq_error)
+    throttle.init_app(app)
+    return api
