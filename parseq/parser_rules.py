@@ -98,9 +98,7 @@ def check_limit(name: str, value: Any) -> int | float | None:
 def check_interval_s(schedule: Schedule) -> Schedule:
     """The schedule's interval within :data:`MAX_SECONDS`."""
     if schedule.interval_s is not None and not 0 < schedule.interval_s <= MAX_SECONDS:
-        raise ValidationError(
-            f"must be > 0 and <= {MAX_SECONDS} seconds", field="interval_s"
-        )
+        raise ValidationError(f"must be > 0 and <= {MAX_SECONDS} seconds", field="interval_s")
     return schedule
 
 

@@ -103,7 +103,9 @@ def parseq_error(exc: ParseqError) -> Response:
 
 def _flatten(messages: Any) -> str:
     if isinstance(messages, Mapping):
-        return "; ".join(f"{k}: {_flatten(v)}" if k != "_schema" else _flatten(v) for k, v in messages.items())
+        return "; ".join(
+            f"{k}: {_flatten(v)}" if k != "_schema" else _flatten(v) for k, v in messages.items()
+        )
     if isinstance(messages, (list, tuple)):
         return "; ".join(_flatten(m) for m in messages)
     return str(messages)
@@ -126,7 +128,9 @@ def _arguments_error(messages: Mapping[str, Any]) -> ParseqError:
             return BadRequest(f"unknown field(s) in body: {', '.join(unknown)}")
         fields = {k: _flatten(v) for k, v in errors.items()}
         summary = "; ".join(f"{k}: {v}" for k, v in fields.items())
-        return ValidationError(f"invalid request: {summary}", field=next(iter(fields)), fields=fields)
+        return ValidationError(
+            f"invalid request: {summary}", field=next(iter(fields)), fields=fields
+        )
     return BadRequest("invalid request")
 
 
@@ -149,6 +153,13 @@ class ApiBlueprint(flask_smorest.Blueprint):
 
     ARGUMENTS_PARSER = ArgumentsParser()
 
+    def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Any:
+        """flask-smorest's ``arguments``; a bad query or header value is a 400 (the request
+        is malformed), a bad body value a 422 (see :func:`_arguments_error`)."""
+        if location != "json":
+            kwargs.setdefault("error_status_code", 400)
+        return super().arguments(schema, location=location, **kwargs)
+
     def errors(self, *codes: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Document the error answers of an operation, all as :class:`ErrorSchema`."""
 
@@ -161,7 +172,9 @@ class ApiBlueprint(flask_smorest.Blueprint):
         return decorate
 
 
-def api_blueprint(name: str, import_name: str, description: str, *, public: bool = False) -> ApiBlueprint:
+def api_blueprint(
+    name: str, import_name: str, description: str, *, public: bool = False
+) -> ApiBlueprint:
     """A blueprint under ``/api/v1`` whose routes need a bearer token (``public``: none)."""
     bp = ApiBlueprint(name, import_name, url_prefix=PREFIX, description=description)
     auth.csrf.exempt(bp)  # bearer tokens, not cookies: no cross-site request can carry one

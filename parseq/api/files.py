@@ -10,7 +10,7 @@ from flask import Response
 
 from parseq import runs
 from parseq.api.base import api_blueprint, auth_errors
-from parseq.api.schemas import DownloadQuery, FileListSchema
+from parseq.api.schemas import DownloadQuery, FileListSchema, RangeHeader
 from parseq.file_responses import files_json, latest_completed, serve, stored_file
 
 bp = api_blueprint("api_files", __name__, "Result files of runs")
@@ -52,14 +52,6 @@ DOWNLOAD_RESPONSES = {
         "headers": {"Location": {"schema": {"type": "string"}}},
     },
 }
-RANGE = {
-    "in": "header",
-    "name": "Range",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "bytes=START-END, bytes=START- or bytes=-SUFFIX (one range)",
-}
-DOWNLOAD_DOC = {"responses": DOWNLOAD_RESPONSES, "parameters": [RANGE]}
 
 
 @bp.get("/runs/<int:run_id>/files")
@@ -72,9 +64,12 @@ def list_files(run_id: int) -> dict[str, Any]:
 
 @bp.get("/runs/<int:run_id>/files/<path:name>", merge_slashes=False)
 @bp.arguments(DownloadQuery, location="query")
-@bp.doc(**DOWNLOAD_DOC)
+@bp.arguments(RangeHeader, location="headers")
+@bp.doc(responses=DOWNLOAD_RESPONSES)
 @bp.errors(*auth_errors(400, 404, 416, 422, 503))
-def download_file(query: dict[str, Any], run_id: int, name: str) -> Response:
+def download_file(
+    query: dict[str, Any], _range: dict[str, Any], run_id: int, name: str
+) -> Response:
     """Download a run's file (the name may contain ``/``)."""
     return serve(stored_file(runs.get_run(run_id), name))
 
@@ -90,8 +85,11 @@ def list_latest_files(name: str) -> dict[str, Any]:
 
 @bp.get("/parsers/<name>/latest/files/<path:file>", merge_slashes=False)
 @bp.arguments(DownloadQuery, location="query")
-@bp.doc(**DOWNLOAD_DOC)
+@bp.arguments(RangeHeader, location="headers")
+@bp.doc(responses=DOWNLOAD_RESPONSES)
 @bp.errors(*auth_errors(400, 404, 416, 422, 503))
-def download_latest_file(query: dict[str, Any], name: str, file: str) -> Response:
+def download_latest_file(
+    query: dict[str, Any], _range: dict[str, Any], name: str, file: str
+) -> Response:
     """Download a file of the parser's latest completed run."""
     return serve(stored_file(latest_completed(name), file))

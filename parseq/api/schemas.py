@@ -150,6 +150,16 @@ class DownloadQuery(ma.Schema):
     )
 
 
+class RangeHeader(ma.Schema):
+    """Documents the ``Range`` header; :func:`parseq.file_responses.requested_range` reads it
+    (a malformed one gets the whole file, as RFC 9110 allows)."""
+
+    range = fields.String(
+        data_key="Range",
+        metadata={"description": "bytes=START-END, bytes=START- or bytes=-SUFFIX (one range)"},
+    )
+
+
 class JsonLinesSchema(ma.Schema):
     run_id = fields.Integer(required=True)
     file = fields.String(required=True)
@@ -192,9 +202,7 @@ class HostSchema(ma.Schema):
 
 class HealthSchema(ma.Schema):
     status = fields.String(required=True, metadata={"enum": ["ok", "down"]})
-    checks = fields.Dict(
-        keys=fields.String(), values=fields.Nested(CheckSchema), required=True
-    )
+    checks = fields.Dict(keys=fields.String(), values=fields.Nested(CheckSchema), required=True)
     queue = fields.Nested(QueueSchema, required=True)
     workers = fields.List(fields.Nested(WorkerSchema), required=True)
     workers_alive = fields.Integer(required=True)
