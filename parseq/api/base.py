@@ -17,8 +17,8 @@ from typing import Any
 import flask_smorest
 import marshmallow as ma
 from flask import Response, current_app, jsonify, request
-from flask_smorest import current_api
 from flask_login import current_user
+from flask_smorest import current_api
 from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException

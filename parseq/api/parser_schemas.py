@@ -27,8 +27,13 @@ from parseq.api.schemas import TIME, RunSchema
 from parseq.errors import ParseqError
 from parseq.models import NAME_RE, NotebookEngine, OverlapPolicy, ParserKind, ScheduleType
 from parseq.registry import validate_name
-from parseq.runner import ARG_NAME_RE, RESERVED_ENV, SECRET_NAME_RE, check_positional
-from parseq.runner import validate_secret_name
+from parseq.runner import (
+    ARG_NAME_RE,
+    RESERVED_ENV,
+    SECRET_NAME_RE,
+    check_positional,
+    validate_secret_name,
+)
 from parseq.schedules import Schedule, validate_schedule
 
 ARGS_KEYS = {"propertyNames": {"pattern": ARG_NAME_RE.pattern}}

@@ -8,6 +8,7 @@ from flask import current_app
 
 from parseq import parser_rules, runs
 from parseq.api.base import api_blueprint, auth_errors
+from parseq.api.bodies import parser_json
 from parseq.api.parser_schemas import (
     ParserCreateSchema,
     ParserListSchema,
@@ -15,7 +16,6 @@ from parseq.api.parser_schemas import (
     ParserUpdateSchema,
 )
 from parseq.api.schemas import DeletedSchema, DeleteQuery
-from parseq.api.bodies import parser_json
 from parseq.models import Parser, db
 from parseq.notebooks import parser_warnings
 from parseq.registry import set_enabled
