@@ -19,11 +19,21 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice, fields
 from wtforms import ValidationError as FormValidationError
-from wtforms.validators import NumberRange, Optional
+from wtforms.validators import Optional
 
-from parseq import admin_notify, admin_tokens, auth, headers, notebooks, registry, runs
+from parseq import (
+    admin_notify,
+    admin_tokens,
+    auth,
+    headers,
+    notebooks,
+    registry,
+    runs,
+)
 from parseq import requirements as reqs
 from parseq.admin_forms import (
+    RUN_POLICY_FORM_ARGS,
+    RUN_POLICY_OVERRIDES,
     JSONListField,
     JSONObjectField,
     RemoveSecretsField,
@@ -191,7 +201,7 @@ class ParserView(auth.LoginRequired, ModelView):
     form_overrides = {
         "default_args": JSONObjectField,
         "default_positional": JSONListField,
-        "timeout_s": fields.FloatField,
+        **RUN_POLICY_OVERRIDES,
         "engine": fields.SelectField,
         **SCHEDULE_FORM_OVERRIDES,
     }
@@ -204,8 +214,7 @@ class ParserView(auth.LoginRequired, ModelView):
             "description": "fast: no kernel, milliseconds to start; kernel: a Jupyter kernel "
             "(seconds to start) when a notebook needs what only IPython does",
         },
-        "timeout_s": {"label": "Timeout (s)", "validators": [Optional(), NumberRange(min=0.1)]},
-        "max_retries": {"validators": [NumberRange(min=0, max=100)]},
+        **RUN_POLICY_FORM_ARGS,
         **SCHEDULE_FORM_ARGS,
     }
     form_widget_args = {

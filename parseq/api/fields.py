@@ -124,3 +124,18 @@ def configured_maximum(config: Any) -> Callable[..., dict[str, Any]]:
 def enum_text(enum: type, **kwargs: Any) -> ma.fields.String:
     """An answer's enum field: the models' ``to_dict`` gives its value as text."""
     return ma.fields.String(metadata={"enum": [m.value for m in enum]}, **kwargs)
+
+
+class CheckedNested(ma.fields.Nested):
+    """A nested object documented by its schema but checked by a service function as a whole
+    (``check(value)`` returns the clean value), so its messages are the service's."""
+
+    def __init__(self, nested: Any, check: Callable[[Any], Any], **kwargs: Any) -> None:
+        super().__init__(nested, **kwargs)
+        self.check = check
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        try:
+            return self.check(value)
+        except ParseqError as exc:
+            raise ma.ValidationError(exc.message) from None

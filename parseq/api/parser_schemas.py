@@ -15,6 +15,7 @@ from marshmallow import fields
 
 from parseq import notify_settings, parser_rules, runs
 from parseq.api.fields import (
+    CheckedNested,
     Scalar,
     StrictBoolean,
     StrictInteger,
@@ -117,7 +118,8 @@ class ScheduleInSchema(ma.Schema):
 
 class NotificationsInSchema(ma.Schema):
     """Merged into the parser's own settings; a null removes one (the PARSEQ_NOTIFY_*
-    default applies)."""
+    default applies). Checked as a whole by ``notify_settings.check_settings``, as the
+    admin's form is."""
 
     # Enums documented only: check_settings refuses others, with the admin's message.
     events = fields.List(
@@ -135,13 +137,6 @@ class NotificationsInSchema(ma.Schema):
     email_digest_s = StrictNumber(
         allow_none=True, metadata={"minimum": 0, "maximum": notify_settings.MAX_SECONDS}
     )
-
-    @ma.post_load
-    def check(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        try:
-            return notify_settings.check_settings(data)
-        except ParseqError as exc:
-            raise ma.ValidationError(exc.message) from None
 
 
 class ParserCreateSchema(ma.Schema):
@@ -201,7 +196,7 @@ class ParserCreateSchema(ma.Schema):
     schedule = fields.Nested(
         ScheduleInSchema, allow_none=True, metadata={"description": "null: no schedule"}
     )
-    notifications = fields.Nested(NotificationsInSchema)
+    notifications = CheckedNested(NotificationsInSchema, notify_settings.check_settings)
 
     @ma.post_load
     def no_schedule(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
