@@ -153,6 +153,17 @@ class ApiBlueprint(flask_smorest.Blueprint):
 
     ARGUMENTS_PARSER = ArgumentsParser()
 
+    def route(self, rule: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+        """flask-smorest's ``route``; the view's name is its ``operationId`` (what a generated
+        client names the call, and how Swagger UI links to it)."""
+        register = super().route(rule, **options)
+
+        def decorate(view: Callable[..., Any]) -> Any:
+            name = options.get("endpoint") or view.__name__
+            return register(self.doc(operationId=name)(view))
+
+        return decorate
+
     def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Any:
         """flask-smorest's ``arguments``; a bad query or header value is a 400 (the request
         is malformed), a bad body value a 422 (see :func:`_arguments_error`)."""
