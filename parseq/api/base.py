@@ -164,6 +164,18 @@ class ApiBlueprint(flask_smorest.Blueprint):
 
         return decorate
 
+    def links(
+        self, statuses: tuple[int, ...], field: str, targets: dict[str, str]
+    ) -> Callable[[Callable[..., Any]], Any]:
+        """Document OpenAPI links: the answer's ``field`` is the ``targets`` operations'
+        parameter (operationId -> parameter name); clients and stateful tests follow them."""
+        links = {
+            op: {"operationId": op, "parameters": {param: f"$response.body#/{field}"}}
+            for op, param in targets.items()
+        }
+        # Integer keys, as flask-smorest keys its responses: "201" would replace 201.
+        return self.doc(responses={status: {"links": links} for status in statuses})
+
     def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Any:
         """flask-smorest's ``arguments``; a bad query or header value is a 400 (the request
         is malformed), a bad body value a 422 (see :func:`_arguments_error`)."""

@@ -21,6 +21,14 @@ from parseq.notebooks import parser_warnings
 from parseq.registry import set_enabled
 
 bp = api_blueprint("api_parsers", __name__, "Register, change and delete parsers")
+#: Where a parser's name leads (OpenAPI links).
+PARSER_LINKS = {
+    "get_parser": "name",
+    "update_parser": "name",
+    "create_run": "name",
+    "list_latest_files": "name",
+    "delete_parser": "name",
+}
 
 
 def _config() -> Any:
@@ -46,6 +54,7 @@ def list_parsers() -> dict[str, Any]:
 @bp.arguments(ParserCreateSchema)
 @bp.response(201, ParserSchema)
 @bp.errors(*auth_errors(400, 409, 422, write=True))
+@bp.links((201,), "name", PARSER_LINKS)
 def create_parser(values: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Register a parser (secrets are write-only)."""
     body = _saved(Parser(), values)

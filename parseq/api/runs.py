@@ -24,6 +24,13 @@ from parseq.models import Run, RunTrigger, db
 
 bp = api_blueprint("api_runs", __name__, "Start, list, follow and cancel runs")
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
+#: Where a run's id leads (OpenAPI links).
+RUN_LINKS = {
+    "get_run": "run_id",
+    "cancel_run": "run_id",
+    "run_log": "run_id",
+    "list_files": "run_id",
+}
 
 
 @bp.post("/parsers/<name>/runs")
@@ -32,6 +39,7 @@ TEXT = {"text/plain": {"schema": {"type": "string"}}}
 @bp.response(202, RunSchema, description="queued (or still running when wait ran out)")
 @bp.alt_response(200, schema=RunSchema, description="it finished within wait")
 @bp.errors(*auth_errors(400, 404, 422, 503, write=True))
+@bp.links((200, 202), "id", RUN_LINKS)
 def create_run(
     query: dict[str, Any], body: dict[str, Any], name: str
 ) -> tuple[dict[str, Any], int, dict[str, str]]:
