@@ -4,32 +4,10 @@ token, and "Try it out" calls the API with it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import FIXTURE_PARSERS
 from tests.test_admin_browser import browser, pytestmark, server  # noqa: F401 (fixtures)
-
-
-def _token(tmp_path: Path) -> str:
-    """A token made by ``parseq create-token`` in the server's own var/ (its database)."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "PARSEQ_VAR_DIR": str(tmp_path / "var"),
-        "PARSEQ_PARSERS_DIR": str(FIXTURE_PARSERS),
-        "PARSEQ_NOTEBOOKS_DIR": str(tmp_path / "notebooks"),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "parseq.cli", "create-token", "docs-page"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout.strip()
+from tests.test_api_docs_example import cli_token
 
 
 def test_swagger_ui_authorizes_with_a_token_and_calls_the_api(
@@ -43,7 +21,7 @@ def test_swagger_ui_authorizes_with_a_token_and_calls_the_api(
 
     d = browser
     wait = WebDriverWait(d, 20)
-    token = _token(tmp_path)
+    token = cli_token(tmp_path, "docs-page")
     try:
         d.get(f"{server}/api/v1/docs")
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".opblock")))
