@@ -24,20 +24,17 @@ from parseq.api.fields import (
     enum_text,
     rule,
 )
-from parseq.api.schemas import TIME, RunSchema
+from parseq.api.schemas import ARGS_KEYS, TIME, RunSchema
 from parseq.errors import ParseqError
 from parseq.models import NAME_RE, NotebookEngine, OverlapPolicy, ParserKind, ScheduleType
 from parseq.registry import validate_name
 from parseq.runner import (
-    ARG_NAME_RE,
     RESERVED_ENV,
     SECRET_NAME_RE,
     check_positional,
     validate_secret_name,
 )
 from parseq.schedules import Schedule, validate_schedule
-
-ARGS_KEYS = {"propertyNames": {"pattern": ARG_NAME_RE.pattern}}
 
 
 def _limit_field(name: str) -> fields.Field:

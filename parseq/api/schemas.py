@@ -9,13 +9,15 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields
 
-from parseq import notify_settings
+from parseq import notify_settings, runs
 from parseq.api.fields import ConfiguredMaximum, QueryTime, Scalar, StrictBoolean, enum_text, rule
 from parseq.models import RunStatus, RunTrigger
-from parseq.runner import check_positional
+from parseq.runner import ARG_NAME_RE, check_positional
 
 MAX_ID = 2**63 - 1  # ids and cursors beyond a signed 64-bit integer cannot exist
 TIME = {"format": "date-time"}
+#: Argument names become ``--name`` options: the runner's rule, in the document too.
+ARGS_KEYS = {"propertyNames": {"pattern": ARG_NAME_RE.pattern}}
 
 
 def _time(description: str = "", **kwargs: object) -> fields.String:
@@ -99,7 +101,10 @@ class RunListSchema(ma.Schema):
 
 
 class RunCreateSchema(ma.Schema):
-    args = fields.Dict(metadata={"description": "overlaid on the parser's default_args"})
+    args = fields.Dict(
+        validate=rule(runs.check_args),
+        metadata={"description": "overlaid on the parser's default_args", "json_schema": ARGS_KEYS},
+    )
     positional = fields.List(
         Scalar(),
         validate=rule(check_positional),
