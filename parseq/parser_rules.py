@@ -59,7 +59,7 @@ def check_timeout_s(value: Any) -> float | None:
     # ``0 < value <= MAX`` also refuses NaN; infinity fails the maximum.
     if not _number(value) or not 0 < value <= MAX_SECONDS:
         raise ValidationError(
-            f"must be a number of seconds > 0 and <= {MAX_SECONDS}, or empty for the default",
+            f"must be a number of seconds > 0 and <= {MAX_SECONDS}, or empty (null) for the default",
             field="timeout_s",
         )
     return float(value)
@@ -89,7 +89,7 @@ def check_limit(name: str, value: Any) -> int | float | None:
         kind = "a number" if limit.fractional else "a whole number"
         raise ValidationError(
             f"must be {kind} of {limit.unit} from 0 (no limit) to {MAX_LIMIT}, "
-            "or empty for the default",
+            "or empty (null) for the default",
             field=name,
         )
     return float(value) if limit.fractional else int(value)
