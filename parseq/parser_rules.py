@@ -59,7 +59,8 @@ def check_timeout_s(value: Any) -> float | None:
     # ``0 < value <= MAX`` also refuses NaN; infinity fails the maximum.
     if not _number(value) or not 0 < value <= MAX_SECONDS:
         raise ValidationError(
-            f"must be a number of seconds > 0 and <= {MAX_SECONDS}, or empty (null) for the default",
+            f"must be a number of seconds > 0 and <= {MAX_SECONDS}, "
+            "or empty (null) for the default",
             field="timeout_s",
         )
     return float(value)
