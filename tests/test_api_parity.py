@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq.admin import ParserView
+from parseq.web.admin.admin import ParserView
 from tests.conftest import add_parser, admin_client, api_client
 
 Check = Callable[[dict[str, Any]], bool]

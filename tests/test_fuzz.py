@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
 
-from parseq import runs
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import db
-from parseq.tokens import create_token
+from parseq.core.config import Config
+from parseq.db.models import db
+from parseq.services.tokens import create_token
+from parseq.web.app import create_app, init_db
+from parseq.worker import execution
 from tests.conftest import add_parser
 
 SEED = 23
@@ -51,7 +51,7 @@ def _app(make_config: Callable[..., Config]) -> Flask:
     init_db(app)
     with app.app_context():
         parser = add_parser("items", "items.py")
-        runs.run_now(parser, {"blob_bytes": 1000})
+        execution.run_now(parser, {"blob_bytes": 1000})
     return app
 
 

@@ -12,10 +12,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq import runs
-from parseq.api.parser_schemas import ParserCreateSchema, ParserSchema
-from parseq.api.schemas import RunSchema
-from parseq.models import Parser, Run, db
+from parseq.db.models import Parser, Run, db
+from parseq.web.api.parser_schemas import ParserCreateSchema, ParserSchema
+from parseq.web.api.schemas import RunSchema
+from parseq.worker import execution
 from tests.conftest import add_parser, api_client
 
 CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -181,7 +181,7 @@ def test_answers_conform_and_an_undeclared_field_fails(sqlite_app: Flask) -> Non
     conf = Conformance(document(sqlite_app))
     body = {"name": "items", "path": "items.py", "limits": {"memory_bytes": 2**30}}
     created = conf.call(client, "post", "/api/v1/parsers", "/api/v1/parsers", json=body)
-    run = runs.run_now(db.session.execute(db.select(Parser)).scalar_one(), {"count": 2})
+    run = execution.run_now(db.session.execute(db.select(Parser)).scalar_one(), {"count": 2})
     run_id = run.id
     cases = [
         ("get", "/api/v1/parsers", "/api/v1/parsers"),
@@ -213,6 +213,6 @@ def test_answers_conform_and_an_undeclared_field_fails(sqlite_app: Flask) -> Non
 def test_every_field_the_models_show_is_declared(sqlite_app: Flask) -> None:
     """A key added to ``to_dict`` without its schema field would be dropped from answers."""
     parser = add_parser("items", "items.py")
-    run: Run = runs.run_now(parser, {"count": 1})
+    run: Run = execution.run_now(parser, {"count": 1})
     assert set(parser.to_dict()) <= set(ParserSchema().fields)
     assert set(run.to_dict()) <= set(RunSchema().fields)
