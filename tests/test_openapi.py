@@ -109,7 +109,7 @@ def test_request_bodies_come_from_the_validating_schemas(sqlite_app: Flask) -> N
 
 
 def test_the_wait_maximum_is_the_configured_one(make_config: Any) -> None:
-    from parseq.app import create_app
+    from parseq.web.app import create_app
 
     app = create_app(make_config(max_wait_s=7))
     op = document(app)["paths"]["/api/v1/parsers/{name}/runs"]["post"]

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from parseq.db.models import Parser, Run, ScheduleSkip, db
-from parseq.services import notify
-from parseq.services.schedules import next_fire_times
+from parseq.db.models import Parser, Run, ScheduleSkip, db, iso
+from parseq.services import notify, schedules
 from parseq.web.api.base import PREFIX
 
 
@@ -33,7 +32,7 @@ def run_json(run: Run, notifications: bool = False) -> dict[str, Any]:
 def parser_json(parser: Parser, detail: bool = False) -> dict[str, Any]:
     """A parser; in ``detail`` also its last run, its next 5 fire times and its last skipped
     occurrences."""
-    body = parser.to_dict()
+    body = {**parser.to_dict(), "next_run_at": iso(schedules.next_run_at(parser))}
     if detail:
         latest = db.session.execute(
             db.select(Run).where(Run.parser_id == parser.id).order_by(Run.id.desc()).limit(1)
@@ -44,7 +43,8 @@ def parser_json(parser: Parser, detail: bool = False) -> dict[str, Any]:
             .order_by(ScheduleSkip.scheduled_for.desc())
             .limit(5)
         ).scalars()
-        body["next_fire_times"] = [t.isoformat() for t in next_fire_times(parser, count=5)]
+        upcoming = schedules.next_fire_times(parser, count=5)
+        body["next_fire_times"] = [t.isoformat() for t in upcoming]
         body["skipped"] = [s.to_dict() for s in skips]
         body["last_run"] = run_json(latest) if latest else None
     return body
