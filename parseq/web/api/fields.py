@@ -139,3 +139,12 @@ class CheckedNested(ma.fields.Nested):
             return self.check(value)
         except ParseqError as exc:
             raise ma.ValidationError(exc.message) from None
+
+
+def choice(enum: type, **kwargs: Any) -> ma.fields.Enum:
+    """A request's enum field, taking the values as text; refused as ``must be 'a' or 'b'``."""
+    values = [repr(m.value) for m in enum]
+    text = values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
+    return ma.fields.Enum(
+        enum, by_value=True, error_messages={"unknown": f"must be {text}"}, **kwargs
+    )

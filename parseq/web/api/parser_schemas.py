@@ -31,6 +31,7 @@ from parseq.web.api.fields import (
     StrictInteger,
     StrictNumber,
     StrictString,
+    choice,
     enum_text,
     rule,
 )
@@ -79,7 +80,7 @@ class ScheduleInSchema(ma.Schema):
     ``run_at`` (or the one given picks the type); times without an offset are read in
     ``timezone``; ``start_at`` / ``end_at`` bound when it fires."""
 
-    type = fields.Enum(ScheduleType, by_value=True, allow_none=True)
+    type = choice(ScheduleType, allow_none=True)
     cron = _text("5 fields: minute hour day-of-month month day-of-week, e.g. */15 * * * *")
     interval_s = IntervalField(
         allow_none=True,
@@ -92,9 +93,8 @@ class ScheduleInSchema(ma.Schema):
     start_at = _text("no runs before (ISO 8601)")
     end_at = _text("no runs after (ISO 8601)")
     timezone = _text("IANA name, e.g. UTC, Europe/Moscow (default UTC)")
-    overlap = fields.Enum(
+    overlap = choice(
         OverlapPolicy,
-        by_value=True,
         allow_none=True,
         metadata={"description": "skip (default): no new run while one is pending or running"},
     )
@@ -145,16 +145,15 @@ class ParserCreateSchema(ma.Schema):
         metadata={"pattern": NAME_RE.pattern, "example": "quotes"},
     )
     description = StrictString()
-    kind = fields.Enum(ParserKind, by_value=True, metadata={"description": "default: script"})
+    kind = choice(ParserKind, metadata={"description": "default: script"})
     path = StrictString(
         required=True,
         validate=ma.validate.Length(min=1, error="path is required"),
         metadata={"description": "relative to parsers/ (.py) or notebooks/ (.ipynb)"},
     )
     requirements = StrictString(metadata={"description": "pip requirement lines"})
-    engine = fields.Enum(
+    engine = choice(
         NotebookEngine,
-        by_value=True,
         metadata={"description": "notebooks: fast (no kernel, the default) or kernel"},
     )
     default_args = fields.Dict(validate=rule(runs.check_args), metadata={"json_schema": ARGS_KEYS})
