@@ -229,8 +229,10 @@ def test_create_parser_from_a_listed_script(client: FlaskClient) -> None:
         ({"script": "script:../etc/passwd.py"}, "Not a valid choice"),
         ({"secrets_set": "no equals sign"}, "line 1: expected NAME=value"),
         ({"secrets_set": "PATH=/tmp"}, "reserved"),
-        ({"timeout_s": "-5"}, "Number must be at least"),
-        ({"max_retries": "-1"}, "Number must be between"),
+        # The API's messages (parseq.parser_rules), since #23.
+        ({"timeout_s": "-5"}, "must be a number of seconds &gt; 0"),
+        ({"max_retries": "-1"}, "must be a whole number from 0 to 100"),
+        ({"max_memory_bytes": "-1"}, "must be a whole number of bytes from 0 (no limit)"),
     ],
 )
 def test_create_parser_form_errors(client: FlaskClient, overrides: dict, message: str) -> None:

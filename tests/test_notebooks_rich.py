@@ -320,7 +320,7 @@ def test_output_ipynb_as_a_sandboxed_html_page(embedded_app: Flask) -> None:
     assert resp.status_code == 200 and resp.headers["Content-Security-Policy"] == csp
 
     resp = client.get(f"/api/v1/runs/{run.id}/files/output.txt?format=html")
-    assert resp.status_code == 400
+    assert resp.status_code == 422
     assert resp.json["error"]["message"] == "format=html is only for .ipynb files"
     state = embedded_app.extensions["parseq"]
     config = state.config

@@ -476,13 +476,18 @@ def test_huge_args_json_is_refused_before_a_run_exists(app: Flask) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [{"args": {}, "priority": 1}, {"arguments": {"a": 1}}, {"args": [1, 2]}]
+    ("body", "status"),
+    [
+        ({"args": {}, "priority": 1}, 400),
+        ({"arguments": {"a": 1}}, 400),
+        ({"args": [1, 2]}, 422),  # a field of the wrong type is a 422 by field (400 before #23)
+    ],
 )
-def test_unknown_fields_and_wrong_types_are_a_400(app: Flask, body: dict) -> None:
+def test_unknown_fields_and_wrong_types_are_refused(app: Flask, body: dict, status: int) -> None:
     add_parser("ok", "ok.py")
     resp = api_client(app).post("/api/v1/parsers/ok/runs", json=body)
-    assert resp.status_code == 400
-    assert resp.json["error"]["code"] == "bad_request"
+    assert resp.status_code == status
+    assert resp.json["error"]["code"] == {400: "bad_request", 422: "validation_error"}[status]
     _next_run_completes()
 
 

@@ -41,9 +41,8 @@ class ParseqState:
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
     from parseq.services import metrics
+    from parseq.web import api
     from parseq.web.admin import admin
-    from parseq.web.api import api, run_log
-    from parseq.web.api import state as state_api
 
     config = config or Config.from_env()
     logging.basicConfig(
@@ -89,10 +88,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["parseq"] = ParseqState(
         config, get_storage(config), init_broker(config), make_cipher(config), BrokerThread()
     )
-    state_api.init_app(app)  # before api: its error handlers are the ones that stay
     api.init_app(app)
     app.register_blueprint(metrics.bp)
-    app.register_blueprint(run_log.bp)
     admin.init_app(app)
     headers.init_app(app, config)
     app.register_error_handler(sa.exc.DBAPIError, _database_error)

@@ -117,7 +117,7 @@ def requested_range(size: int, sha256: str) -> ByteRange | str | None:
 def _json_lines(stored: RunFile) -> Response:
     """A JSON Lines file as ``{"items": [...]}``; 422 when a line is not JSON."""
     if not stored.name.endswith(JSON_LINES_SUFFIXES):
-        raise BadRequest(
+        raise ValidationError(  # 422: a valid format, not for this file
             "format=json is only for output.txt and .jsonl/.ndjson files", field="format"
         )
     config = current_app.extensions["parseq"].config
@@ -146,7 +146,7 @@ def _json_lines(stored: RunFile) -> Response:
 def _notebook_html(stored: RunFile) -> Response:
     """An ``.ipynb`` rendered as a sandboxed page (:mod:`parseq.notebooks.nbrender`)."""
     if not stored.name.endswith(".ipynb"):
-        raise BadRequest("format=html is only for .ipynb files", field="format")
+        raise ValidationError("format=html is only for .ipynb files", field="format")
     config = current_app.extensions["parseq"].config
     if stored.size > config.max_render_bytes:
         raise ValidationError(

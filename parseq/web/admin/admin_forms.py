@@ -8,16 +8,59 @@ and answer bad input with a form error, never an exception page.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
 from flask_wtf import FlaskForm
 from wtforms import SelectChoice, fields, widgets
 from wtforms import ValidationError as FormValidationError
+from wtforms.validators import Optional
 
 from parseq.core import argv
 from parseq.core.errors import ParseqError
-from parseq.services import registry, runs
+from parseq.services import parser_rules, registry, runs
+
+
+class ServiceRule:
+    """A form validator that calls a service check (``check(*args, value)``), so the form
+    refuses what the API refuses, with the same message (:mod:`parseq.services.parser_rules`)."""
+
+    def __init__(self, check: Callable[..., Any], *args: Any) -> None:
+        self.check = check
+        self.args = args
+
+    def __call__(self, form: Any, field: fields.Field) -> None:
+        if field.data is None:
+            return  # empty: the default (required fields say so themselves)
+        try:
+            self.check(*self.args, field.data)
+        except ParseqError as exc:
+            raise FormValidationError(exc.message) from None
+
+
+#: Timeout, retries and sandbox limits: the API's rules and messages, not the form's own.
+RUN_POLICY_FORM_ARGS: dict[str, dict[str, Any]] = {
+    "timeout_s": {
+        "label": "Timeout (s)",
+        "validators": [Optional(), ServiceRule(parser_rules.check_timeout_s)],
+    },
+    "max_retries": {"validators": [ServiceRule(parser_rules.check_max_retries)]},
+    **{
+        limit.column: {
+            "validators": [Optional(), ServiceRule(parser_rules.check_limit, name)],
+            "description": f"{limit.unit}; 0 = no limit, empty = the configured default",
+        }
+        for name, limit in parser_rules.LIMITS.items()
+    },
+}
+RUN_POLICY_OVERRIDES = {
+    "timeout_s": fields.FloatField,
+    **{
+        limit.column: fields.FloatField if limit.fractional else fields.IntegerField
+        for limit in parser_rules.LIMITS.values()
+    },
+}
 
 
 class Unbound:

@@ -10,7 +10,7 @@ from flask import current_app, request
 from werkzeug.datastructures import FileStorage
 from wtforms import SelectChoice, fields
 from wtforms import ValidationError as FormValidationError
-from wtforms.validators import NumberRange, Optional
+from wtforms.validators import Optional
 
 from parseq.core.errors import ParseqError
 from parseq.db.models import NotebookEngine, Parser, db
@@ -18,6 +18,8 @@ from parseq.envs import requirements as reqs
 from parseq.services import registry
 from parseq.web.admin import admin_notify
 from parseq.web.admin.admin_forms import (
+    RUN_POLICY_FORM_ARGS,
+    RUN_POLICY_OVERRIDES,
     JSONListField,
     JSONObjectField,
     RemoveSecretsField,
@@ -86,7 +88,7 @@ class ParserFormMixin:
     form_overrides = {
         "default_args": JSONObjectField,
         "default_positional": JSONListField,
-        "timeout_s": fields.FloatField,
+        **RUN_POLICY_OVERRIDES,
         "engine": fields.SelectField,
         **SCHEDULE_FORM_OVERRIDES,
     }
@@ -99,8 +101,7 @@ class ParserFormMixin:
             "description": "fast: no kernel, milliseconds to start; kernel: a Jupyter kernel "
             "(seconds to start) when a notebook needs what only IPython does",
         },
-        "timeout_s": {"label": "Timeout (s)", "validators": [Optional(), NumberRange(min=0.1)]},
-        "max_retries": {"validators": [NumberRange(min=0, max=100)]},
+        **RUN_POLICY_FORM_ARGS,
         **SCHEDULE_FORM_ARGS,
     }
     form_widget_args = {
