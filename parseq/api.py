@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from sqlalchemy.orm import joinedload, selectinload
 from werkzeug.exceptions import HTTPException
 
-from parseq import downloads, health, notify, openapi, runs, schemas, throttle, tokens
+from parseq import api_code, downloads, health, notify, openapi, runs, schemas, throttle, tokens
 from parseq.errors import BadRequest, ParseqError, TooManyRequests, Unauthorized
 from parseq.models import Parser, Run, RunStatus, RunTrigger, db
 from parseq.notebooks import parser_warnings
@@ -33,6 +33,7 @@ MAX_ID = 2**63 - 1  # ids and cursors beyond a signed 64-bit integer cannot exis
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.register_blueprint(downloads.bp)
+    app.register_blueprint(api_code.bp)  # flask-smorest's; its Api registers it once #23 lands
     throttle.init_app(app)
     app.before_request(_require_token)
     app.before_request(_refuse_unknown_query_params)

@@ -62,12 +62,12 @@ def init_db_cmd() -> None:
     shipped in parsers/ and, when there are no users yet, the admin user (PARSEQ_ADMIN_PASSWORD,
     or a random password printed once)."""
     from parseq.auth import ensure_admin
-    from parseq.registry import sync_shipped
+    from parseq.code_store import sync as sync_shipped
 
     app = app_with_db()
     with app.app_context():
         config = app.extensions["parseq"].config
-        added = sync_shipped(config)
+        added = sync_shipped(config, app.extensions["parseq"].storage)
         password = ensure_admin(config.admin_password)
     click.echo(f"database ready; {len(added)} parser(s) registered")
     _echo_admin_password(password)
@@ -156,9 +156,9 @@ def rotate_secrets_cmd() -> None:
 def up(host: str | None, port: int | None, threads: int | None) -> None:
     """All in one process: database, worker threads and the web admin (embedded default)."""
     from parseq.auth import ensure_admin
+    from parseq.code_store import sync as sync_shipped
     from parseq.models import Run, db
     from parseq.reaper import reap_once
-    from parseq.registry import sync_shipped
     from parseq.runs import create_run, get_parser
     from parseq.scheduler import SchedulerService, sweep_pending
     from parseq.tasks import start_worker
@@ -169,7 +169,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     # The in-memory queue starts empty: every run still pending from before must be re-sent.
     sweep_pending(app, older_than_s=0, resend_all=True)
     with app.app_context():
-        sync_shipped(config)
+        sync_shipped(config, app.extensions["parseq"].storage)
         if db.session.execute(db.select(Run.id).limit(1)).first() is None:
             # A first run, so a new install shows a completed run out of the box.
             with contextlib.suppress(ParseqError):
@@ -343,13 +343,13 @@ def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any
 @one_line_errors
 def run_cmd(parser: str, args: dict[str, Any], positional: tuple[str, ...]) -> None:
     """Run PARSER now in this process and print its status and where its files went."""
-    from parseq.registry import sync_shipped
+    from parseq.code_store import sync as sync_shipped
     from parseq.runs import get_parser, run_now
 
     app = app_with_db()
     _check_parser_user(app.extensions["parseq"].config, refuse=False)
     with app.app_context():
-        sync_shipped(app.extensions["parseq"].config)
+        sync_shipped(app.extensions["parseq"].config, app.extensions["parseq"].storage)
         run = run_now(get_parser(parser), args, list(positional) if positional else None)
         storage_url = app.extensions["parseq"].config.storage_url
         click.echo(f"run {run.id} of {parser}: {run.status.value}")

@@ -22,18 +22,17 @@ from flask import current_app
 from sqlalchemy.orm.attributes import set_committed_value
 
 from parseq import (
+    code_cache,
     collect,
     envs,
     notebooks,
     recording,
-    registry,
     runner,
     sandbox,
     sdk,
     supervisor,
     uploads,
 )
-from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import ParseqError, ScriptNotFound
 from parseq.livelog import Capture as LiveLogCapture
@@ -112,15 +111,18 @@ _LOAD = (
 _env_leases: dict[int, envs.Env] = {}
 
 
-def interpreter_for(parser: Parser, run: Run | None = None, script: Path | None = None) -> Path:
+def interpreter_for(
+    parser: Parser, run: Run | None = None, code: code_cache.RunCode | None = None
+) -> Path:
     """The absolute path of the Python that runs the parser (script or notebook): its cached
-    virtualenv's, built on first use. With ``run``, the env key is set on the run (written by
-    the run's first heartbeat or its end) and the env stays in use until
-    :func:`release_env`; a failed build stores ``env-build.log``. ``script``: the parser's
-    file as :func:`resolve_script` found it, when the caller has it already."""
+    virtualenv's, built on first use (from its code version's requirements lock, if any).
+    With ``run``, the env key is set on the run (written by the run's first heartbeat or its
+    end) and the env stays in use until :func:`release_env`; a failed build stores
+    ``env-build.log``. ``code``: the run's code, when the caller has it already."""
     config: Config = current_app.extensions["parseq"].config
-    script = script or resolve_script(config, parser)
-    requirements = reqs.for_parser(config, parser, script)
+    if code is None:
+        code = code_cache.RunCode(resolve_script(config, parser), None, None)
+    requirements = code_cache.requirements_for(config, parser, code)
 
     def heartbeat() -> contextlib.AbstractContextManager[object]:
         # A first build can take minutes: keep the run's heartbeat going meanwhile.
@@ -228,7 +230,9 @@ def _not_due_yet(run_id: int) -> bool:
 
 def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> RunStatus:
     parser = run.parser
-    script = resolve_script(config, parser)
+    storage = current_app.extensions["parseq"].storage
+    code = code_cache.for_run(config, storage, parser, run.code_version)
+    script = code.script
     # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
     # The output folder is also its working directory: what it writes where it runs is kept.
     dirs = {name: workdir / name for name in ("output", "home", "tmp", "progress")}
@@ -237,7 +241,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
         path.mkdir(parents=True, exist_ok=True)
     progress_file = dirs["progress"] / sdk.PROGRESS_FILE
     secrets = dict(parser.secrets or {})  # raises SecretsKeyError when the key is wrong
-    interpreter = interpreter_for(parser, run, script)
+    interpreter = interpreter_for(parser, run, code)
     sdk_path = sdk.install_sdk(config.sdk_dir)
     user = sandbox.sandbox_user(config, parser_id=parser.id)
     if user is not None:
@@ -287,7 +291,7 @@ def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> Run
     try:
         if user is not None:
             sandbox.prepare_dirs(user, list(dirs.values()), state_dir, run_id)
-        folder = collect.folder_of(script, registry.root_for(config, parser_kind))
+        folder = code.folder
         shipped = collect.copy_folder(folder, dirs["output"], user) if folder else {}
         rlimits = sandbox.rlimits(limits)
         proc = runner.spawn(

@@ -139,7 +139,8 @@ class Parser(db.Model):
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
     description: Mapped[str] = mapped_column(sa.Text, default="")
     kind: Mapped[ParserKind] = mapped_column(_str_enum(ParserKind), default=ParserKind.SCRIPT)
-    #: Relative to ``parsers_dir`` (scripts) or ``notebooks_dir`` (notebooks).
+    #: Relative to ``parsers_dir`` (scripts) or ``notebooks_dir`` (notebooks); empty for a
+    #: parser whose code was uploaded (it exists only as stored code versions).
     path: Mapped[str] = mapped_column(sa.String(512))
     requirements: Mapped[str] = mapped_column(sa.Text, default="")
     default_args: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
@@ -187,6 +188,9 @@ class Parser(db.Model):
     #: like the secrets: webhook URLs (Slack's) and signing secrets are credentials. Last, where
     #: its migration adds it.
     notifications: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON, nullable=True)
+    #: The number of its current code version (``parseq.code_store``); None until its code is
+    #: stored (a parser saved before 0006, until the start-up sync or its next save).
+    code_version: Mapped[int | None]
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="parser", cascade="all, delete-orphan", passive_deletes=True
@@ -202,6 +206,7 @@ class Parser(db.Model):
             "description": self.description,
             "kind": self.kind.value,
             "path": self.path,
+            "code_version": self.code_version,
             "requirements": self.requirements,
             "engine": (self.engine or NotebookEngine.FAST).value,
             "default_args": self.default_args or {},
@@ -299,6 +304,9 @@ class Run(db.Model):
     positional: Mapped[list[Any] | None] = mapped_column(sa.JSON, default=list)
     #: What the run should tell its user: files not stored or renamed, no result at all.
     warnings: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    #: The parser's code version when the run was created (what it runs); None for a parser
+    #: with no stored code (it runs the file on the worker's disk).
+    code_version: Mapped[int | None]
 
     parser: Mapped[Parser] = relationship(back_populates="runs")
     retry_of: Mapped[Run | None] = relationship(remote_side=[id])
@@ -350,6 +358,7 @@ class Run(db.Model):
             "worker_id": self.worker_id,
             "heartbeat_at": _iso(self.heartbeat_at),
             "env_key": self.env_key,
+            "code_version": self.code_version,
             "warnings": self.warnings or [],
             "files": [f.to_dict() for f in self.files],
         }

@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from parseq import notify_settings, runs
+from flask import current_app
+
+from parseq import code_store, notify_settings, runs
 from parseq import requirements as reqs
 from parseq.config import Config
 from parseq.errors import BadRequest, Conflict, ParseqError, ValidationError
@@ -321,5 +323,7 @@ def apply_parser_values(parser: Parser, values: Mapping[str, Any]) -> Parser:
         else:
             setattr(parser, name, value)
     db.session.add(parser)
+    state = current_app.extensions["parseq"]
+    code_store.refresh(state.config, state.storage, parser)  # a changed file or requirements
     db.session.commit()
     return parser
