@@ -55,8 +55,9 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid for the session, not an hour
     app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     csrf.init_app(app)
-    if "api" in app.blueprints:
-        csrf.exempt(app.blueprints["api"])
+    for name in ("api", "api_code"):  # bearer tokens, not cookies: no CSRF to guard against
+        if name in app.blueprints:
+            csrf.exempt(app.blueprints[name])
     login_manager.init_app(app)
     login_manager.login_view = "login.index"
     throttle.init_app(app)

@@ -1,8 +1,8 @@
 """A worker's copies of parser code versions, unpacked once per content hash.
 
 ``var/code/<sha256>/`` holds a version's files; it appears by an atomic rename of a finished
-folder, so a half-written one is never used, and a cache hit costs a dictionary lookup and a
-directory check (versions never change, so what a version is can be kept in memory too).
+folder, so a half-written one is never used, and a cache hit costs a directory check (the
+version's row comes with the run the worker claims: ``Run.code``).
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ from parseq import requirements as reqs
 from parseq.code_models import CodeFormat, CodeVersion, storage_key
 from parseq.config import Config
 from parseq.errors import NotFound, StorageError
-from parseq.models import Parser, ParserKind, db
+from parseq.models import Parser, ParserKind
 from parseq.registry import resolve_script, root_for
 from parseq.storage import Storage
 
 log = logging.getLogger(__name__)
 
 STAGING = ".tmp"
-#: Versions kept in memory by (parser id, number); a version row never changes.
-MAX_REMEMBERED = 4096
 
 
 @dataclass(frozen=True)
@@ -61,25 +59,6 @@ class Version:
             row.requirements_in,
             row.requirements_lock,
         )
-
-
-_versions: dict[tuple[int, int], Version] = {}
-
-
-def version(parser_id: int, number: int) -> Version:
-    """The version, from memory after its first use in this process."""
-    key = (parser_id, number)
-    found = _versions.get(key)
-    if found is None:
-        row = db.session.execute(
-            db.select(CodeVersion).filter_by(parser_id=parser_id, number=number)
-        ).scalar_one_or_none()
-        if row is None:
-            raise NotFound(f"code version {number} of parser {parser_id} does not exist")
-        if len(_versions) >= MAX_REMEMBERED:
-            _versions.clear()
-        found = _versions[key] = Version.of(row)
-    return found
 
 
 def script_for(config: Config, storage: Storage, wanted: Version) -> Path:
@@ -148,12 +127,13 @@ class RunCode:
     version: Version | None
 
 
-def for_run(config: Config, storage: Storage, parser: Parser, number: int | None) -> RunCode:
-    """The code of a run of ``parser`` at version ``number``, on this machine."""
-    if number is None:
+def for_run(config: Config, storage: Storage, parser: Parser, row: CodeVersion | None) -> RunCode:
+    """The code of a run of ``parser`` at version ``row`` (the run's ``code``), on this
+    machine."""
+    if row is None:
         script = resolve_script(config, parser)
         return RunCode(script, collect.folder_of(script, root_for(config, parser.kind)), None)
-    wanted = version(parser.id, number)
+    wanted = Version.of(row)
     script = script_for(config, storage, wanted)
     return RunCode(script, script.parent if wanted.format.is_archive else None, wanted)
 

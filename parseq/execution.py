@@ -103,7 +103,9 @@ _CLAIM = (
     )
 )
 _LOAD = (
-    sa.select(Run).options(sa_orm.joinedload(Run.parser)).where(Run.id == sa.bindparam("run_id"))
+    sa.select(Run)
+    .options(sa_orm.joinedload(Run.parser), sa_orm.joinedload(Run.code))
+    .where(Run.id == sa.bindparam("run_id"))
 )
 
 
@@ -231,7 +233,7 @@ def _not_due_yet(run_id: int) -> bool:
 def _execute(run: Run, config: Config, workdir: Path, retry: bool = True) -> RunStatus:
     parser = run.parser
     storage = current_app.extensions["parseq"].storage
-    code = code_cache.for_run(config, storage, parser, run.code_version)
+    code = code_cache.for_run(config, storage, parser, run.code)
     script = code.script
     # Each folder the parser writes is its own; the run log stays in ``workdir``, the worker's.
     # The output folder is also its working directory: what it writes where it runs is kept.

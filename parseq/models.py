@@ -309,6 +309,14 @@ class Run(db.Model):
     code_version: Mapped[int | None]
 
     parser: Mapped[Parser] = relationship(back_populates="runs")
+    #: The row of ``code_version`` (``parseq.code_models``), loaded with the run by workers.
+    code: Mapped[Any] = relationship(
+        "CodeVersion",
+        primaryjoin="and_(foreign(Run.parser_id) == CodeVersion.parser_id, "
+        "foreign(Run.code_version) == CodeVersion.number)",
+        viewonly=True,
+        uselist=False,
+    )
     retry_of: Mapped[Run | None] = relationship(remote_side=[id])
     files: Mapped[list[RunFile]] = relationship(
         back_populates="run",
