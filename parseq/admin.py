@@ -15,13 +15,22 @@ from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.theme import Bootstrap4Theme
 from markupsafe import Markup
-from werkzeug.datastructures import FileStorage
 from werkzeug.wrappers import Response
 from wtforms import SelectChoice, fields
 from wtforms import ValidationError as FormValidationError
 from wtforms.validators import NumberRange, Optional
 
-from parseq import admin_notify, admin_tokens, auth, headers, notebooks, registry, runs
+from parseq import (
+    admin_code,
+    admin_notify,
+    admin_tokens,
+    auth,
+    code_store,
+    headers,
+    notebooks,
+    registry,
+    runs,
+)
 from parseq import requirements as reqs
 from parseq.admin_forms import (
     JSONListField,
@@ -129,6 +138,7 @@ class ParserView(auth.LoginRequired, ModelView):
         "enabled",
         "schedule_type",
         "next_run_at",
+        "code_version",
         "created_at",
         "updated_at",
     )
@@ -144,6 +154,7 @@ class ParserView(auth.LoginRequired, ModelView):
         ),
         "last_run_at": lambda _v, _c, m, _n: fmt_time(r.queued_at) if (r := _last_run(m)) else "",
         "secrets": _secret_names,
+        "code_version": lambda _v, _c, m, _n: admin_code.version_cell(m, m.code_version),
         "default_args": lambda _v, _c, m, _n: Markup("<code>{}</code>").format(
             json.dumps(m.default_args or {})
         ),
@@ -159,6 +170,7 @@ class ParserView(auth.LoginRequired, ModelView):
         "description",
         "script",
         "upload",
+        "code_edit",
         "engine",
         "requirements",
         "default_args",
@@ -181,7 +193,8 @@ class ParserView(auth.LoginRequired, ModelView):
     form_extra_fields = {
         **admin_notify.FORM_FIELDS,
         "script": ScriptField("Script or notebook", choices=[], validate_choice=True),
-        "upload": UploadField("…or upload a .py / .ipynb"),
+        "upload": UploadField("…or upload a .py / .ipynb, or a folder as .zip / .tar.gz"),
+        **admin_code.form_fields(),
         "secrets_set": SecretsField(
             "Set secrets",
             description="One NAME=value per line; adds or replaces. Values are never shown.",
@@ -230,8 +243,7 @@ class ParserView(auth.LoginRequired, ModelView):
                     raise FormValidationError(f"a parser named {field.data!r} exists")
 
             def validate_script(self, field: fields.Field) -> None:
-                upload = self.upload.data
-                if not field.data and not (isinstance(upload, FileStorage) and upload.filename):
+                if not field.data and admin_code.uploaded(self) is None:
                     raise FormValidationError("choose a script or notebook, or upload one")
 
             def validate_requirements(self, field: fields.Field) -> None:
@@ -248,7 +260,7 @@ class ParserView(auth.LoginRequired, ModelView):
 
     def _prepare(self, form: Any, parser: Parser | None) -> Any:
         form.script.choices = script_choices()
-        current = parser and f"{parser.kind.value}:{parser.path}"
+        current = parser and parser.path and f"{parser.kind.value}:{parser.path}"
         if current and current not in {choice.value for choice in form.script.choices}:
             form.script.choices.append(SelectChoice(current, f"{parser.path} (current)"))
         names = sorted((parser and parser.secrets) or {})
@@ -258,6 +270,7 @@ class ParserView(auth.LoginRequired, ModelView):
             del form["secrets_remove"]  # nothing to remove: no empty box on the page
         if parser is not None and request.method == "GET":
             form.script.data = f"{parser.kind.value}:{parser.path}"
+        admin_code.prepare(form, parser, request.method == "GET")
         return form
 
     def create_form(self, obj: Any = None) -> Any:
@@ -282,22 +295,21 @@ class ParserView(auth.LoginRequired, ModelView):
                 form[name].data = value.astimezone(tz).replace(tzinfo=None)
 
     def on_model_change(self, form: Any, model: Parser, is_created: bool) -> None:
-        config = current_app.extensions["parseq"].config
+        state = current_app.extensions["parseq"]
+        config = state.config
         try:
-            upload = form.upload.data
-            if isinstance(upload, FileStorage) and upload.filename:
-                model.kind, model.path = registry.save_upload(
-                    config, model.name, upload.filename, upload.read()
-                )
-            elif form.script.data:
+            shown = None if is_created else f"{model.kind.value}:{model.path}"
+            stored = admin_code.apply(form, model, shown if model.path else admin_code.STORED)
+            if not stored and form.script.data:
                 kind, _, rel = form.script.data.partition(":")
                 model.kind = ParserKind(kind)
                 model.path = registry.validate_path(config, model.kind, rel)
             model.engine = NotebookEngine(form.engine.data or NotebookEngine.FAST.value)
-            if model.kind is ParserKind.NOTEBOOK:
+            if model.kind is ParserKind.NOTEBOOK and model.path:
                 notebooks.check_parser_notebook(config, model.path)
             apply_schedule(form, model, is_created)
             admin_notify.apply_form(form, model)
+            code_store.refresh(config, state.storage, model)  # a changed file, a new lock
         except (ParseqError, ValueError) as exc:
             field = getattr(exc, "field", None)
             message = getattr(exc, "message", str(exc))
@@ -326,6 +338,10 @@ class ParserView(auth.LoginRequired, ModelView):
         config = current_app.extensions["parseq"].config
         for warning in notebooks.parser_warnings(config, model):
             flash(f"Warning: {warning}", "warning")
+
+    def code_versions(self, parser: Parser) -> list[Any]:
+        """The parser's code versions, newest first (the details page lists them)."""
+        return code_store.list_versions(parser)
 
     def history(self, parser: Parser, limit: int = 25) -> list[Run]:
         return list(

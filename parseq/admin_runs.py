@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 from werkzeug.wrappers import Response
 
 from parseq import downloads, livelog, notify, runs
+from parseq.admin_code import version_cell
 from parseq.auth import LoginRequired
 from parseq.errors import ParseqError
 from parseq.models import Parser, Run, RunFile, RunStatus, RunTrigger, db
@@ -256,6 +257,7 @@ class RunView(LoginRequired, ModelView):
         "warnings",
         "args",
         "positional",
+        "code_version",
         "env_key",
         "worker_id",
         "heartbeat_at",
@@ -292,6 +294,7 @@ class RunView(LoginRequired, ModelView):
             current_app.json.dumps(m.positional or [])
         ),
         "warnings": lambda _v, _c, m, _n: warnings_list(m),
+        "code_version": lambda _v, _c, m, _n: version_cell(m.parser, m.code_version),
     }
     page_size = 50
     column_auto_select_related = False  # get_query loads the parsers
