@@ -26,7 +26,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-BENCHMARKS = ["dispatch", "throughput", "scrapyd", "scale", "envs", "notebooks", "scheduler"]
+BENCHMARKS = [
+    "dispatch",
+    "throughput",
+    "scrapyd",
+    "scale",
+    "envs",
+    "notebooks",
+    "scheduler",
+    "code",
+]
 
 
 def main() -> int:

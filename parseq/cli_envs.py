@@ -37,17 +37,18 @@ def envs_list() -> None:
 @one_line_errors
 def envs_build(parser: str) -> None:
     """Build (or find) the env of PARSER and print its key and interpreter."""
+    from parseq import code_cache, code_store
     from parseq import envs as envs_mod
-    from parseq import requirements as reqs
-    from parseq.registry import resolve_script, sync_shipped
     from parseq.runs import get_parser
 
     app = app_with_db()
-    config = app.extensions["parseq"].config
+    config, storage = app.extensions["parseq"].config, app.extensions["parseq"].storage
     with app.app_context():
-        sync_shipped(config)
+        code_store.sync(config, storage)
         found = get_parser(parser)
-        wanted = reqs.for_parser(config, found, resolve_script(config, found))
+        # What its next run builds: the current code version's lock, else its file's lines.
+        code = code_cache.for_run(config, storage, found, code_store.current_version(found))
+        wanted = code_cache.requirements_for(config, found, code)
     try:
         env = envs_mod.acquire(config, wanted.lines)
     except envs_mod.EnvBuildFailed as exc:

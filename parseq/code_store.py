@@ -220,7 +220,9 @@ def sync_versions(config: Config, storage: Storage) -> list[CodeVersion]:
             version = snapshot_path(config, storage, parser, CodeSource.SYNC)
         except (ParseqError, OSError) as exc:
             db.session.rollback()
-            log.warning("parser %s: code not synced: %s", parser.name, exc)
+            # One line: the parser keeps running its file from disk until a sync succeeds.
+            first = str(getattr(exc, "message", exc)).strip().splitlines()[0]
+            log.warning("parser %s: code not stored, runs its file: %s", parser.name, first)
             continue
         db.session.commit()
         if version.number != before:
