@@ -138,6 +138,7 @@ SCHEMAS: dict[str, Any] = {
             "worker_id": {"type": ["string", "null"]},
             "heartbeat_at": NULLABLE_TIME,
             "env_key": {"type": ["string", "null"]},
+            "code_version": {"type": ["integer", "null"], "description": "the code it ran"},
             "warnings": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -185,7 +186,8 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "description": {"type": "string"},
             "kind": {"type": "string", "enum": [k.value for k in ParserKind]},
-            "path": {"type": "string"},
+            "path": {"type": "string", "description": "empty: uploaded code only"},
+            "code_version": {"type": ["integer", "null"], "description": "current version"},
             "requirements": {"type": "string"},
             "engine": {"type": "string", "enum": [e.value for e in NotebookEngine]},
             "default_args": {"type": "object"},
@@ -278,8 +280,37 @@ def _body(name: str) -> dict[str, Any]:
 
 
 PUBLIC = {"security": []}
+#: Documented by flask-smorest (``parseq.api_code``); listed here until #23 generates it all.
+CODE_VERSION = {"type": "object", "description": "a code version (parseq.api_code)"}
+CODE_MEDIA = ("text/x-python", "application/x-ipynb+json", "application/zip", "application/gzip")
+CODE_BODY = {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in CODE_MEDIA}}
 
 PATHS: dict[str, dict[str, Any]] = {
+    "/parsers/{name}/code": {
+        "parameters": [PARSER_NAME],
+        "put": _op(
+            "Upload a parser's code as a new version (creates the parser if needed)",
+            {
+                "200": _json(CODE_VERSION, "a new version, or the current one unchanged"),
+                "201": _json(CODE_VERSION, "the parser was created"),
+                "413": _json(_ref("Error"), "over PARSEQ_CODE_MAX_BYTES"),
+                **_errors(401, 403, 422),
+            },
+            requestBody={**CODE_BODY, "required": True},
+        ),
+        "get": _op(
+            "Download the current code, or a version",
+            {"200": {"description": "the code", **CODE_BODY}, **_errors(401, 404, 422)},
+            parameters=[_param("version", "query", {"type": "integer", "minimum": 1})],
+        ),
+    },
+    "/parsers/{name}/code/versions": {
+        "parameters": [PARSER_NAME],
+        "get": _op(
+            "The parser's code versions, newest first",
+            {"200": _json({"type": "object"}, "versions"), **_errors(401, 404)},
+        ),
+    },
     "/parsers": {
         "get": _op("List parsers", {"200": _json(_ref("ParserList"), "parsers"), **_errors(401)}),
         "post": _op(
