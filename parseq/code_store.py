@@ -16,11 +16,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
+
 from parseq import code_archive, code_cache, code_lock, notebooks, registry
 from parseq import requirements as reqs
 from parseq.code_models import CodeFormat, CodeSource, CodeVersion, storage_key
 from parseq.config import Config
-from parseq.errors import NotFound, ParseqError, ValidationError
+from parseq.errors import Conflict, NotFound, ParseqError, ValidationError
 from parseq.models import Parser, ParserKind, db
 from parseq.registry import resolve_script, root_for, validate_name
 from parseq.storage import Storage
@@ -166,7 +168,14 @@ def _add_version(
     )
     db.session.add(version)
     parser.code_version = version.number
-    db.session.flush()
+    try:
+        db.session.flush()
+    except IntegrityError:  # another save of this parser took the number first
+        db.session.rollback()
+        raise Conflict(
+            f"another version of parser {parser.name!r} was saved at the same time; try again",
+            parser=parser.name,
+        ) from None
     log.info("parser %s: code version %d (%s, %s)", parser.name, version.number, source.value, sha)
     return version
 
