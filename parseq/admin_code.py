@@ -97,7 +97,10 @@ def apply(form: Any, model: Parser, current_choice: str | None) -> bool:
     current = code_store.current_version(model)
     if form.script.data == STORED and current is None:
         raise ValidationError("this parser has no stored code: choose a file", field="script")
-    edit = form.code_edit.data if "code_edit" in form else None
+    # Only a box the browser sent counts: a form posted without it (a script, an old page)
+    # must not save an empty file over the code.
+    sent = "code_edit" in form and bool(form.code_edit.raw_data)
+    edit = form.code_edit.data if sent else None
     if current is not None and edit is not None and form.script.data in (STORED, current_choice):
         data = edit.replace("\r\n", "\n").encode("utf-8")
         stored = b"".join(code_store.read(state.storage, current))
