@@ -294,13 +294,13 @@ PATHS: dict[str, dict[str, Any]] = {
                 "200": _json(CODE_VERSION, "a new version, or the current one unchanged"),
                 "201": _json(CODE_VERSION, "the parser was created"),
                 "413": _json(_ref("Error"), "over PARSEQ_CODE_MAX_BYTES"),
-                **_errors(401, 403, 422),
+                **_errors(400, 401, 403, 422),
             },
             requestBody={**CODE_BODY, "required": True},
         ),
         "get": _op(
             "Download the current code, or a version",
-            {"200": {"description": "the code", **CODE_BODY}, **_errors(401, 404, 422)},
+            {"200": {"description": "the code", **CODE_BODY}, **_errors(400, 401, 404, 422)},
             parameters=[_param("version", "query", {"type": "integer", "minimum": 1})],
         ),
     },
@@ -308,7 +308,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "parameters": [PARSER_NAME],
         "get": _op(
             "The parser's code versions, newest first",
-            {"200": _json({"type": "object"}, "versions"), **_errors(401, 404)},
+            {"200": _json({"type": "object"}, "versions"), **_errors(400, 401, 404)},
         ),
     },
     "/parsers": {
