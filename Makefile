@@ -22,18 +22,20 @@ run: $(VENV)/.installed-run
 	$(BIN)/parseq up
 
 ## Install everything, start the services the tests use (and headless Chromium for the
-## browser test), lint, and run the whole test suite.
+## browser test), lint, check the import rules (lint-imports), and run the whole test suite.
 test: $(VENV)/.installed-dev
 	./scripts/services.sh
 	./scripts/browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -q -r parseq
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/bandit -q -r parseq
+	$(BIN)/lint-imports --no-cache
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

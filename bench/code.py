@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from parseq import code_archive, code_cache
-from parseq.code_models import CodeFormat, CodeSource, CodeVersion, storage_key
-from parseq.config import Config
-from parseq.models import Parser, ParserKind
-from parseq.storage import LocalStorage
+from parseq.core.config import Config
+from parseq.core.enums import CodeFormat, CodeSource, ParserKind
+from parseq.db.code_models import CodeVersion
+from parseq.db.models import Parser
+from parseq.storage import code_archive
+from parseq.storage.base import LocalStorage
+from parseq.storage.code_cache import storage_key
+from parseq.worker import code as code_cache
 
 SCRIPT = b"# /// script\n# dependencies = []\n# ///\nprint('hello')\n" + b"# padding\n" * 200
 TARGET_MS = 1.0

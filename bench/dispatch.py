@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
     opts, _ = ap.parse_known_args(argv)
 
-    from parseq import execution, runs
-    from parseq.models import Parser, db
+    from parseq.db.models import Parser, db
+    from parseq.services import runs
+    from parseq.worker import execution
 
     with Stack(workers=1, threads=2) as stack:
         with stack.app.app_context():

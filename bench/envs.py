@@ -1,6 +1,6 @@
 """Benchmark of per-parser virtualenvs (on demand: ``make bench-envs`` or ``make bench``).
 
-Prints the cache-hit overhead of :func:`parseq.envs.acquire`, a cold build of
+Prints the cache-hit overhead of :func:`parseq.envs.cache.acquire`, a cold build of
 ``requests beautifulsoup4 lxml`` with a warm package cache (virtualenv + uv, Parseq's default),
 and the same build with virtualenv + pip, as medians and a ratio. Needs PyPI (or a mirror).
 """
@@ -14,8 +14,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from parseq import envs
-from parseq.config import Config
+from parseq.core.config import Config
+from parseq.envs import cache as envs
+from parseq.sandbox.limits import base_python
 
 PACKAGES = ("requests", "beautifulsoup4", "lxml")
 
@@ -36,7 +37,7 @@ def cold_build_s(
         with tempfile.TemporaryDirectory(prefix="parseq-bench-") as tmp:
             config = _config(Path(tmp), installer, offline and i > 0)
             started = time.perf_counter()
-            envs.build_env(config, lines)
+            envs.build_env(config, lines, python=base_python(config))
             if i:  # round 0 only fills uv's/pip's package cache
                 times.append(time.perf_counter() - started)
     return times
@@ -46,11 +47,11 @@ def hit_overhead_ms(lines: tuple[str, ...], n: int) -> list[float]:
     """Milliseconds per cache hit: key, directory check, in-use lease taken and released."""
     with tempfile.TemporaryDirectory(prefix="parseq-bench-") as tmp:
         config = _config(Path(tmp), "uv")
-        envs.build_env(config, lines)
+        envs.build_env(config, lines, python=base_python(config))
         samples = []
         for _ in range(n):
             started = time.perf_counter()
-            env = envs.acquire(config, lines)
+            env = envs.acquire(config, lines, python=base_python(config))
             env.release()
             samples.append((time.perf_counter() - started) * 1000)
             assert not env.built

@@ -5,13 +5,13 @@ Run on demand (not part of the tests): ``make bench BENCH=notebooks``, or
 ``python -m bench notebooks -- --repeat 20 --papermill-repeat 5``.
 
 Papermill and ipykernel are installed with uv into a bench-only virtualenv under
-``var/bench-venvs/papermill`` (built once, from PyPI); the script and the notebook run in a
-bare virtualenv, ``var/bench-venvs/bare``, as a parser without requirements would. Every
-variant is spawned and supervised by :mod:`parseq.runner` in the same sandboxed environment a
-run gets, so the numbers compare what a worker pays; the notebook also as a worker starts it by
-default, forked from its env's fork server. Prints medians and the ratios the
-notebooks issue targets: notebook overhead over the script <= 50 ms, >= 50x faster than
-papermill, and the kernel engine within 1.2x of papermill's wall time.
+``var/bench-venvs/papermill`` (built once, from PyPI); the script and the notebook run in a bare
+virtualenv, ``var/bench-venvs/bare``, as a parser without requirements would. Every variant is
+spawned and supervised by :mod:`parseq.sandbox.runner` in the same sandboxed environment a run gets,
+so the numbers compare what a worker pays; the notebook also as a worker starts it by default,
+forked from its env's fork server. Prints medians and the ratios the notebooks issue targets:
+notebook overhead over the script <= 50 ms, >= 50x faster than papermill, and the kernel engine
+within 1.2x of papermill's wall time.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ import nbformat
 import psutil
 from nbformat.v4 import new_code_cell, new_notebook
 
-from parseq import forkserver, notebooks, runner, supervisor
-from parseq.config import PROJECT_ROOT
-from parseq.models import NotebookEngine
+from parseq.core.argv import build_command
+from parseq.core.config import PROJECT_ROOT
+from parseq.db.models import NotebookEngine
+from parseq.notebooks import validate as notebooks
+from parseq.sandbox import forkserver, runner, supervisor
 
 CELLS = ["x = 1", "y = x * 2\nprint(y)", "y + 1"]
 BENCH_VENVS = PROJECT_ROOT / "var" / "bench-venvs"
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
 
         script = measure(
             "script (runner)", opts.repeat,
-            lambda w: runner.build_command(python, root / "trivial.py", {"x": 2}), root,
+            lambda w: build_command(python, root / "trivial.py", {"x": 2}), root,
         )  # fmt: skip
         notebook = measure(
             "notebook (runner)", opts.repeat,

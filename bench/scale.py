@@ -34,7 +34,7 @@ FROM generate_series(1, :n) AS g
 """
 
 
-# The counters the runs' end notifications would have made (parseq.metrics).
+# The counters the runs' end notifications would have made (parseq.services.metrics).
 METRICS_SEED_SQL = """
 INSERT INTO metric_counters (metric, labels, value)
 SELECT 'runs', format('{"parser": "%s", "status": "%s", "trigger": "%s"}', p.name, r.status,
@@ -46,7 +46,7 @@ GROUP BY p.name, r.status, r."trigger"
 
 def seed(app, n: int, parsers: int = 10) -> float:  # type: ignore[no-untyped-def]
     """Insert ``parsers`` parsers and ``n`` finished runs; return the seconds it took."""
-    from parseq.models import Parser, db
+    from parseq.db.models import Parser, db
 
     with app.app_context():
         for i in range(parsers):
@@ -79,7 +79,7 @@ def timed_get(conn: http.client.HTTPConnection, path: str, headers: dict, n: int
 def admin_headers(stack: Stack) -> dict[str, str] | None:
     """A logged-in admin session cookie, when the admin has logins (None: page not timed)."""
     try:
-        from parseq.auth import create_user  # type: ignore[import-not-found]
+        from parseq.web.admin.auth import create_user  # type: ignore[import-not-found]
     except ImportError:
         return {}
     with stack.app.app_context():

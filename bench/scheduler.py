@@ -20,10 +20,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import OverlapPolicy, Parser, Run, RunTrigger, ScheduleType, db, utcnow
-from parseq.scheduler import SchedulerService
+from parseq.core.config import Config
+from parseq.db.models import OverlapPolicy, Parser, Run, RunTrigger, ScheduleType, db, utcnow
+from parseq.scheduler.service import SchedulerService
+from parseq.web.app import create_app, init_db
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -127,7 +127,7 @@ def _post(conn: http.client.HTTPConnection, path: str, **fields: str) -> dict:
 
 
 def parseq_runs(source: Path, n: int) -> list[float]:
-    from parseq.models import Parser, db
+    from parseq.db.models import Parser, db
 
     with Stack(workers=1, threads=2) as stack:
         with stack.app.app_context():

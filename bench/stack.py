@@ -58,7 +58,7 @@ def summary(values_s: list[float]) -> str:
 def wait_finished(app: Any, run_id: int) -> Any:
     """Poll until the run is final with its ``finished_at``; return (status, finished_at).
     Exits the benchmark with the run's error when it did not complete."""
-    from parseq.models import Run, RunStatus, db
+    from parseq.db.models import Run, RunStatus, db
 
     with app.app_context():
         while True:
@@ -143,8 +143,8 @@ class Stack:
             "PARSEQ_LOG_LEVEL": "WARNING",
             **self.settings,
         }
-        from parseq.app import create_app, init_db
-        from parseq.config import Config
+        from parseq.core.config import Config
+        from parseq.web.app import create_app, init_db
 
         self.app = create_app(Config.from_env(environ=self.env))
         init_db(self.app)
@@ -181,7 +181,7 @@ class Stack:
     def auth_headers(self) -> dict[str, str]:
         """Headers that authorize API calls (a token once the API requires one)."""
         try:
-            from parseq.tokens import create_token  # type: ignore[import-not-found]
+            from parseq.services.tokens import create_token  # type: ignore[import-not-found]
         except ImportError:
             return {}
         with self.app.app_context():
@@ -202,7 +202,7 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.server.shutdown()
-        from parseq.models import db
+        from parseq.db.models import db
 
         with self.app.app_context():
             db.engine.dispose()

@@ -35,7 +35,8 @@ def cpu_s(procs: list[psutil.Process]) -> float:
 
 
 def fork_servers(workers: list[psutil.Process]) -> list[psutil.Process]:
-    """The workers' fork servers (parseq.zygote): the scripts they fork are their children."""
+    """The workers' fork servers (parseq.sandbox.zygote): the scripts they fork are their
+    children."""
     found = []
     for worker in workers:
         for child in worker.children():
@@ -62,8 +63,8 @@ def cpu_split(procs: list[psutil.Process]) -> tuple[float, float]:
 
 def produce(app: Any, parser_id: int, n: int, producers: int) -> list[int]:
     """Create and enqueue ``n`` runs of the parser from ``producers`` threads; their ids."""
-    from parseq import runs
-    from parseq.models import Parser, db
+    from parseq.db.models import Parser, db
+    from parseq.services import runs
 
     def create(_: int) -> int:
         with app.app_context():
@@ -109,8 +110,9 @@ def main(argv: list[str] | None = None) -> float:
     # python -m bench a b -- ARGS gives ARGS to each: options for another benchmark are ignored.
     opts, _ = ap.parse_known_args(argv)
 
-    from parseq import execution, runs
-    from parseq.models import Parser, Run, RunStatus, db
+    from parseq.db.models import Parser, Run, RunStatus, db
+    from parseq.services import runs
+    from parseq.worker import execution
 
     settings = {}
     if opts.fork_servers is not None:

@@ -26,10 +26,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq.app import create_app, init_db
-from parseq.config import Config, installer_environ
-from parseq.errors import ParseqError
-from parseq.models import Parser, Run, RunStatus, db
+from parseq.core.config import Config, installer_environ
+from parseq.core.errors import ParseqError
+from parseq.db.models import Parser, Run, RunStatus, db
+from parseq.web.app import create_app, init_db
 
 HERE = Path(__file__).resolve().parent
 FIXTURE_PARSERS = HERE / "fixtures" / "parsers"
@@ -70,7 +70,7 @@ def traversable(path: Path) -> Path:
 def _python_for_parsers() -> str:
     """A Python the sandbox user can run: ours, unless it lives under a 0700 home (pyenv in
     /root), then the system's. Fixture parsers need the standard library only."""
-    from parseq.sandbox import SandboxUser, check_reachable
+    from parseq.sandbox.limits import SandboxUser, check_reachable
 
     nobody = SandboxUser("nobody", 65534, 65534)
     for candidate in (sys.executable, "/usr/local/bin/python3", "/usr/bin/python3"):
@@ -100,18 +100,26 @@ def free_port() -> int:
 # --- real services -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL database of this test session's own."""
+@contextlib.contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """A PostgreSQL database named ``name``, created for the block and dropped after it."""
     import psycopg2
 
-    name = f"parseq_test_{SESSION}"
     conn = psycopg2.connect(PG_ADMIN_DSN)
     conn.autocommit = True
     conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own."""
+    with scratch_database(f"parseq_test_{SESSION}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -317,7 +325,7 @@ def sql_sent(engine: Any) -> Iterator[list[str]]:
 def api_client(app: Flask, *, read_only: bool = False, auth: bool = True) -> FlaskClient:
     """A test client allowed to call the REST API (the one place API auth is set up): it sends
     a fresh token of its own (``read_only``), or none at all with ``auth=False``."""
-    from parseq.tokens import create_token
+    from parseq.services.tokens import create_token
 
     client = app.test_client()
     if auth:
@@ -364,8 +372,8 @@ def admin_client(app: Flask) -> FlaskClient:
     ``client.csrf_token`` holds a CSRF token valid for its session: admin POSTs send it as the
     ``csrf_token`` form field.
     """
-    from parseq.auth import create_user
-    from parseq.errors import Conflict
+    from parseq.core.errors import Conflict
+    from parseq.web.admin.auth import create_user
 
     with app.app_context(), contextlib.suppress(Conflict):
         create_user(ADMIN_USER, ADMIN_PASSWORD)
@@ -407,8 +415,8 @@ def wait_for_run(run_id: int, timeout_s: float = 30.0) -> Run:
 @contextlib.contextmanager
 def running(config: Config, sync_shipped: bool = False) -> Iterator[Flask]:
     """An app on ``config`` with its tables, 2 in-process worker threads and an app context."""
-    from parseq.code_store import sync
-    from parseq.tasks import start_worker
+    from parseq.services.code_store import sync
+    from parseq.worker.actors import start_worker
 
     app = create_app(config)
     init_db(app)

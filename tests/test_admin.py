@@ -13,8 +13,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq import code_store, execution, runs
-from parseq.models import Parser, ParserKind, Run, RunStatus, RunTrigger, User, db, utcnow
+from parseq.db.models import Parser, ParserKind, Run, RunStatus, RunTrigger, User, db, utcnow
+from parseq.services import code_store, runs
+from parseq.worker import execution
 from tests.conftest import (
     FIXTURE_PARSERS,
     add_parser,
@@ -67,7 +68,7 @@ def _form(**overrides: object) -> dict[str, object]:
 
 def _ran(parser_name: str = "echo", **args: object) -> Run:
     """A run executed in this process (stored files and all)."""
-    return runs.run_now(runs.get_parser(parser_name), args or None)
+    return execution.run_now(runs.get_parser(parser_name), args or None)
 
 
 # --- login ---------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ def test_create_parser_form_errors(client: FlaskClient, overrides: dict, message
 @pytest.fixture
 def upload_app(make_config, tmp_path: Path):  # type: ignore[no-untyped-def]
     """An app with parsers/ and notebooks/ of its own, to show uploads never land there."""
-    from parseq.app import create_app, init_db
+    from parseq.web.app import create_app, init_db
 
     parsers = tmp_path / "parsers"
     shutil.copytree(FIXTURE_PARSERS, parsers)
@@ -633,7 +634,7 @@ def test_dashboard_counts_failures_chart_and_queue(client: FlaskClient) -> None:
 
 
 def test_hourly_buckets_and_chart() -> None:
-    from parseq.dashboard import hourly_buckets, svg_chart
+    from parseq.web.admin.dashboard import hourly_buckets, svg_chart
 
     now = utcnow()
     rows = [
@@ -655,8 +656,8 @@ def test_hourly_buckets_and_chart() -> None:
 
 
 def test_create_user_rules(app: Flask) -> None:
-    from parseq.auth import authenticate, create_user, ensure_admin, set_password
-    from parseq.errors import Conflict, NotFound, ValidationError
+    from parseq.core.errors import Conflict, NotFound, ValidationError
+    from parseq.web.admin.auth import authenticate, create_user, ensure_admin, set_password
 
     assert ensure_admin("given-password") is None  # from PARSEQ_ADMIN_PASSWORD: not printed
     assert authenticate("admin", "given-password") is not None

@@ -17,11 +17,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq.app import create_app, init_db
-from parseq.auth import safe_path
-from parseq.config import Config
-from parseq.models import Parser, db
-from parseq.sessions import AdminSession
+from parseq.core.config import Config
+from parseq.db.models import Parser, db
+from parseq.services.sessions import AdminSession
+from parseq.web.admin.auth import safe_path
+from parseq.web.app import create_app, init_db
 from tests.conftest import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -251,7 +251,7 @@ def test_ten_failed_logins_lock_the_username_even_for_the_right_password(
     app: Flask, caplog: pytest.LogCaptureFixture
 ) -> None:
     admin_client(app)
-    caplog.set_level(logging.WARNING, logger="parseq.auth")
+    caplog.set_level(logging.WARNING, logger="parseq.web.admin.auth")
     for i in range(10):
         # From a new address each time: the username alone is throttled.
         resp, _ = _login(app, "wrong-password", address=f"10.0.0.{i}")
@@ -314,7 +314,7 @@ def test_failed_api_tokens_are_throttled_per_address(quick_app: Flask) -> None:
 
 
 def test_a_throttle_storage_that_is_not_supported_is_a_config_error(tmp_path: Path) -> None:
-    from parseq.errors import ConfigError
+    from parseq.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="PARSEQ_THROTTLE_STORAGE_URL"):
         Config.from_env({"PARSEQ_THROTTLE_STORAGE_URL": "mongodb://x"}, var_dir=tmp_path)

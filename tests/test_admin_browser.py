@@ -254,8 +254,8 @@ def test_live_log_of_a_worker_process_in_the_browser(
 
     from selenium.webdriver.common.by import By
 
-    from parseq import runs
-    from parseq.auth import create_user
+    from parseq.services import runs
+    from parseq.web.admin.auth import create_user
     from tests.conftest import add_parser, stop_process
 
     name, user = f"live-{uuid.uuid4().hex[:8]}", f"watcher-{uuid.uuid4().hex[:6]}"

@@ -6,7 +6,7 @@ import pytest
 from werkzeug.datastructures import MultiDict
 from wtforms import Form, ValidationError
 
-from parseq.admin_forms import JSONObjectField, parse_secrets
+from parseq.web.admin.admin_forms import JSONObjectField, parse_secrets
 
 
 @pytest.mark.parametrize(

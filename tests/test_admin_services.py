@@ -9,7 +9,7 @@ import uuid
 import pytest
 from flask import Flask
 
-from parseq.models import Parser, Run, RunStatus, db
+from parseq.db.models import Parser, Run, RunStatus, db
 from tests.conftest import add_parser, admin_client, sql_sent, wait_for_run
 
 pytestmark = pytest.mark.services
@@ -47,7 +47,7 @@ def test_runs_list_numbers_pages_from_the_estimate_on_a_big_table(
     instead of count(*) (a full scan of a million rows); filtered lists still count."""
     from sqlalchemy import text
 
-    from parseq.admin_runs import RunView, estimated_runs
+    from parseq.web.admin.admin_runs import RunView, estimated_runs
 
     with services_app.app_context():
         parser = add_parser(f"many-{uuid.uuid4().hex[:8]}", "echo_env.py")

@@ -8,8 +8,9 @@ import time
 import pytest
 from flask import Flask
 
-from parseq import execution, runs
-from parseq.models import Run, RunStatus, db
+from parseq.db.models import Run, RunStatus, db
+from parseq.services import runs
+from parseq.worker import execution
 from tests.conftest import add_parser, api_client, wait_for_run, wait_for_status
 
 
@@ -259,10 +260,10 @@ def test_wait_beyond_the_maximum_is_400(client, wait: str) -> None:  # type: ign
 def test_runs_filter_by_trigger_and_time(client) -> None:  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from parseq.models import utcnow
+    from parseq.db.models import utcnow
 
     api_run = _run(client)
-    manual = runs.run_now(runs.get_parser("echo"))
+    manual = execution.run_now(runs.get_parser("echo"))
     assert [r["id"] for r in client.get("/api/v1/runs?trigger=api").json["runs"]] == [api_run.id]
     assert [r["id"] for r in client.get("/api/v1/runs?trigger=manual").json["runs"]] == [manual.id]
     middle = manual.queued_at.isoformat()

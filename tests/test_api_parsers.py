@@ -7,8 +7,9 @@ import time
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.models import Parser, Run, RunStatus, db
+from parseq.db.models import Parser, Run, RunStatus, db
+from parseq.services import runs
+from parseq.worker import execution
 from tests.conftest import add_parser, api_client, wait_for_status
 from tests.test_supervisor import _alive
 
@@ -48,8 +49,8 @@ def test_create_returns_201_and_never_shows_secret_values(client) -> None:  # ty
 
 def test_get_shows_the_last_run(client) -> None:  # type: ignore[no-untyped-def]
     parser = add_parser("echo", "echo_env.py")
-    runs.run_now(parser, {"who": "a"})
-    second = runs.run_now(parser, {"who": "b"})
+    execution.run_now(parser, {"who": "a"})
+    second = execution.run_now(parser, {"who": "b"})
     last = client.get("/api/v1/parsers/echo").json["last_run"]
     assert last["id"] == second.id and last["status"] == "completed"
     assert last["url"] == f"/api/v1/runs/{second.id}"
@@ -161,7 +162,7 @@ def test_update_validates_path_against_a_new_kind(client) -> None:  # type: igno
 
 def test_delete_is_refused_while_runs_are_active_unless_cascade(client, sqlite_app: Flask) -> None:  # type: ignore[no-untyped-def]
     parser = add_parser("echo", "echo_env.py")
-    done = runs.run_now(parser)
+    done = execution.run_now(parser)
     pending = runs.create_run(parser, enqueue=False)
     storage = sqlite_app.extensions["parseq"].storage
     keys = [f.storage_key for f in done.files]
@@ -186,7 +187,7 @@ def test_delete_is_refused_while_runs_are_active_unless_cascade(client, sqlite_a
 
 def test_delete_without_active_runs_needs_no_flag(client) -> None:  # type: ignore[no-untyped-def]
     parser = add_parser("echo", "echo_env.py")
-    runs.run_now(parser)
+    execution.run_now(parser)
     assert client.delete("/api/v1/parsers/echo").status_code == 200
 
 

@@ -12,10 +12,10 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 
-from parseq import runs
-from parseq.app import create_app
-from parseq.config import Config
-from parseq.models import db
+from parseq.core.config import Config
+from parseq.db.models import db
+from parseq.services import runs
+from parseq.web.app import create_app
 from tests.conftest import REDIS_URL, add_parser, api_client, delete_rabbit_queues
 
 pytestmark = pytest.mark.services

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db
-from parseq.sweeper import sweep_pending
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db
+from parseq.scheduler.sweeper import sweep_pending
+from parseq.web.app import create_app, init_db
 from tests.conftest import TcpProxy, add_parser, api_client, delete_rabbit_queues
 
 pytestmark = pytest.mark.services

@@ -26,9 +26,9 @@ import requests
 from cryptography.fernet import Fernet
 from flask import Flask
 
-from parseq.app import create_app
-from parseq.config import Config
-from parseq.models import RunStatus, db
+from parseq.core.config import Config
+from parseq.db.models import RunStatus, db
+from parseq.web.app import create_app
 from tests.conftest import (
     api_client,
     delete_rabbit_queues,
@@ -262,7 +262,7 @@ def test_compose_like_upload_through_the_api_with_a_read_only_parsers_root(
         or subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode
     ):
         pytest.skip("needs mount namespaces (unshare -m) to mount the parsers root read-only")
-    from parseq.tokens import create_token
+    from parseq.services.tokens import create_token
 
     env = cluster["env"]("web")
     port = free_port()

@@ -14,9 +14,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq import code_store
-from parseq.code_models import CodeVersion
-from parseq.models import Parser, Run, RunStatus, db
+from parseq.db.code_models import CodeVersion
+from parseq.db.models import Parser, Run, RunStatus, db
+from parseq.services import code_store
 from tests.conftest import api_client, wait_for_run
 
 SCRIPT_V1 = b'print("version one")\n'

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from parseq.config import Config
-from parseq.errors import ConfigError
+from parseq.core.config import Config
+from parseq.core.errors import ConfigError
 
 
 def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from parseq.config import Config
+from parseq.core.config import Config
 from tests.conftest import admin_client, api_client, running, wait_for_run
 from tests.fixture_site import QUOTES_PER_PAGE, quote_text
 

@@ -2,7 +2,7 @@
 
 The file is validated against the Compose Specification's JSON schema (tests/fixtures/
 compose_spec.json, as shipped in docker-compose 1.29.2's wheel), and every PARSEQ_* variable
-it sets must be a real setting of parseq.config.Config.
+it sets must be a real setting of parseq.core.config.Config.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import jsonschema
 import pytest
 import yaml
 
-from parseq import procs
-from parseq.cli import main as cli
-from parseq.config import MIN_UID_BASE, Config
+from parseq.cli.main import main as cli
+from parseq.core.config import Config
+from parseq.core.config_checks import MIN_UID_BASE
+from parseq.sandbox import procs
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {f"PARSEQ_{f.name.upper()}" for f in dataclasses.fields(Config)}

@@ -7,8 +7,9 @@ import hashlib
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.models import Run
+from parseq.db.models import Run
+from parseq.services import runs
+from parseq.worker import execution
 from tests.conftest import add_parser, api_client
 
 BLOB = bytes(i % 251 for i in range(300_000))
@@ -22,7 +23,7 @@ def client(sqlite_app: Flask):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def run(client) -> Run:  # type: ignore[no-untyped-def]
     parser = add_parser("items", "items.py")
-    return runs.run_now(parser, {"count": 3, "blob_bytes": len(BLOB)})
+    return execution.run_now(parser, {"count": 3, "blob_bytes": len(BLOB)})
 
 
 def test_whole_file_advertises_ranges(client, run: Run) -> None:  # type: ignore[no-untyped-def]
@@ -93,7 +94,7 @@ def test_output_as_json_when_it_is_json_lines(client, run: Run) -> None:  # type
 
 
 def test_output_as_json_when_it_is_not_json_lines_is_422(client) -> None:  # type: ignore[no-untyped-def]
-    run = runs.run_now(add_parser("echo", "echo_env.py"))
+    run = execution.run_now(add_parser("echo", "echo_env.py"))
     resp = client.get(f"/api/v1/runs/{run.id}/files/output.txt?format=json")
     assert resp.status_code == 422
     assert "line 1 is not valid JSON" in resp.json["error"]["message"]
@@ -104,13 +105,13 @@ def test_output_as_json_when_it_is_not_json_lines_is_422(client) -> None:  # typ
 
 
 def test_json_output_over_the_size_cap_is_refused(make_config) -> None:  # type: ignore[no-untyped-def]
-    from parseq.app import create_app, init_db
-    from parseq.models import db
+    from parseq.db.models import db
+    from parseq.web.app import create_app, init_db
 
     app = create_app(make_config(max_json_output_bytes=10))
     init_db(app)
     with app.app_context():
-        run = runs.run_now(add_parser("items", "items.py"), {"count": 5})
+        run = execution.run_now(add_parser("items", "items.py"), {"count": 5})
         resp = api_client(app).get(f"/api/v1/runs/{run.id}/files/output.txt?format=json")
         assert resp.status_code == 422
         assert "PARSEQ_MAX_JSON_OUTPUT_BYTES" in resp.json["error"]["message"]
@@ -120,11 +121,11 @@ def test_json_output_over_the_size_cap_is_refused(make_config) -> None:  # type:
 def test_latest_serves_the_newest_completed_run(client) -> None:  # type: ignore[no-untyped-def]
     parser = add_parser("items", "items.py")
     assert client.get("/api/v1/parsers/items/latest/files/output.txt").status_code == 404
-    runs.run_now(parser, {"count": 1})
-    newest = runs.run_now(parser, {"count": 2})
+    execution.run_now(parser, {"count": 1})
+    newest = execution.run_now(parser, {"count": 2})
     runs.create_run(parser, enqueue=False)  # pending: not completed, so not "latest"
     failed = add_parser("fail", "fail.py")
-    runs.run_now(failed)
+    execution.run_now(failed)
 
     listed = client.get("/api/v1/parsers/items/latest/files").json
     assert listed["run_id"] == newest.id

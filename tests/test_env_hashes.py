@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from parseq import envs
-from parseq import requirements as reqs
-from parseq.config import Config
-from parseq.envbuild import EnvBuildFailed
-from parseq.errors import ValidationError
-from parseq.models import Parser, ParserKind
+from parseq.core.config import Config
+from parseq.core.errors import ValidationError
+from parseq.db.models import Parser, ParserKind
+from parseq.envs import cache as envs
+from parseq.envs import requirements as reqs
+from parseq.envs.envbuild import EnvBuildFailed
+from parseq.services import registry
 from tests.conftest import INSTALLER_ENV
 
 A, B = "a" * 64, "b" * 64
@@ -145,5 +146,5 @@ def test_a_folder_parsers_compiled_requirements_txt_is_used(make_config, tmp_pat
     script.write_text("print('hi')\n")
     (script.parent / "requirements.txt").write_text(COMPILED)
     parser = Parser(name="hashed", kind=ParserKind.SCRIPT, path="hashed/main.py")
-    found = reqs.for_parser(config, parser, script)
+    found = registry.requirements_for(config, parser, script)
     assert (found.source, found.lines) == ("requirements.txt", reqs.parse(COMPILED))

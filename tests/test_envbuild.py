@@ -1,4 +1,4 @@
-"""Building one env (``parseq.envbuild``): which installer runs, and what it is given.
+"""Building one env (``parseq.envs.envbuild``): which installer runs, and what it is given.
 
 Real builds with virtualenv and uv (or pip) from PyPI, of tiny pure-Python wheels.
 """
@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from parseq import envbuild, envs
-from parseq.config import Config
+from parseq.core.config import Config
+from parseq.envs import cache as envs
+from parseq.envs import envbuild
 
 
 def test_base_env_for_parsers_without_requirements_runs_no_installer(env_config: Config) -> None:

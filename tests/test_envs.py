@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import envs, runs, sandbox
-from parseq import requirements as reqs
-from parseq.config import Config
-from parseq.errors import ValidationError
-from parseq.models import Parser, ParserKind, RunStatus, db
+from parseq.core.config import Config
+from parseq.core.errors import ValidationError
+from parseq.db.models import Parser, ParserKind, RunStatus, db
+from parseq.envs import cache as envs
+from parseq.envs import requirements as reqs
+from parseq.sandbox import limits as sandbox
+from parseq.services import registry, runs
 from tests.conftest import (
     FIXTURE_PARSERS,
     INSTALLER_ENV,
@@ -119,7 +121,7 @@ def test_requirement_sources_and_their_precedence(tmp_path: Path, make_config) -
     _write(config.parsers_dir / "requirements.txt", "six==1.15.0\n")  # not beside a folder parser
 
     def of(script: Path, field: str = "") -> reqs.Requirements:
-        return reqs.for_parser(
+        return registry.requirements_for(
             config,
             Parser(name="x", path="x.py", kind=ParserKind.SCRIPT, requirements=field),
             script,
@@ -209,10 +211,11 @@ def test_threads_asking_for_one_new_env_build_it_once(env_config: Config) -> Non
 
 ACQUIRE = """
 import sys
-from parseq import envs
-from parseq.config import Config
+from parseq.envs import cache as envs
+from parseq.core.config import Config
+from parseq.sandbox.limits import base_python
 config = Config.from_env(envs_dir=sys.argv[1])
-with envs.acquire(config, ["idna==3.6"]) as env:
+with envs.acquire(config, ["idna==3.6"], python=base_python(config)) as env:
     print(env.key, env.built)
 """
 
@@ -393,7 +396,8 @@ def test_worker_process_builds_once_for_concurrent_runs(
         body = api_client(services_app).get(f"/api/v1/runs/{done[0].id}").json
     assert body["env_key"] == done[0].env_key
     assert len(envs.builds(config, done[0].env_key)) == 1
-    with envs.acquire(config, ["six==1.15.0"]) as env:  # this process sees the worker's env
+    python = sandbox.base_python(config)  # as the worker builds
+    with envs.acquire(config, ["six==1.15.0"], python=python) as env:  # sees the worker's env
         assert not env.built
 
 

@@ -1,4 +1,4 @@
-"""The worker's side of a run (``parseq.execution``): where a parser's state lives."""
+"""The worker's side of a run (``parseq.worker.execution``): where a parser's state lives."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from parseq import envs, execution, runs, watchdog
-from parseq.config import Config
-from parseq.models import Parser, RunStatus, db
+from parseq.core.config import Config
+from parseq.db.models import Parser, RunStatus, db
+from parseq.envs import cache as envs
+from parseq.worker import execution, launch, watchdog
 from tests.conftest import running
 
 COUNTER = (
@@ -31,13 +32,13 @@ def test_state_dir_is_named_by_id_and_takes_over_the_old_folder_named_after_the_
     (old / "state.json").write_text('{"cursor": 3}')
     parser = Parser(id=7, name="quotes", path="quotes.py")
 
-    path = execution.state_dir_for(config, parser)
+    path = launch.state_dir_for(config, parser)
     assert path == config.state_dir / "7"
     assert (path / "state.json").read_text() == '{"cursor": 3}'
     assert not old.exists()
     # A folder by the old name that turns up later is left alone: the state by id wins.
     old.mkdir()
-    assert execution.state_dir_for(config, parser) == path
+    assert launch.state_dir_for(config, parser) == path
     assert (path / "state.json").exists() and old.exists()
 
 
@@ -56,7 +57,7 @@ def test_a_renamed_parser_keeps_its_state(
         for new_name in ("counter", "renamed", "renamed-again"):
             parser.name = new_name
             db.session.commit()
-            run = runs.run_now(parser)
+            run = execution.run_now(parser)
             assert run.status is RunStatus.COMPLETED, run.error
             storage = app.extensions["parseq"].storage
             key = run.file("output.txt").storage_key
@@ -94,12 +95,12 @@ def test_the_heartbeat_goes_on_while_the_env_builds_and_a_cached_env_needs_none(
         parser = Parser(name="echo", path="echo_env.py")
         db.session.add(parser)
         db.session.commit()
-        first = runs.run_now(parser)
+        first = execution.run_now(parser)
         assert first.status is RunStatus.COMPLETED, first.error
         assert beats_while_building == [True]
         watchdogs_of_a_build = len(started)
         started.clear()
-        again = runs.run_now(parser)
+        again = execution.run_now(parser)
         assert again.status is RunStatus.COMPLETED, again.error
         assert beats_while_building == [True]  # no second build
         # The env's lookup starts no watchdog of its own: only the run's is left.

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from parseq import forkserver, runner, runs, supervisor
-from parseq.config import Config
-from parseq.models import Parser, RunStatus, db
-from parseq.sandbox import SandboxUser
+from parseq.core.config import Config
+from parseq.db.models import Parser, RunStatus, db
+from parseq.sandbox import forkserver, runner, supervisor
+from parseq.sandbox.limits import SandboxUser
+from parseq.worker import execution
 from tests.conftest import PARSER_PYTHON, running
 
 PROBE = """\
@@ -233,7 +234,7 @@ def test_a_server_that_cannot_start_falls_back_to_a_fresh_start(
     not_python = tmp_path / "not-python"
     not_python.write_text('#!/bin/sh\necho fresh "$@"\n')
     not_python.chmod(0o755)
-    caplog.set_level(logging.WARNING, logger="parseq.runner")
+    caplog.set_level(logging.WARNING, logger="parseq.sandbox.runner")
     proc = _spawn([str(not_python), "script.py"], {"PATH": "/bin"}, tmp_path)
     assert isinstance(proc, subprocess.Popen)
     assert _communicate(proc)[:1] == ("fresh script.py\n",)
@@ -273,7 +274,7 @@ def test_a_worker_forks_runs_from_its_env_server_unless_turned_off(
         db.session.commit()
         servers = []
         for _ in range(2):
-            run = runs.run_now(parser)
+            run = execution.run_now(parser)
             assert run.status is RunStatus.COMPLETED, run.error
             servers.append(dict(forkserver._servers))
     if fork_servers:

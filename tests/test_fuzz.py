@@ -11,12 +11,12 @@ from flask import Flask
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from parseq import runs
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import db
-from parseq.openapi import document
-from parseq.tokens import create_token
+from parseq.core.config import Config
+from parseq.db.models import db
+from parseq.services.tokens import create_token
+from parseq.web.api.openapi import document
+from parseq.web.app import create_app, init_db
+from parseq.worker import execution
 from tests.conftest import add_parser
 
 MAX_EXAMPLES = 25
@@ -27,7 +27,7 @@ def fuzz_app(make_config: Callable[..., Config]) -> Flask:
     app = create_app(make_config(max_wait_s=0.2))
     init_db(app)
     with app.app_context():
-        runs.run_now(add_parser("items", "items.py"), {"blob_bytes": 1000})
+        execution.run_now(add_parser("items", "items.py"), {"blob_bytes": 1000})
     yield app
     with app.app_context():
         db.engine.dispose()

@@ -14,19 +14,20 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.errors import ConfigError
-from parseq.execution import WORKER_ID
-from parseq.models import db, utcnow
-from parseq.workers import Heartbeat, Worker, beat
+from parseq.core.config import Config
+from parseq.core.errors import ConfigError
+from parseq.db.models import db, utcnow
+from parseq.db.workers import Worker, beat
+from parseq.services import runs
+from parseq.web.app import create_app, init_db
+from parseq.worker.execution import WORKER_ID
+from parseq.worker.heartbeat import Heartbeat
 from tests.conftest import (
-    PG_ADMIN_DSN,
     add_parser,
     api_client,
     delete_rabbit_queues,
     free_port,
+    scratch_database,
     start_worker_process,
     stop_process,
 )
@@ -119,15 +120,8 @@ def test_stale_workers_show_as_dead_and_stopped_ones_leave(sqlite_app: Flask) ->
 @pytest.fixture
 def own_pg_url() -> Iterator[str]:
     """A PostgreSQL database of this test's own: pruning must not touch the session's workers."""
-    import psycopg2
-
-    name = f"parseq_prune_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(PG_ADMIN_DSN)
-    conn.autocommit = True
-    conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+    with scratch_database(f"parseq_prune_{uuid.uuid4().hex[:10]}") as url:
+        yield url
 
 
 def _listed(app: Flask) -> dict[str, bool]:

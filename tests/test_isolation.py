@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from parseq import forkserver, procs, runner, sandbox, supervisor
-from parseq.config import Config
-from parseq.errors import ConfigError
-from parseq.models import RunStatus
-from parseq.sandbox import SandboxUser
+from parseq.core.config import Config
+from parseq.core.errors import ConfigError
+from parseq.db.models import RunStatus
+from parseq.sandbox import forkserver, procs, runner, supervisor
+from parseq.sandbox import limits as sandbox
+from parseq.sandbox.limits import SandboxUser
 from tests.conftest import PARSER_PYTHON, traversable
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="starting a non-root worker needs root")
@@ -210,14 +211,15 @@ def _build_parsers_env(site: Path) -> None:
     the worker's own Python resolves to another one (the venv's base lies under a 0700 /root),
     which cannot start virtualenv either: it gets the same env under its own key."""
     code = (
-        "from parseq import envs\n"
-        "from parseq.config import Config\n"
+        "from parseq.envs import cache as envs\n"
+        "from parseq.core.config import Config\n"
+        "from parseq.sandbox.limits import base_python\n"
         "config = Config.from_env()\n"
-        "envs.acquire(config, []).release()\n"
-        "print(envs.env_key([], (), envs.base_python(config)))\n"
+        "envs.acquire(config, [], python=base_python(config)).release()\n"
+        "print(envs.env_key([], (), base_python(config)))\n"
     )
     key = _parseq(site, site, ["-c", code], caps=True, module=False).stdout.strip()
-    code = code.replace("envs.acquire(config, []).release()\n", "")
+    code = code.replace("envs.acquire(config, [], python=base_python(config)).release()\n", "")
     shared_key = _parseq(site, site, ["-c", code], caps=False, module=False).stdout.strip()
     assert (site / "envs" / key).is_dir(), key
     if shared_key != key:

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db
-from parseq.notify_models import RunLogChunk
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db
+from parseq.db.notify_models import RunLogChunk
+from parseq.services import runs
 from tests.conftest import add_parser, admin_client, api_client, running, wait_for_run
 
 SECRET = "tok-9f8e7d6c5b4a"

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from parseq import locks
+from parseq.db import locks
 from tests.conftest import PARSER_PYTHON, PG_ADMIN_DSN, stop_process
 
 pytestmark = pytest.mark.services

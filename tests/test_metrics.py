@@ -13,9 +13,9 @@ import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from parseq import runs
-from parseq.config import Config
-from parseq.models import RunStatus, RunTrigger
+from parseq.core.config import Config
+from parseq.db.models import RunStatus, RunTrigger
+from parseq.services import runs
 from tests.conftest import add_parser, running, wait_for_run
 
 
@@ -102,7 +102,7 @@ def test_metrics_need_the_token_or_an_allowed_network(make_config: Callable[...,
 def test_runs_counted_by_a_worker_process_are_served_by_the_web_process(
     services_app: Flask, worker_process: Any
 ) -> None:
-    from parseq.models import db
+    from parseq.db.models import db
 
     name = f"counted-{uuid.uuid4().hex[:8]}"
     with services_app.app_context():

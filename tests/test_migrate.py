@@ -20,12 +20,12 @@ from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 from flask import Flask
 
-from parseq import locks, migrate
-from parseq.app import create_app, init_db
-from parseq.cli import main
-from parseq.config import Config
-from parseq.errors import MigrationError
-from parseq.models import Parser, Run, db
+from parseq.cli.main import main
+from parseq.core.config import Config
+from parseq.core.errors import MigrationError
+from parseq.db import locks, migrate
+from parseq.db.models import Parser, Run, db
+from parseq.web.app import create_app, init_db
 from tests.conftest import PG_ADMIN_DSN, add_parser, sql_sent
 
 pytestmark = pytest.mark.services
@@ -75,7 +75,7 @@ def make_app(make_config: Callable[..., Config]) -> Iterator[Callable[[str], Fla
 
 @pytest.fixture
 def migrations_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A copy of ``parseq/migrations`` that Parseq uses instead, so a test can add revisions."""
+    """A copy of ``parseq/db/migrations`` that Parseq uses instead, so a test can add revisions."""
     copy = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(migrate, "MIGRATIONS_DIR", copy)

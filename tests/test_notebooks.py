@@ -12,11 +12,13 @@ import pytest
 from flask import Flask, current_app
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from parseq import nbdoc, nbsyntax, notebooks, runs
-from parseq.config import PROJECT_ROOT, Config
-from parseq.errors import ValidationError
-from parseq.models import Parser, ParserKind, Run, RunStatus, db
-from parseq.registry import sync_shipped
+from parseq.core.config import PROJECT_ROOT, Config
+from parseq.core.errors import ValidationError
+from parseq.db.models import Parser, ParserKind, Run, RunStatus, db
+from parseq.notebooks import nbdoc, nbsyntax
+from parseq.notebooks import validate as notebooks
+from parseq.services import runs
+from parseq.services.registry import sync_shipped
 from tests.conftest import add_parser, admin_client, api_client, wait_for_run
 
 PARAMS = {"tags": ["parameters"]}
@@ -267,7 +269,7 @@ def test_admin_refuses_to_save_an_invalid_notebook_parser(sqlite_app: Flask) -> 
 def test_shipped_notebooks_are_registered_and_broken_ones_skipped(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
-    from parseq.app import create_app, init_db
+    from parseq.web.app import create_app, init_db
 
     app = create_app(make_config())
     init_db(app)
@@ -484,8 +486,8 @@ def test_notebook_runs_in_its_own_virtualenv_with_its_requirements(embedded_app:
 
 
 def test_demo_notebook_is_registered_and_runs(make_config: Callable[..., Config]) -> None:
-    from parseq.app import create_app, init_db
-    from parseq.tasks import start_worker
+    from parseq.web.app import create_app, init_db
+    from parseq.worker.actors import start_worker
 
     app = create_app(make_config(notebooks_dir=PROJECT_ROOT / "notebooks"))
     init_db(app)

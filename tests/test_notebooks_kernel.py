@@ -16,9 +16,8 @@ import pytest
 from flask import Flask
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from parseq import requirements as reqs
-from parseq import runs
-from parseq.models import NotebookEngine, ParserKind, Run, RunStatus, db
+from parseq.db.models import NotebookEngine, ParserKind, Run, RunStatus, db
+from parseq.services import registry, runs
 from tests.conftest import api_client, wait_for_status
 from tests.test_notebooks import PARAMS, add_notebook, result, run_notebook, stream
 
@@ -28,19 +27,26 @@ KERNEL = {"engine": NotebookEngine.KERNEL}
 def test_kernel_packages_join_the_requirements_of_kernel_notebooks_only(
     make_config: Any, tmp_path: Path
 ) -> None:
-    from parseq.models import Parser
+    from parseq.db.models import Parser
 
     config = make_config()
     script = tmp_path / "nb.ipynb"
     script.write_text("{}")
     kernel = Parser(kind=ParserKind.NOTEBOOK, engine=NotebookEngine.KERNEL, requirements="six")
-    assert reqs.for_parser(config, kernel, script).lines == ("ipykernel", "nbclient", "six")
+    assert registry.requirements_for(config, kernel, script).lines == (
+        "ipykernel",
+        "nbclient",
+        "six",
+    )
     pinned = Parser(
         kind=ParserKind.NOTEBOOK, engine=NotebookEngine.KERNEL, requirements="ipykernel==6.29.5"
     )
-    assert reqs.for_parser(config, pinned, script).lines == ("ipykernel==6.29.5", "nbclient")
+    assert registry.requirements_for(config, pinned, script).lines == (
+        "ipykernel==6.29.5",
+        "nbclient",
+    )
     fast = Parser(kind=ParserKind.NOTEBOOK, engine=NotebookEngine.FAST, requirements="six")
-    assert reqs.for_parser(config, fast, script).lines == ("six",)
+    assert registry.requirements_for(config, fast, script).lines == ("six",)
 
 
 def test_kernel_engine_runs_what_the_fast_engine_refuses(embedded_app: Flask) -> None:

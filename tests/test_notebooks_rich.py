@@ -11,8 +11,8 @@ from typing import Any
 from flask import Flask
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from parseq import notebooks
-from parseq.models import NotebookEngine, Parser, RunStatus, db
+from parseq.db.models import NotebookEngine, Parser, RunStatus, db
+from parseq.notebooks import validate as notebooks
 from tests.conftest import admin_client, api_client
 from tests.test_notebooks import add_notebook, result, run_notebook, stream, write_nb
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from parseq import runs
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db
-from parseq.notify_models import NotificationDelivery
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db
+from parseq.db.notify_models import NotificationDelivery
+from parseq.services import runs
 from tests.conftest import add_parser, admin_client, api_client, running, wait_for_run
 
 ALL_EVENTS = "error,timeout,cancelled,recovered,empty,slow"
@@ -364,8 +364,8 @@ def test_a_run_the_reaper_finishes_is_notified(
 ) -> None:
     from datetime import timedelta
 
-    from parseq import reaper
-    from parseq.models import utcnow
+    from parseq.db.models import utcnow
+    from parseq.services import reaper
 
     hook = receiver()
     with running(_config(make_config, notify_webhook_url=hook.url)) as app:
@@ -379,3 +379,23 @@ def test_a_run_the_reaper_finishes_is_notified(
         [body] = hook.bodies()
         assert body["event"] == "error" and body["run"]["id"] == run.id
         assert body["run"]["error"].startswith("worker lost")
+
+
+def test_cancelling_a_pending_run_is_notified_once(
+    make_config: Callable[..., Config], receiver: Callable[..., Receiver]
+) -> None:
+    """A pending run ends at its cancel, with no worker to record it: the cancel announces it
+    (issue #24), and only once (a second cancel is a conflict)."""
+    hook = receiver()
+    with running(_config(make_config, notify_webhook_url=hook.url)):
+        parser = add_parser("waiting", "items.py")
+        run = runs.create_run(parser, enqueue=False)  # never sent: it stays pending
+        cancelled = runs.cancel_run(run)
+        assert cancelled.status is RunStatus.CANCELLED
+        hook.wait_for(1)
+        time.sleep(0.5)  # nothing more comes
+        [body] = hook.bodies()
+        assert body["event"] == "cancelled" and body["run"]["id"] == run.id
+        assert body["run"]["error"] == "cancelled before it started"
+        [delivery] = _deliveries(run.id, 1)
+        assert delivery.event == "cancelled" and delivery.status == "sent"

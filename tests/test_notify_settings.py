@@ -10,8 +10,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq import execution, runs
-from parseq.models import Parser, db
+from parseq.db.models import Parser, db
+from parseq.services import runs
+from parseq.worker import execution
 from tests.conftest import add_parser, admin_client, api_client
 
 HOOK = "https://hooks.example.org/services/T000/B000/very-secret-path"

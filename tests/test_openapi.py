@@ -6,7 +6,7 @@ import re
 
 from flask import Flask
 
-from parseq.openapi import document
+from parseq.web.api.openapi import document
 from tests.conftest import api_client
 
 CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -48,7 +48,7 @@ def test_path_parameters_are_declared(sqlite_app: Flask) -> None:
 
 
 def test_request_bodies_come_from_the_validating_schemas() -> None:
-    from parseq.schemas import PARSER_FIELDS
+    from parseq.web.api.schemas import PARSER_FIELDS
 
     create = document()["components"]["schemas"]["ParserCreate"]
     assert set(create["properties"]) == set(PARSER_FIELDS)

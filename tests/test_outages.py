@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db, utcnow
-from parseq.sweeper import sweep_pending
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db, utcnow
+from parseq.queue.broker import send_run
+from parseq.scheduler.sweeper import sweep_pending
+from parseq.services import runs
+from parseq.web.app import create_app, init_db
 from tests.conftest import (
     RABBIT_URL,
     S3_KEYS,
@@ -206,7 +207,7 @@ def test_duration_is_the_scripts_own_when_its_end_waits_out_a_database_outage(
 def test_scheduler_keeps_firing_after_a_postgres_restart(
     outage_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
-    from parseq.models import OverlapPolicy, ScheduleType
+    from parseq.db.models import OverlapPolicy, ScheduleType
 
     stack = outage_stack(proxied=5432, PARSEQ_SCHEDULER_SYNC_INTERVAL_S="0.3")
     app, proxy = stack.app, stack.proxy
@@ -297,7 +298,8 @@ def test_queues_are_durable_and_messages_persistent(services_env: dict[str, str]
     queue = f"parseq_durable_{uuid.uuid4().hex[:10]}"
     app = create_app(Config.from_env(environ={**services_env, "PARSEQ_QUEUE_NAME": queue}))
     try:
-        app.extensions["parseq"].actor.send(12345)
+        with app.app_context():
+            send_run(12345)
         conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
         channel = conn.channel()
         method, properties, _body = channel.basic_get(queue=queue, auto_ack=True)

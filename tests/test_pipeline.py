@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import execution, runs
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db
-from parseq.tasks import start_worker
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db
+from parseq.queue.broker import send_run
+from parseq.services import runs
+from parseq.web.app import create_app, init_db
+from parseq.worker import execution
+from parseq.worker.actors import start_worker
 from tests.conftest import REDIS_URL, add_parser, api_client, wait_for_run
 
 pytestmark = pytest.mark.services
@@ -97,7 +99,7 @@ def test_redelivered_message_for_a_finished_run_does_nothing(
         run = wait_for_run(runs.create_run(parser).id)
         assert run.status is RunStatus.COMPLETED
         finished_at, n_files = run.finished_at, len(run.files)
-        services_app.extensions["parseq"].actor.send(run.id)  # as RabbitMQ would redeliver
+        send_run(run.id)  # as RabbitMQ would redeliver
         assert execution.execute_run(run.id) is None  # and as a second worker would see it
         time.sleep(1.0)
         db.session.expire_all()

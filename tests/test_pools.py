@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import threading
 
-from parseq.pools import ProcessPool
+from parseq.core.pools import ForkSafeThreadPool
 
 
 def test_a_forked_child_gets_threads_of_its_own() -> None:
-    pool = ProcessPool(1, "probe")
+    pool = ForkSafeThreadPool(1, "probe")
     parent_thread = pool.call(threading.get_ident)
     read, write = os.pipe()
     pid = os.fork()

@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import execution, runs
-from parseq.app import create_app
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db, utcnow
-from parseq.reaper import WORKER_LOST, reap_once
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db, utcnow
+from parseq.queue.broker import send_run
+from parseq.services import runs
+from parseq.services.reaper import WORKER_LOST, reap_once
+from parseq.web.app import create_app
+from parseq.worker import execution
 from tests.conftest import add_parser, delete_rabbit_queues, wait_for_run, wait_for_status
 from tests.test_supervisor import _alive
 
@@ -74,7 +76,7 @@ def test_redelivered_message_for_a_run_another_worker_executes_is_ignored(
     run = runs.create_run(parser)
     assert wait_for_status(run.id, RunStatus.RUNNING).status is RunStatus.RUNNING
     started_at, worker_id = run.started_at, run.worker_id
-    embedded_app.extensions["parseq"].actor.send(run.id)  # as RabbitMQ would redeliver
+    send_run(run.id)  # as RabbitMQ would redeliver
     assert execution.execute_run(run.id) is None  # and as a second worker would see it
     done = wait_for_run(run.id)
     assert done.status is RunStatus.TIMEOUT  # the first worker's outcome, recorded once

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from parseq.reconnect import is_disconnect, retry_db
+from parseq.db.reconnect import is_disconnect, retry_db
 
 
 def _lost() -> sa.exc.OperationalError:

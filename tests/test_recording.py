@@ -1,12 +1,14 @@
-"""Recording a run's end (``parseq.recording``): its files and final status, safe to repeat."""
+"""Recording a run's end (``parseq.services.recording``): its files and final status, safe to
+repeat."""
 
 from __future__ import annotations
 
 import pytest
 from flask import Flask
 
-from parseq import execution, recording, runs, uploads
-from parseq.models import RunStatus
+from parseq.db.models import RunStatus
+from parseq.services import recording, runs
+from parseq.worker import execution
 from tests.conftest import add_parser
 
 
@@ -28,12 +30,12 @@ def test_recording_the_files_again_keeps_one_row_each(
         run = runs.create_run(add_parser(name, "echo_env.py"), enqueue=False)
         execution.claim(run.id)
         stored = [
-            uploads.StoredFile("output.txt", 3, "a" * 64, f"runs/{run.id}/output.txt"),
-            uploads.StoredFile("run.log", 0, "b" * 64, f"runs/{run.id}/run.log"),
+            recording.StoredFile("output.txt", 3, "a" * 64, f"runs/{run.id}/output.txt"),
+            recording.StoredFile("run.log", 0, "b" * 64, f"runs/{run.id}/run.log"),
         ]
-        pending = uploads.Pending(run.id, "completed", 0, None, {}, retry=False)
+        pending = recording.Pending(run.id, "completed", 0, None, {}, retry=False)
         assert recording.record_files_and_finish(run.id, stored, pending) is RunStatus.COMPLETED
-        again = [*stored, uploads.StoredFile("extra.csv", 1, "c" * 64, "k")]
+        again = [*stored, recording.StoredFile("extra.csv", 1, "c" * 64, "k")]
         assert recording.record_files_and_finish(run.id, again, pending) is RunStatus.COMPLETED
         runs.db.session.expire_all()
         files = runs.get_run(run.id).files

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import execution, runs
-from parseq.config import Config
-from parseq.models import Run, RunStatus, db
-from parseq.retries import backoff_s, should_retry
+from parseq.core.config import Config
+from parseq.db.models import Run, RunStatus, db
+from parseq.services import runs
+from parseq.services.retries import backoff_s, should_retry
+from parseq.worker import execution
 from tests.conftest import add_parser, api_client, running, wait_for_run
 
 
@@ -142,7 +143,7 @@ def test_a_cancelled_run_is_not_retried(retry_app: Flask) -> None:
 def test_a_retry_that_comes_early_waits_for_its_backoff(sqlite_app: Flask) -> None:
     from datetime import timedelta
 
-    from parseq.models import utcnow
+    from parseq.db.models import utcnow
 
     parser = add_parser("echo", "echo_env.py")
     run = runs.create_run(parser, enqueue=False)

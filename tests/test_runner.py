@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from parseq import forkserver, runner, sandbox, supervisor
-from parseq.config import Config
-from parseq.errors import ValidationError
+from parseq.core.argv import build_command, check_positional
+from parseq.core.config import Config
+from parseq.core.errors import ValidationError
+from parseq.sandbox import forkserver, runner, supervisor
+from parseq.sandbox import limits as sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
     ],
 )
 def test_build_command_passes_args_as_a_cli_expects_them(args: dict, expected: list[str]) -> None:
-    assert runner.build_command("/venv/bin/python", "/p/x.py", args) == [
+    assert build_command("/venv/bin/python", "/p/x.py", args) == [
         "/venv/bin/python",
         "/p/x.py",
         *expected,
@@ -44,21 +46,21 @@ def test_build_command_passes_args_as_a_cli_expects_them(args: dict, expected: l
 
 
 def test_build_command_puts_positionals_after_the_options() -> None:
-    argv = runner.build_command("py", "x.py", {"pages": 2, "v": True}, ["out.csv", 3, "-1"])
+    argv = build_command("py", "x.py", {"pages": 2, "v": True}, ["out.csv", 3, "-1"])
     assert argv == ["py", "x.py", "--pages", "2", "-v", "out.csv", "3", "-1"]
 
 
 @pytest.mark.parametrize("bad", ["a", {"a": 1}, [None], [["x"]], [{"a": 1}], ["a\0b"]])
 def test_positionals_must_be_a_list_of_plain_values(bad: object) -> None:
     with pytest.raises(ValidationError) as info:
-        runner.check_positional(bad)
+        check_positional(bad)
     assert info.value.field == "positional"
 
 
 @pytest.mark.parametrize("name", ["", "-x", "a b", "1abc", "a=b", "x" * 65, "--pages"])
 def test_build_command_refuses_unsafe_arg_names(name: str) -> None:
     with pytest.raises(ValidationError):
-        runner.build_command("py", "x.py", {name: 1})
+        build_command("py", "x.py", {name: 1})
 
 
 def _env(**overrides):  # type: ignore[no-untyped-def]
@@ -195,7 +197,7 @@ def test_the_child_dies_with_the_process_that_spawned_it(
     forked = launcher == "fork-server"
     middle = (
         "import os, sys, time\n"
-        "from parseq import runner\n"
+        "from parseq.sandbox import runner\n"
         f"proc = runner.spawn([sys.executable, {str(sleeper)!r}], {{'PATH': '/usr/bin:/bin'}}, "
         f"'/', launcher={None if forked else launcher!r}, fork_servers={2 if forked else 0})\n"
         "print(proc.pid, flush=True)\n"

@@ -1,4 +1,4 @@
-"""Creating runs (``parseq.runs``): the broker's acceptance is marked in batches."""
+"""Creating runs (``parseq.services.runs``): the broker's acceptance is marked in batches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from parseq import runs
-from parseq.models import Parser, Run, db, utcnow
+from parseq.db.models import Parser, Run, db, utcnow
+from parseq.services import runs
 from tests.conftest import add_parser, sql_sent
 
 
@@ -66,7 +66,7 @@ def test_a_mark_that_cannot_be_written_is_left_to_the_sweeper(
 
     marks = runs.EnqueuedMarks(window_s=0)
     monkeypatch.setattr(type(db.engine), "begin", lambda self: down())
-    with caplog.at_level(logging.WARNING, logger="parseq.runs"):
+    with caplog.at_level(logging.WARNING, logger="parseq.services.runs"):
         marks.add(sqlite_app, [run.id], utcnow())
         marks._pool.submit(lambda: None).result(timeout=10)  # after the flush
     monkeypatch.undo()

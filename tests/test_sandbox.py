@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs, sandbox
-from parseq.config import PROJECT_ROOT, Config
-from parseq.errors import ConfigError, ValidationError
-from parseq.models import Parser, ParserKind, Run, RunStatus, db
-from parseq.registry import validate_path
-from parseq.supervisor import LOG_TRUNCATED_MARKER
+from parseq.core.config import PROJECT_ROOT, Config
+from parseq.core.errors import ConfigError, ValidationError
+from parseq.db.models import Parser, ParserKind, Run, RunStatus, db
+from parseq.sandbox import limits as sandbox
+from parseq.sandbox import runner
+from parseq.sandbox.supervisor import LOG_TRUNCATED_MARKER
+from parseq.services import runs
+from parseq.services.registry import validate_path
 from tests.conftest import add_parser, api_client, running, wait_for_run
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the user switch needs root")
@@ -68,10 +70,10 @@ def test_clamp_rlimits_never_raises_a_limit_above_the_current_hard_one() -> None
 
 
 def test_launcher_argv_sets_the_limits_then_the_user_and_the_parent_death_signal() -> None:
-    launcher = sandbox.Launcher("/usr/bin/prlimit", "/usr/bin/setpriv")
+    launcher = runner.Launcher("/usr/bin/prlimit", "/usr/bin/setpriv")
     limits = [(resource.RLIMIT_CPU, 61, 66), (resource.RLIMIT_NOFILE, 256, resource.RLIM_INFINITY)]
     nobody = sandbox.SandboxUser("nobody", 65534, 65533)
-    assert sandbox.launcher_argv(launcher, limits, nobody) == [
+    assert runner.launcher_argv(launcher, limits, nobody) == [
         "/usr/bin/prlimit",
         "--cpu=61:66",
         "--nofile=256:unlimited",
@@ -85,7 +87,7 @@ def test_launcher_argv_sets_the_limits_then_the_user_and_the_parent_death_signal
         "--pdeathsig=KILL",
         "--",
     ]
-    assert sandbox.launcher_argv(launcher, [], None) == [
+    assert runner.launcher_argv(launcher, [], None) == [
         "/usr/bin/prlimit",
         "--",
         "/usr/bin/setpriv",
@@ -97,10 +99,10 @@ def test_launcher_argv_sets_the_limits_then_the_user_and_the_parent_death_signal
 def test_find_launcher_needs_both_tools(tmp_path: Path) -> None:
     (tmp_path / "prlimit").write_text("#!/bin/sh\n")
     (tmp_path / "prlimit").chmod(0o755)
-    assert sandbox.find_launcher((str(tmp_path),)) is None
+    assert runner.find_launcher((str(tmp_path),)) is None
     (tmp_path / "setpriv").write_text("#!/bin/sh\n")
     (tmp_path / "setpriv").chmod(0o755)
-    assert sandbox.find_launcher((str(tmp_path),)) == sandbox.Launcher(
+    assert runner.find_launcher((str(tmp_path),)) == runner.Launcher(
         f"{tmp_path}/prlimit", f"{tmp_path}/setpriv"
     )
 

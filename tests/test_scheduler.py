@@ -9,10 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from flask import Flask
 
-from parseq import runs
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.models import (
+from parseq.core.config import Config
+from parseq.db.models import (
     OverlapPolicy,
     Parser,
     Run,
@@ -23,8 +21,10 @@ from parseq.models import (
     db,
     utcnow,
 )
-from parseq.scheduler import SchedulerService, fire, sweep_pending
-from parseq.tasks import start_worker
+from parseq.scheduler.service import SchedulerService, fire, sweep_pending
+from parseq.services import runs
+from parseq.web.app import create_app, init_db
+from parseq.worker.actors import start_worker
 from tests.conftest import add_parser, api_client, wait_for_run
 
 SYNC_S = 0.2

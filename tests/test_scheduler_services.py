@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq.app import create_app
-from parseq.config import Config
-from parseq.models import OverlapPolicy, Run, RunStatus, ScheduleType, db, utcnow
-from parseq.scheduler import SchedulerService, fire
-from parseq.tasks import start_worker
+from parseq.core.config import Config
+from parseq.db.models import OverlapPolicy, Run, RunStatus, ScheduleType, db, utcnow
+from parseq.scheduler.service import SchedulerService, fire
+from parseq.web.app import create_app
+from parseq.worker.actors import start_worker
 from tests.conftest import TcpProxy, add_parser, delete_rabbit_queues, wait_for_run
 
 pytestmark = pytest.mark.services

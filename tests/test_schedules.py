@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from parseq.errors import ValidationError
-from parseq.models import OverlapPolicy, ScheduleType
-from parseq.scheduler import fire_times, parse_interval, plan_start, validate_schedule
+from parseq.core.errors import ValidationError
+from parseq.db.models import OverlapPolicy, ScheduleType
+from parseq.scheduler.service import fire_times, parse_interval, plan_start, validate_schedule
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 20, 12, 0, 30, tzinfo=UTC)  # a Friday

@@ -24,11 +24,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from parseq import execution
-from parseq.collect import NO_RESULT, folder_of
-from parseq.config import Config
-from parseq.models import Parser, RunStatus, db
-from parseq.runs import get_parser
+from parseq.core.config import Config
+from parseq.db.models import Parser, RunStatus, db
+from parseq.services.runs import get_parser
+from parseq.worker import execution
+from parseq.worker.collect import NO_RESULT, folder_of
 from tests.conftest import (
     FIXTURE_PARSERS,
     admin_client,

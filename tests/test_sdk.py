@@ -1,5 +1,5 @@
 """The parser SDK (``parseq_sdk``) in-process under a Parseq-like environment, in local mode in
-a subprocess, and the worker's side of it (``parseq.sdk``)."""
+a subprocess, and the worker's side of it (``parseq.worker.sdk``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from parseq import sdk
+from parseq.worker import sdk
 from parseq_sdk import (
     ArgError,
     Args,

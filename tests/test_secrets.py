@@ -13,12 +13,15 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 from flask import Flask
 
-from parseq import crypto, runner, runs, supervisor
-from parseq.app import create_app, init_db
-from parseq.cli import main
-from parseq.errors import ConfigError, SecretsKeyError
-from parseq.models import Parser, RunStatus, db
-from parseq.redaction import StreamRedactor, needles, redact, redact_text
+from parseq.cli.main import main
+from parseq.core.errors import ConfigError, SecretsKeyError
+from parseq.core.redaction import StreamRedactor, needles, redact, redact_text
+from parseq.db import crypto
+from parseq.db.models import Parser, RunStatus, db
+from parseq.sandbox import runner, supervisor
+from parseq.services import runs
+from parseq.web.app import create_app, init_db
+from parseq.worker import execution
 from tests.conftest import FIXTURE_PARSERS, add_parser, api_client, wait_for_run
 
 SECRET = "tok-9f2c1e77-very-secret"
@@ -107,7 +110,7 @@ def test_supervised_process_printing_its_secret_leaves_only_stars(tmp_path: Path
 def test_executed_notebook_keeps_no_printed_secret(embedded_app: Flask) -> None:
     from nbformat.v4 import new_code_cell
 
-    from parseq.models import ParserKind
+    from parseq.db.models import ParserKind
     from tests.test_notebooks import run_notebook, write_nb
 
     root = embedded_app.extensions["parseq"].config.notebooks_dir
@@ -178,7 +181,7 @@ def test_wrong_key_gives_a_clear_error_and_the_web_keeps_working(make_config) ->
         parser = runs.get_parser("locked")
         with pytest.raises(SecretsKeyError, match="PARSEQ_SECRETS_KEY"):
             dict(parser.secrets)
-        run = runs.run_now(parser)
+        run = execution.run_now(parser)
         assert run.status is RunStatus.ERROR
         assert "cannot be decrypted with PARSEQ_SECRETS_KEY" in run.error
         # Saving the parser without touching its secrets keeps the token as it was.

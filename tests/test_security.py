@@ -12,10 +12,10 @@ from urllib.parse import quote
 import pytest
 from flask import Flask, session
 
-from parseq.app import create_app, init_db
-from parseq.config import Config
-from parseq.headers import SECURITY_HEADERS
-from parseq.models import RunFile, db
+from parseq.core.config import Config
+from parseq.db.models import RunFile, db
+from parseq.web.app import create_app, init_db
+from parseq.web.headers import SECURITY_HEADERS
 from tests.conftest import add_parser, admin_client, api_client, web_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def test_every_inline_event_handler_is_one_the_policy_hashes(sqlite_app: Flask, 
     by the browser: it must be added to ``headers.INLINE_HANDLERS``."""
     from html import unescape
 
-    from parseq.headers import INLINE_HANDLERS
+    from parseq.web.headers import INLINE_HANDLERS
 
     add_parser("echo", "echo_env.py")
     html = admin_client(sqlite_app).get(path).get_data(as_text=True)
@@ -109,9 +109,10 @@ def test_a_trusted_proxy_says_when_the_request_was_https(
 
 
 def test_file_names_cannot_break_or_escape_content_disposition(sqlite_app: Flask) -> None:
-    from parseq import downloads, runs
+    from parseq.web import files
+    from parseq.worker import execution
 
-    run = runs.run_now(add_parser("echo", "echo_env.py"))
+    run = execution.run_now(add_parser("echo", "echo_env.py"))
     stored = db.session.execute(
         db.select(RunFile).filter_by(run_id=run.id, name="report.json")
     ).scalar_one()
@@ -127,7 +128,7 @@ def test_file_names_cannot_break_or_escape_content_disposition(sqlite_app: Flask
     # A line feed cannot even be routed to (a URL path holds no newline); the header alone.
     stored.name = "line\r\nfeed.json"
     with sqlite_app.test_request_context("/"):
-        resp = downloads.serve(stored)
+        resp = files.serve(stored)
         resp.close()
     _assert_disposition(resp.headers["Content-Disposition"], stored.name)
     db.session.rollback()

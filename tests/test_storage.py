@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from parseq.config import Config
-from parseq.errors import ConfigError, NotFound, StorageError
-from parseq.storage import LocalStorage, S3Storage, get_storage
+from parseq.core.config import Config
+from parseq.core.errors import ConfigError, NotFound, StorageError
+from parseq.storage.base import LocalStorage, S3Storage, get_storage
 from tests.conftest import S3_KEYS
 
 

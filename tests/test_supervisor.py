@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from parseq import forkserver, runner, supervisor
-from parseq.models import RunStatus
+from parseq.db.models import RunStatus
+from parseq.sandbox import forkserver, runner, supervisor
 
 
 def _run_code(tmp_path: Path, code: str, fork: bool = False, **kwargs: Any) -> supervisor.Outcome:

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from parseq.app import create_app
-from parseq.config import Config
-from parseq.health import queue_depth
-from parseq.tasks import BrokerThread, send_run, warn_if_runs_outlast_consumer_timeout
+from parseq.core.config import Config
+from parseq.queue.broker import BrokerThread, send_run, warn_if_runs_outlast_consumer_timeout
+from parseq.web.api.health import queue_depth
+from parseq.web.app import create_app
 from tests.conftest import delete_rabbit_queues
 
 
@@ -62,13 +62,13 @@ def test_worker_warns_when_runs_may_outlast_rabbitmqs_consumer_timeout(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     amqp = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    with caplog.at_level(logging.WARNING, logger="parseq.tasks"):
+    with caplog.at_level(logging.WARNING, logger="parseq.queue.broker"):
         warn_if_runs_outlast_consumer_timeout(Config(broker_url=amqp, default_timeout_s=3600))
     assert len(caplog.records) == 1
     assert "consumer_timeout" in caplog.text and "README" in caplog.text
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="parseq.tasks"):
+    with caplog.at_level(logging.WARNING, logger="parseq.queue.broker"):
         warn_if_runs_outlast_consumer_timeout(Config(broker_url=amqp, default_timeout_s=1800))
         warn_if_runs_outlast_consumer_timeout(
             Config(broker_url="redis://127.0.0.1:6379/0", default_timeout_s=3600)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq.models import db
-from parseq.tokens import ApiToken, create_token, hash_token
+from parseq.db.models import db
+from parseq.db.tokens import ApiToken
+from parseq.services.tokens import create_token, hash_token
 from tests.conftest import add_parser, admin_client, api_client
 from tests.test_cli import _env, _parseq
 
@@ -54,7 +55,7 @@ def test_valid_token_works_and_records_last_use(app: Flask) -> None:
 
 
 def test_revoked_token_is_refused(app: Flask) -> None:
-    from parseq.tokens import revoke_token
+    from parseq.services.tokens import revoke_token
 
     _token, plain = create_token("old")
     client = api_client(app, auth=False)
@@ -86,7 +87,7 @@ def test_health_and_documents_need_no_token(app: Flask, url: str) -> None:
 
 
 def test_duplicate_or_bad_token_names_are_refused(app: Flask) -> None:
-    from parseq.errors import Conflict, ValidationError
+    from parseq.core.errors import Conflict, ValidationError
 
     create_token("twice")
     with pytest.raises(Conflict):
@@ -113,8 +114,8 @@ def test_cli_creates_prints_once_and_revokes(tmp_path: Path) -> None:
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == "parseq: error: no token named 'nobody'"
 
-    from parseq.app import create_app
-    from parseq.config import Config
+    from parseq.core.config import Config
+    from parseq.web.app import create_app
 
     app = create_app(Config.from_env(environ=env))
     with app.app_context():

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from parseq import runs, uploads
-from parseq.errors import StorageError
-from parseq.models import RunStatus
-from parseq.storage import LocalStorage
+from parseq.core.errors import StorageError
+from parseq.db.models import RunStatus
+from parseq.services import runs
+from parseq.storage.base import LocalStorage
+from parseq.worker import execution, uploads
 from tests.conftest import add_parser
 
 
@@ -46,7 +47,7 @@ def flaky(sqlite_app: Flask, tmp_path: Path) -> FlakyStorage:
 
 def test_a_failed_upload_is_retried(sqlite_app: Flask, flaky: FlakyStorage) -> None:
     flaky.failures = 1
-    run = runs.run_now(add_parser("echo", "echo_env.py"))
+    run = execution.run_now(add_parser("echo", "echo_env.py"))
     assert run.status is RunStatus.COMPLETED
     # Files go up in parallel: whichever put failed first was tried again.
     assert len(flaky.puts) == 5
@@ -58,7 +59,7 @@ def test_storage_down_keeps_the_run_running_with_its_files_on_disk(
     sqlite_app: Flask, flaky: FlakyStorage
 ) -> None:
     flaky.down = True
-    run = runs.run_now(add_parser("echo", "echo_env.py"))
+    run = execution.run_now(add_parser("echo", "echo_env.py"))
     assert run.status is RunStatus.RUNNING  # never completed with its files missing
     assert run.finished_at is None and run.files == []
     assert run.progress_message.startswith("waiting for storage: files kept on the worker")
@@ -91,7 +92,7 @@ def test_a_failed_run_waiting_for_storage_keeps_its_error(
     sqlite_app: Flask, flaky: FlakyStorage
 ) -> None:
     flaky.down = True
-    run = runs.run_now(add_parser("fail", "fail.py"))
+    run = execution.run_now(add_parser("fail", "fail.py"))
     assert run.status is RunStatus.RUNNING
     flaky.down = False
     uploads.retry_pending(sqlite_app)
@@ -105,7 +106,7 @@ def test_a_run_deleted_while_its_files_wait_leaves_no_objects(
 ) -> None:
     flaky.down = True
     parser = add_parser("echo", "echo_env.py")
-    run = runs.run_now(parser)
+    run = execution.run_now(parser)
     run_id = run.id
     assert run.status is RunStatus.RUNNING
     runs.delete_parser(parser, flaky, cascade=True)

@@ -1,4 +1,5 @@
-"""Heartbeats (``parseq.watchdog``): one thread per process beats all the runs it executes."""
+"""Heartbeats (``parseq.worker.watchdog``): one thread per process beats all the runs it
+executes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from parseq import runs, watchdog
-from parseq.models import Run, RunStatus, db, utcnow
+from parseq.db.models import Run, RunStatus, db, utcnow
+from parseq.services import runs
+from parseq.worker import watchdog
 from tests.conftest import add_parser
 
 

@@ -1,0 +1,5 @@
+"""``python -m parseq.cli``: the ``parseq`` command."""
+
+from parseq.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The Flask-Admin panel at ``/admin``: dashboard, parsers, runs, schedules, tokens, login."""
