@@ -326,7 +326,7 @@ def test_editing_code_in_the_form_makes_a_version_and_runs_show_it(upload_app: F
     # Saving again without a change keeps the version.
     _post(client, f"/admin/parsers/edit/?id={parser.id}", _form(name="ed", script="stored:"))
     assert _parser("ed").code_version == 2
-    run = runs.run_now(parser, {})
+    run = execution.run_now(parser, {})
     assert run.status is RunStatus.COMPLETED, run.error
     assert run.code_version == 2
     details = client.get(f"/admin/runs/details/?id={run.id}").data.decode()

@@ -105,6 +105,20 @@ def test_an_uploaded_script_runs_and_each_change_is_a_version(client: FlaskClien
     assert client.get("/api/v1/parsers/up/code?version=7").status_code == 404
 
 
+def test_two_parsers_with_the_same_code_share_its_cache_and_both_run(
+    client: FlaskClient,
+) -> None:
+    for name in ("twin-a", "twin-b"):
+        assert _put(client, name, SCRIPT_V1, "text/x-python").status_code == 201
+        run = _run(client, name)
+        assert run.status is RunStatus.COMPLETED, run.error
+        assert _output(client, run) == "version one\n"
+    assert (
+        'filename="twin-b.py"'
+        in client.get("/api/v1/parsers/twin-b/code").headers["Content-Disposition"]
+    )
+
+
 def test_uploads_never_write_into_the_parsers_folder(
     client: FlaskClient, embedded_app: Flask
 ) -> None:

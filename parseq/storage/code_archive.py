@@ -82,8 +82,10 @@ def detect(data: bytes, filename: str = "", content_type: str = "") -> CodeForma
 
 
 def script_name(fmt: CodeFormat, kind: ParserKind, filename: str) -> str:
-    """Where a version's entry point lies in its unpacked folder."""
-    return MAINS[kind] if fmt.is_archive else filename
+    """Where a version's entry point lies in its unpacked folder: ``main.py`` or
+    ``main.ipynb`` whatever the parser's name, as the folder is shared by every parser with
+    the same content (named by its hash)."""
+    return MAINS[kind]
 
 
 def unpack(data: bytes, fmt: CodeFormat, dest: Path, filename: str, limits: Limits) -> Unpacked:
@@ -99,11 +101,11 @@ def unpack(data: bytes, fmt: CodeFormat, dest: Path, filename: str, limits: Limi
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ValidationError(f"the script is not UTF-8 text: {exc}", field=FIELD) from None
-        _write(dest / filename, data)
-        return Unpacked(ParserKind.SCRIPT, filename)
+        _write(dest / MAINS[ParserKind.SCRIPT], data)
+        return Unpacked(ParserKind.SCRIPT, MAINS[ParserKind.SCRIPT])
     if fmt is CodeFormat.IPYNB:
-        _write(dest / filename, data)
-        return Unpacked(ParserKind.NOTEBOOK, filename)
+        _write(dest / MAINS[ParserKind.NOTEBOOK], data)
+        return Unpacked(ParserKind.NOTEBOOK, MAINS[ParserKind.NOTEBOOK])
     members = _members(data, fmt, limits)
     prefix = _common_folder(members)
     for name, content in members:
