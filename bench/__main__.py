@@ -35,6 +35,7 @@ BENCHMARKS = [
     "notebooks",
     "scheduler",
     "state",
+    "code",
 ]
 
 

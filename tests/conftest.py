@@ -415,14 +415,14 @@ def wait_for_run(run_id: int, timeout_s: float = 30.0) -> Run:
 @contextlib.contextmanager
 def running(config: Config, sync_shipped: bool = False) -> Iterator[Flask]:
     """An app on ``config`` with its tables, 2 in-process worker threads and an app context."""
-    from parseq.services.registry import sync_shipped as sync
+    from parseq.services.code_store import sync
     from parseq.worker.actors import start_worker
 
     app = create_app(config)
     init_db(app)
     if sync_shipped:
         with app.app_context():
-            sync(config)
+            sync(config, app.extensions["parseq"].storage)
     worker = start_worker(app, threads=2)
     with app.app_context():
         yield app

@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from parseq.db.models import Parser, ParserKind, Run, RunStatus, RunTrigger, User, db, utcnow
-from parseq.services import runs
+from parseq.services import code_store, runs
 from parseq.worker import execution
 from tests.conftest import (
     FIXTURE_PARSERS,
@@ -244,7 +244,7 @@ def test_create_parser_form_errors(client: FlaskClient, overrides: dict, message
 
 @pytest.fixture
 def upload_app(make_config, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """An app whose parsers/ and notebooks/ are writable copies (uploads land there)."""
+    """An app with parsers/ and notebooks/ of its own, to show uploads never land there."""
     from parseq.web.app import create_app, init_db
 
     parsers = tmp_path / "parsers"
@@ -256,9 +256,16 @@ def upload_app(make_config, tmp_path: Path):  # type: ignore[no-untyped-def]
         db.engine.dispose()
 
 
-def test_upload_a_script_or_notebook(upload_app: Flask, tmp_path: Path) -> None:
+def _tree(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
+
+
+def test_upload_a_script_or_notebook_stores_a_version_not_a_file(
+    upload_app: Flask, tmp_path: Path
+) -> None:
     import nbformat
 
+    before = (_tree(tmp_path / "parsers"), _tree(tmp_path / "notebooks"))
     client = admin_client(upload_app)
     script = b"print('uploaded')\n"
     resp = _post(
@@ -269,8 +276,11 @@ def test_upload_a_script_or_notebook(upload_app: Flask, tmp_path: Path) -> None:
     )
     assert resp.status_code == 302, resp.data.decode()[-2000:]
     parser = _parser("up")
-    assert (parser.kind, parser.path) == (ParserKind.SCRIPT, "uploads/up.py")
-    assert (tmp_path / "parsers" / "uploads" / "up.py").read_bytes() == script
+    assert (parser.kind, parser.path, parser.code_version) == (ParserKind.SCRIPT, "", 1)
+    storage = upload_app.extensions["parseq"].storage
+    [version] = code_store.list_versions(parser)
+    assert version.source.value == "upload"
+    assert b"".join(code_store.read(storage, version)) == script
 
     nb = nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]))
     resp = _post(
@@ -281,13 +291,11 @@ def test_upload_a_script_or_notebook(upload_app: Flask, tmp_path: Path) -> None:
     )
     assert resp.status_code == 302, resp.data.decode()[-2000:]
     assert _parser("nb").kind is ParserKind.NOTEBOOK
-    assert (tmp_path / "notebooks" / "uploads" / "nb.ipynb").exists()
-    # Uploaded files show up in the script choices of the next form.
-    assert "notebooks/uploads/nb.ipynb" in client.get("/admin/parsers/new/").data.decode()
+    assert (_tree(tmp_path / "parsers"), _tree(tmp_path / "notebooks")) == before
 
     for name, data, message in [
-        ("txt", b"x", "upload a .py script or an .ipynb notebook"),
-        ("badnb", b"{not a notebook", "not a valid notebook"),
+        ("txt", b"x", "upload a .py script"),
+        ("badnb", b"{not a notebook", "not valid JSON"),
     ]:
         filename = "x.txt" if name == "txt" else "x.ipynb"
         resp = _post(
@@ -297,6 +305,38 @@ def test_upload_a_script_or_notebook(upload_app: Flask, tmp_path: Path) -> None:
             content_type="multipart/form-data",
         )
         assert message in resp.data.decode() and _parser(name) is None
+
+
+def test_editing_code_in_the_form_makes_a_version_and_runs_show_it(upload_app: Flask) -> None:
+    client = admin_client(upload_app)
+    upload = (io.BytesIO(b"print('one')\n"), "one.py")
+    form = _form(name="ed", script="", upload=upload)
+    resp = _post(client, "/admin/parsers/new/", form, content_type="multipart/form-data")
+    assert resp.status_code == 302, resp.data.decode()[-2000:]
+    parser = _parser("ed")
+    page = client.get(f"/admin/parsers/edit/?id={parser.id}").data.decode()
+    assert "print(&#39;one&#39;)" in page and "stored code, version 1" in page
+    resp = _post(
+        client,
+        f"/admin/parsers/edit/?id={parser.id}",
+        _form(name="ed", script="stored:", code_edit="print('two')\n"),
+    )
+    assert resp.status_code == 302, resp.data.decode()[-2000:]
+    parser = _parser("ed")
+    assert parser.code_version == 2
+    assert [v.source.value for v in code_store.list_versions(parser)] == ["edit", "upload"]
+    # Saving again without a change keeps the version.
+    _post(client, f"/admin/parsers/edit/?id={parser.id}", _form(name="ed", script="stored:"))
+    assert _parser("ed").code_version == 2
+    run = execution.run_now(parser, {})
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert run.code_version == 2
+    details = client.get(f"/admin/runs/details/?id={run.id}").data.decode()
+    assert "/api/v1/parsers/ed/code?version=2" in details
+    old = client.get("/api/v1/parsers/ed/code?version=1")  # the admin session may download
+    assert old.status_code == 200 and old.data == b"print('one')\n"
+    listing = client.get(f"/admin/parsers/details/?id={parser.id}").data.decode()
+    assert "code-versions" in listing and "(current)" in listing
 
 
 def test_edit_form_never_renders_secrets_and_can_replace_or_remove_them(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURE_PARSERS, free_port
+from tests.conftest import FIXTURE_PARSERS, INSTALLER_ENV, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -33,6 +33,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     """``parseq up`` (the embedded default) on a free port, with the fixture parsers."""
     port = free_port()
     env = {
+        **INSTALLER_ENV,  # the start-up sync locks shipped parsers' requirements (an index)
         "PATH": os.environ["PATH"],
         "PARSEQ_VAR_DIR": str(tmp_path / "var"),
         "PARSEQ_PARSERS_DIR": str(FIXTURE_PARSERS),

@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import FIXTURE_PARSERS, PARSER_PYTHON, csrf_from, free_port
+from tests.conftest import FIXTURE_PARSERS, INSTALLER_ENV, PARSER_PYTHON, csrf_from, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,6 +34,7 @@ def _parseq(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
+        **INSTALLER_ENV,  # the start-up sync locks shipped parsers' requirements (an index)
         "PATH": os.environ["PATH"],
         "PARSEQ_VAR_DIR": str(tmp_path / "var"),
         "PARSEQ_ENVS_DIR": str(tmp_path / "envs"),

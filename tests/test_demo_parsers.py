@@ -128,9 +128,11 @@ def test_quotes_paginate_resume_from_the_cache_and_restart(demo_app: Flask, site
     base = run_parser(demo_app, "pi", digits=5)
     assert first["env_key"] and first["env_key"] != base["env_key"]
     env = demo_app.extensions["parseq"].config.envs_dir / first["env_key"]
-    assert json.loads((env / "parseq-env.json").read_text())["requirements"] == [
-        "beautifulsoup4==4.15.0"
-    ]
+    # Built from the lock stored with its code version (#21): pinned, with hashes.
+    installed = json.loads((env / "parseq-env.json").read_text())["requirements"]
+    assert [line.split(" ")[0] for line in installed][:1] == ["beautifulsoup4==4.15.0"]
+    assert all("--hash=sha256:" in line for line in installed)
+    assert first["code_version"] == 1
     assert list(env.glob("lib/python*/site-packages/bs4/__init__.py"))
     assert not list(env.glob("lib/python*/site-packages/lxml"))  # html.parser backend only
 

@@ -23,7 +23,7 @@ def test_base_env_for_parsers_without_requirements_runs_no_installer(env_config:
 def test_pip_fallback_when_uv_is_missing(
     env_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(envbuild, "_find_uv", lambda: None)
+    monkeypatch.setattr(envbuild, "find_uv", lambda: None)
     with envs.acquire(env_config, ["six==1.15.0"]) as env:
         text = (env.path / envs.BUILD_LOG).read_text()
         assert "uv not found: falling back to pip" in text

@@ -417,9 +417,11 @@ def test_envs_cli_build_list_prune(tmp_path: Path) -> None:
     }
     built = _parseq("envs", "build", "p", env=env)
     assert built.returncode == 0, built.stderr
-    python = sandbox.parser_python(Config.from_env(environ=env))
-    key = envs.env_key(["idna==3.7", "six==1.16.0"], python=python)
-    assert built.stdout.startswith(f"{key} built (pep723: idna==3.7 six==1.16.0)")
+    # The start-up sync stored the script as a code version with its requirements locked
+    # (#21): the env is built from the lock, pinned and hash-checked.
+    key = built.stdout.split()[0]
+    assert built.stdout.startswith(f"{key} built (lock: idna==3.7 --hash=sha256:")
+    assert "six==1.16.0 --hash=sha256:" in built.stdout
     assert _parseq("envs", "build", "p", env=env).stdout.startswith(f"{key} cached")
     listed = _parseq("envs", "list", env=env)
     assert key in listed.stdout and "1 env(s)" in listed.stdout
@@ -442,7 +444,9 @@ def test_cli_build_failure_is_one_line(tmp_path: Path) -> None:
     }
     result = _parseq("envs", "build", "p", env=env)
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(
+    # The start-up sync could not lock it either: one warning line, then the one-line error.
+    warning, error = result.stderr.splitlines()
+    assert "parser p: code not stored, runs its file: the requirements do not resolve" in warning
+    assert error.startswith(
         f"parseq: error: could not build the environment for requirement '{MISSING}'"
     )

@@ -39,16 +39,18 @@ def envs_build(parser: str) -> None:
     """Build (or find) the env of PARSER and print its key and interpreter."""
     from parseq.envs import cache as envs_mod
     from parseq.sandbox.limits import base_python
-    from parseq.services import metrics, registry
-    from parseq.services.registry import resolve_script, sync_shipped
+    from parseq.services import code_store, metrics
     from parseq.services.runs import get_parser
+    from parseq.worker import code as run_code
 
     app = app_with_db()
-    config = app.extensions["parseq"].config
+    config, storage = app.extensions["parseq"].config, app.extensions["parseq"].storage
     with app.app_context():
-        sync_shipped(config)
+        code_store.sync(config, storage)
         found = get_parser(parser)
-        wanted = registry.requirements_for(config, found, resolve_script(config, found))
+        # What its next run builds: the current code version's lock, else its file's lines.
+        code = run_code.for_run(config, storage, found, code_store.current_version(found))
+        wanted = run_code.requirements_for(config, found, code)
     try:
         env = envs_mod.acquire(
             config,

@@ -59,13 +59,13 @@ def init_db_cmd() -> None:
     """Create the database tables (or migrate them to this release), register the parsers
     shipped in parsers/ and, when there are no users yet, the admin user (PARSEQ_ADMIN_PASSWORD,
     or a random password printed once)."""
-    from parseq.services.registry import sync_shipped
+    from parseq.services.code_store import sync as sync_shipped
     from parseq.web.admin.auth import ensure_admin
 
     app = app_with_db()
     with app.app_context():
         config = app.extensions["parseq"].config
-        added = sync_shipped(config)
+        added = sync_shipped(config, app.extensions["parseq"].storage)
         password = ensure_admin(config.admin_password)
     click.echo(f"database ready; {len(added)} parser(s) registered")
     _echo_admin_password(password)
@@ -155,8 +155,8 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     """All in one process: database, worker threads and the web admin (embedded default)."""
     from parseq.db.models import Run, db
     from parseq.scheduler.service import SchedulerService, sweep_pending
+    from parseq.services.code_store import sync as sync_shipped
     from parseq.services.reaper import reap_once
-    from parseq.services.registry import sync_shipped
     from parseq.services.runs import create_run, get_parser
     from parseq.web.admin.auth import ensure_admin
     from parseq.worker.actors import start_worker
@@ -167,7 +167,7 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
     # The in-memory queue starts empty: every run still pending from before must be re-sent.
     sweep_pending(app, older_than_s=0, resend_all=True)
     with app.app_context():
-        sync_shipped(config)
+        sync_shipped(config, app.extensions["parseq"].storage)
         if db.session.execute(db.select(Run.id).limit(1)).first() is None:
             # A first run, so a new install shows a completed run out of the box.
             with contextlib.suppress(ParseqError):
@@ -342,14 +342,14 @@ def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any
 @one_line_errors
 def run_cmd(parser: str, args: dict[str, Any], positional: tuple[str, ...]) -> None:
     """Run PARSER now in this process and print its status and where its files went."""
-    from parseq.services.registry import sync_shipped
+    from parseq.services.code_store import sync as sync_shipped
     from parseq.services.runs import get_parser
     from parseq.worker.execution import run_now
 
     app = app_with_db()
     _check_parser_user(app.extensions["parseq"].config, refuse=False)
     with app.app_context():
-        sync_shipped(app.extensions["parseq"].config)
+        sync_shipped(app.extensions["parseq"].config, app.extensions["parseq"].storage)
         run = run_now(get_parser(parser), args, list(positional) if positional else None)
         storage_url = app.extensions["parseq"].config.storage_url
         click.echo(f"run {run.id} of {parser}: {run.status.value}")

@@ -55,6 +55,20 @@ class Config:
     env_allow_unsafe_requirements: bool = False
     #: Comma-separated index URLs a parser may name with ``--index-url``/``--extra-index-url``.
     env_allowed_index_urls: str = ""
+    #: The package index that requirement locks are resolved against and envs install from
+    #: (a mirror, a private index); empty = uv's and pip's own default (PyPI).
+    package_index_url: str = ""
+    #: Resolve a parser's requirements once, when they change, into a lock with hashes that
+    #: every worker installs (``uv pip compile --generate-hashes``). Off: each machine
+    #: resolves the requirement lines itself when it builds the env.
+    lock_requirements: bool = True
+    #: Longest a requirements resolve may take, in seconds.
+    lock_timeout_s: float = 300.0
+    #: Largest parser code accepted (a script, a notebook, a folder archive), in bytes.
+    code_max_bytes: int = 50 * 1024**2
+    #: What a folder archive may unpack to: bytes in all, and files.
+    code_max_unpacked_bytes: int = 200 * 1024**2
+    code_max_files: int = 10_000
     #: Working data: SQLite file, local storage, run working directories, parser state.
     var_dir: Path = PROJECT_ROOT / "var"
     #: Wall-clock limit of a run when its parser sets none, in seconds.
@@ -258,6 +272,11 @@ class Config:
         return self.var_dir / "state"
 
     @property
+    def code_dir(self) -> Path:
+        """Parser code versions unpacked on this machine, by content hash."""
+        return self.var_dir / "code"
+
+    @property
     def sdk_dir(self) -> Path:
         """Copies of the parser SDK that parser processes import (``PYTHONPATH``)."""
         return self.var_dir / "sdk"
@@ -279,6 +298,13 @@ class Config:
         }
         values["installer_env"] = installer_environ(env)
         values.update(overrides)
+        index = values.get("package_index_url")
+        if index:  # what uv and pip read: the env builds and the lock resolves use it alike
+            values["installer_env"] = {
+                **values["installer_env"],
+                "UV_INDEX_URL": index,
+                "PIP_INDEX_URL": index,
+            }
         return cls(**values).resolved()
 
     def resolved(self) -> Config:

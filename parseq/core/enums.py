@@ -37,6 +37,33 @@ class ParserKind(str, enum.Enum):
     NOTEBOOK = "notebook"
 
 
+class CodeSource(str, enum.Enum):
+    """What created a parser code version."""
+
+    #: A file uploaded in the admin's parser form.
+    UPLOAD = "upload"
+    #: ``PUT /api/v1/parsers/<name>/code``.
+    API = "api"
+    #: A file in ``parsers/`` or ``notebooks/``, found new or changed (start-up, or a save
+    #: that points a parser at it).
+    SYNC = "sync"
+    #: The admin form's code editor, or a requirements change (the same code, a new lock).
+    EDIT = "edit"
+
+
+class CodeFormat(str, enum.Enum):
+    """How a code version's content is stored: one file, or a folder parser as an archive."""
+
+    PY = "py"
+    IPYNB = "ipynb"
+    ZIP = "zip"
+    TAR_GZ = "tar.gz"
+
+    @property
+    def is_archive(self) -> bool:
+        return self in (CodeFormat.ZIP, CodeFormat.TAR_GZ)
+
+
 class NotebookEngine(str, enum.Enum):
     """How a notebook runs: in place without a kernel (fast), or by a Jupyter kernel."""
 

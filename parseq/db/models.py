@@ -14,7 +14,7 @@ from parseq.core.enums import (
 )
 
 # The other tables are registered on ``db`` by importing them here: migrations compare against all.
-from parseq.db import notify_models, sessions, state_leases, tokens, workers  # noqa: F401
+from parseq.db import code_models, notify_models, sessions, state_leases, tokens, workers  # noqa: F401
 from parseq.db.base import Base, UTCDateTime, db, iso, kept_loaded, str_enum, utcnow
 from parseq.db.parsers import NAME_RE, Parser, ScheduleSkip, notifications_dict
 from parseq.db.runs import Run, RunFile

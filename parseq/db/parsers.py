@@ -30,7 +30,8 @@ class Parser(db.Model):
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
     description: Mapped[str] = mapped_column(sa.Text, default="")
     kind: Mapped[ParserKind] = mapped_column(str_enum(ParserKind), default=ParserKind.SCRIPT)
-    #: Relative to ``parsers_dir`` (scripts) or ``notebooks_dir`` (notebooks).
+    #: Relative to ``parsers_dir`` (scripts) or ``notebooks_dir`` (notebooks); empty for a
+    #: parser whose code was uploaded (it exists only as stored code versions).
     path: Mapped[str] = mapped_column(sa.String(512))
     requirements: Mapped[str] = mapped_column(sa.Text, default="")
     default_args: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
@@ -78,6 +79,9 @@ class Parser(db.Model):
     #: encrypted like the secrets: webhook URLs (Slack's) and signing secrets are credentials. Last,
     #: where its migration adds it.
     notifications: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON, nullable=True)
+    #: The number of its current code version (``parseq.services.code_store``); None until its
+    #: code is stored (a parser saved before 0006, until the start-up sync or its next save).
+    code_version: Mapped[int | None]
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="parser", cascade="all, delete-orphan", passive_deletes=True
@@ -93,6 +97,7 @@ class Parser(db.Model):
             "description": self.description,
             "kind": self.kind.value,
             "path": self.path,
+            "code_version": self.code_version,
             "requirements": self.requirements,
             "engine": (self.engine or NotebookEngine.FAST).value,
             "default_args": self.default_args or {},

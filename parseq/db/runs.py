@@ -62,8 +62,19 @@ class Run(db.Model):
     positional: Mapped[list[Any] | None] = mapped_column(sa.JSON, default=list)
     #: What the run should tell its user: files not stored or renamed, no result at all.
     warnings: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    #: The parser's code version when the run was created (what it runs); None for a parser
+    #: with no stored code (it runs the file on the worker's disk).
+    code_version: Mapped[int | None]
 
     parser: Mapped[Parser] = relationship(back_populates="runs")
+    #: The row of ``code_version`` (``parseq.db.code_models``), loaded with the run by workers.
+    code: Mapped[Any] = relationship(
+        "CodeVersion",
+        primaryjoin="and_(foreign(Run.parser_id) == CodeVersion.parser_id, "
+        "foreign(Run.code_version) == CodeVersion.number)",
+        viewonly=True,
+        uselist=False,
+    )
     retry_of: Mapped[Run | None] = relationship(remote_side=[id])
     files: Mapped[list[RunFile]] = relationship(
         back_populates="run",
@@ -113,6 +124,7 @@ class Run(db.Model):
             "worker_id": self.worker_id,
             "heartbeat_at": iso(self.heartbeat_at),
             "env_key": self.env_key,
+            "code_version": self.code_version,
             "warnings": self.warnings or [],
             "files": [f.to_dict() for f in self.files],
         }

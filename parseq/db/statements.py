@@ -37,7 +37,9 @@ CLAIM_RUN = (
 )
 #: The claimed run with its parser (``run_id``).
 LOAD_RUN = (
-    sa.select(Run).options(sa_orm.joinedload(Run.parser)).where(Run.id == sa.bindparam("run_id"))
+    sa.select(Run)
+    .options(sa_orm.joinedload(Run.parser), sa_orm.joinedload(Run.code))
+    .where(Run.id == sa.bindparam("run_id"))
 )
 #: One stored file of a run, by dialect; a file recorded already is left as it is.
 INSERT_RUN_FILE = {

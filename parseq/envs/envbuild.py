@@ -59,7 +59,7 @@ class Builder:
 
     def build(self, lines: list[str], extra: list[str]) -> None:
         wanted = lines + extra
-        uv = _find_uv() if wanted and self.config.env_installer != "pip" else None
+        uv = find_uv() if wanted and self.config.env_installer != "pip" else None
         if wanted:
             self.installer = "uv" if uv else "pip"
             if uv is None and self.config.env_installer == "auto":
@@ -129,7 +129,7 @@ def failing_requirement(lines: Sequence[str], build_log: str) -> str | None:
     return None
 
 
-def _find_uv() -> str | None:
+def find_uv() -> str | None:
     try:
         from uv import find_uv_bin
 

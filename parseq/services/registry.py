@@ -142,6 +142,7 @@ def sync_shipped(config: Config) -> list[Parser]:
     return added
 
 
+#: Where admin uploads were written before code versions (#21); parsers there still run.
 UPLOADS_DIR = "uploads"
 MAX_LISTED_FILES = 2000
 
@@ -162,31 +163,6 @@ def list_files(config: Config) -> list[tuple[ParserKind, str]]:
             if len(found) >= MAX_LISTED_FILES:
                 return found
     return found
-
-
-def save_upload(config: Config, name: str, filename: str, data: bytes) -> tuple[ParserKind, str]:
-    """Store an uploaded ``.py`` or ``.ipynb`` as ``<root>/uploads/<name><suffix>``; return its
-    kind and relative path. Replaces an earlier upload for the same parser."""
-    validate_name(name)
-    suffix = Path(filename or "").suffix.lower()
-    kinds = {s: k for k, s in SUFFIX.items()}
-    if suffix not in kinds:
-        raise ValidationError("upload a .py script or an .ipynb notebook", field="upload")
-    kind = kinds[suffix]
-    if kind is ParserKind.NOTEBOOK:
-        import nbformat
-
-        try:
-            nbformat.reads(data.decode("utf-8"), as_version=4)
-        except Exception as exc:  # nbformat raises several unrelated types
-            raise ValidationError(f"not a valid notebook: {exc}", field="upload") from None
-    rel = f"{UPLOADS_DIR}/{name}{suffix}"
-    dest = root_for(config, kind) / rel
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-    return kind, validate_path(config, kind, rel)
 
 
 def set_enabled(parser: Parser, enabled: bool) -> Parser:

@@ -57,6 +57,7 @@ def schedule_retry(run: Run, config: Config, retryable: bool = True) -> Run | No
         trigger=run.trigger,
         attempt=run.attempt + 1,
         retry_of_id=run.id,
+        code_version=run.code_version,  # the code that failed, tried again
         not_before=utcnow() + timedelta(seconds=delay_s),
         status=RunStatus.PENDING,
     )

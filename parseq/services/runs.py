@@ -98,6 +98,7 @@ def new_run(
         trigger=trigger,
         status=RunStatus.PENDING,
         scheduled_for=scheduled_for,
+        code_version=parser.code_version,
     )
 
 

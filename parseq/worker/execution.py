@@ -33,11 +33,12 @@ from parseq.notebooks import validate as notebooks
 from parseq.queue.broker import send_run
 from parseq.sandbox import limits as sandbox
 from parseq.sandbox import runner, supervisor
-from parseq.services import metrics, recording, registry, runs
+from parseq.services import metrics, recording, runs
 from parseq.services.livelog import Capture as LiveLogCapture
 from parseq.services.registry import resolve_script
 from parseq.services.retries import schedule_retry
 from parseq.services.runs import get_run
+from parseq.worker import code as run_code
 from parseq.worker import collect, uploads
 from parseq.worker.launch import Launch, prepare, state_dir_for
 from parseq.worker.state import HeldState, held
@@ -88,15 +89,18 @@ def _claim_and_load(run_id: int) -> Run | None:
 _env_leases: dict[int, envs.Env] = {}
 
 
-def interpreter_for(parser: Parser, run: Run | None = None, script: Path | None = None) -> Path:
+def interpreter_for(
+    parser: Parser, run: Run | None = None, code: run_code.RunCode | None = None
+) -> Path:
     """The absolute path of the Python that runs the parser (script or notebook): its cached
-    virtualenv's, built on first use. With ``run``, the env key is set on the run (written by
-    the run's first heartbeat or its end) and the env stays in use until
-    :func:`release_env`; a failed build stores ``env-build.log``. ``script``: the parser's
-    file as :func:`resolve_script` found it, when the caller has it already."""
+    virtualenv's, built on first use (from its code version's requirements lock, if any).
+    With ``run``, the env key is set on the run (written by the run's first heartbeat or its
+    end) and the env stays in use until :func:`release_env`; a failed build stores
+    ``env-build.log``. ``code``: the run's code, when the caller has it already."""
     config: Config = current_app.extensions["parseq"].config
-    script = script or resolve_script(config, parser)
-    requirements = registry.requirements_for(config, parser, script)
+    if code is None:
+        code = run_code.RunCode(resolve_script(config, parser), None, None)
+    requirements = run_code.requirements_for(config, parser, code)
 
     def heartbeat() -> contextlib.AbstractContextManager[object]:
         # A first build can take minutes: keep the run's heartbeat going meanwhile.
@@ -215,13 +219,15 @@ def _execute(
     run: Run, config: Config, workdir: Path, state: HeldState, retry: bool = True
 ) -> RunStatus:
     """Prepare, start, supervise and record one claimed run (its parser's state held)."""
-    script = resolve_script(config, run.parser)
-    launch = prepare(run, config, workdir, script, lambda: interpreter_for(run.parser, run, script))
+    storage = current_app.extensions["parseq"].storage
+    code = run_code.for_run(config, storage, run.parser, run.code)  # fetched once per version
+    script = code.script
+    launch = prepare(run, config, workdir, script, lambda: interpreter_for(run.parser, run, code))
     run_id, kind = run.id, run.parser.kind
     try:
         if launch.user is not None:
             sandbox.prepare_dirs(launch.user, list(launch.dirs.values()), launch.state_dir, run_id)
-        folder = collect.folder_of(script, registry.root_for(config, kind))
+        folder = code.folder
         shipped = collect.copy_folder(folder, launch.dirs["output"], launch.user) if folder else {}
         outcome, ended_at, stdout = _supervise(run, launch, config, workdir)
         retry_db(

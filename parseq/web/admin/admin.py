@@ -16,7 +16,6 @@ from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.theme import Bootstrap4Theme
 from markupsafe import Markup
-from werkzeug.datastructures import FileStorage
 from werkzeug.wrappers import Response
 from wtforms import ValidationError as FormValidationError
 
@@ -32,9 +31,10 @@ from parseq.db.models import (
     db,
 )
 from parseq.notebooks import validate as notebooks
-from parseq.services import registry, runs, schedules
+from parseq.services import code_store, registry, runs, schedules
 from parseq.web import headers
 from parseq.web.admin import admin_notify, admin_tokens, auth
+from parseq.web.admin import code as admin_code
 from parseq.web.admin import state as admin_state
 from parseq.web.admin.admin_forms import (
     RunNowForm,
@@ -110,6 +110,7 @@ class ParserView(ParserFormMixin, auth.LoginRequired, ModelView):
         "enabled",
         "schedule_type",
         "next_run_at",
+        "code_version",
         "created_at",
         "updated_at",
     )
@@ -125,6 +126,7 @@ class ParserView(ParserFormMixin, auth.LoginRequired, ModelView):
         ),
         "last_run_at": lambda _v, _c, m, _n: fmt_time(r.queued_at) if (r := _last_run(m)) else "",
         "secrets": _secret_names,
+        "code_version": lambda _v, _c, m, _n: admin_code.version_cell(m, m.code_version),
         "default_args": lambda _v, _c, m, _n: Markup("<code>{}</code>").format(
             json.dumps(m.default_args or {})
         ),
@@ -137,22 +139,21 @@ class ParserView(ParserFormMixin, auth.LoginRequired, ModelView):
     column_formatters_detail = {**column_formatters, "name": lambda _v, _c, m, _n: m.name}
 
     def on_model_change(self, form: Any, model: Parser, is_created: bool) -> None:
-        config = current_app.extensions["parseq"].config
+        state = current_app.extensions["parseq"]
+        config = state.config
         try:
-            upload = form.upload.data
-            if isinstance(upload, FileStorage) and upload.filename:
-                model.kind, model.path = registry.save_upload(
-                    config, model.name, upload.filename, upload.read()
-                )
-            elif form.script.data:
+            shown = None if is_created else f"{model.kind.value}:{model.path}"
+            stored = admin_code.apply(form, model, shown if model.path else admin_code.STORED)
+            if not stored and form.script.data:
                 kind, _, rel = form.script.data.partition(":")
                 model.kind = ParserKind(kind)
                 model.path = registry.validate_path(config, model.kind, rel)
             model.engine = NotebookEngine(form.engine.data or NotebookEngine.FAST.value)
-            if model.kind is ParserKind.NOTEBOOK:
+            if model.kind is ParserKind.NOTEBOOK and model.path:
                 notebooks.check_parser_notebook(config, model.path)
             apply_schedule(form, model, is_created)
             admin_notify.apply_form(form, model)
+            code_store.refresh(config, state.storage, model)  # a changed file, a new lock
         except (ParseqError, ValueError) as exc:
             field = getattr(exc, "field", None)
             message = getattr(exc, "message", str(exc))
@@ -181,6 +182,10 @@ class ParserView(ParserFormMixin, auth.LoginRequired, ModelView):
         config = current_app.extensions["parseq"].config
         for warning in registry.parser_warnings(config, model):
             flash(f"Warning: {warning}", "warning")
+
+    def code_versions(self, parser: Parser) -> list[Any]:
+        """The parser's code versions, newest first (the details page lists them)."""
+        return code_store.list_versions(parser)
 
     def history(self, parser: Parser, limit: int = 25) -> list[Run]:
         return list(

@@ -26,6 +26,7 @@ from parseq.db.runs import LOG_FILE, OUTPUT_FILE
 from parseq.services import livelog, notify, runs
 from parseq.web import files
 from parseq.web.admin.auth import LoginRequired
+from parseq.web.admin.code import version_cell
 
 STATUS_COLORS = {
     RunStatus.PENDING: "secondary",
@@ -258,6 +259,7 @@ class RunView(LoginRequired, ModelView):
         "warnings",
         "args",
         "positional",
+        "code_version",
         "env_key",
         "worker_id",
         "heartbeat_at",
@@ -294,6 +296,7 @@ class RunView(LoginRequired, ModelView):
             current_app.json.dumps(m.positional or [])
         ),
         "warnings": lambda _v, _c, m, _n: warnings_list(m),
+        "code_version": lambda _v, _c, m, _n: version_cell(m.parser, m.code_version),
     }
     page_size = 50
     column_auto_select_related = False  # get_query loads the parsers

@@ -7,7 +7,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app, request
-from werkzeug.datastructures import FileStorage
 from wtforms import SelectChoice, fields
 from wtforms import ValidationError as FormValidationError
 from wtforms.validators import Optional
@@ -17,6 +16,7 @@ from parseq.db.models import NotebookEngine, Parser, db
 from parseq.envs import requirements as reqs
 from parseq.services import registry
 from parseq.web.admin import admin_notify
+from parseq.web.admin import code as admin_code
 from parseq.web.admin.admin_forms import (
     RUN_POLICY_FORM_ARGS,
     RUN_POLICY_OVERRIDES,
@@ -56,6 +56,7 @@ class ParserFormMixin:
         "description",
         "script",
         "upload",
+        "code_edit",
         "engine",
         "requirements",
         "default_args",
@@ -78,7 +79,8 @@ class ParserFormMixin:
     form_extra_fields = {
         **admin_notify.FORM_FIELDS,
         "script": ScriptField("Script or notebook", choices=[], validate_choice=True),
-        "upload": UploadField("…or upload a .py / .ipynb"),
+        "upload": UploadField("…or upload a .py / .ipynb, or a folder as .zip / .tar.gz"),
+        **admin_code.form_fields(),
         "secrets_set": SecretsField(
             "Set secrets",
             description="One NAME=value per line; adds or replaces. Values are never shown.",
@@ -126,8 +128,7 @@ class ParserFormMixin:
                     raise FormValidationError(f"a parser named {field.data!r} exists")
 
             def validate_script(self, field: fields.Field) -> None:
-                upload = self.upload.data
-                if not field.data and not (isinstance(upload, FileStorage) and upload.filename):
+                if not field.data and admin_code.uploaded(self) is None:
                     raise FormValidationError("choose a script or notebook, or upload one")
 
             def validate_requirements(self, field: fields.Field) -> None:
@@ -144,7 +145,7 @@ class ParserFormMixin:
 
     def _prepare(self, form: Any, parser: Parser | None) -> Any:
         form.script.choices = script_choices()
-        current = parser and f"{parser.kind.value}:{parser.path}"
+        current = parser and parser.path and f"{parser.kind.value}:{parser.path}"
         if current and current not in {choice.value for choice in form.script.choices}:
             form.script.choices.append(SelectChoice(current, f"{parser.path} (current)"))
         names = sorted((parser and parser.secrets) or {})
@@ -154,6 +155,7 @@ class ParserFormMixin:
             del form["secrets_remove"]  # nothing to remove: no empty box on the page
         if parser is not None and request.method == "GET":
             form.script.data = f"{parser.kind.value}:{parser.path}"
+        admin_code.prepare(form, parser, request.method == "GET")
         return form
 
     def create_form(self, obj: Any = None) -> Any:

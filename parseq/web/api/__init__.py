@@ -16,7 +16,7 @@ from flask import Flask
 
 from parseq.core.errors import ParseqError
 from parseq.web import throttle
-from parseq.web.api import files, meta, parsers, runs, state
+from parseq.web.api import code, files, meta, parsers, runs, state
 from parseq.web.api.base import PREFIX, ParseqApi, parseq_error
 from parseq.web.api.fields import configured_maximum, json_schema_extras
 from parseq.web.api.schemas import JsonLinesSchema
@@ -51,6 +51,7 @@ def init_app(app: Flask) -> ParseqApi:
     api.register_blueprint(files.bp)
     api.register_blueprint(meta.bp)
     api.register_blueprint(state.bp)
+    api.register_blueprint(code.bp)
     app.register_blueprint(meta.docs)
     app.register_error_handler(ParseqError, parseq_error)
     throttle.init_app(app)

@@ -254,6 +254,9 @@ class ParserSchema(ma.Schema):
     description = fields.String(required=True)
     kind = enum_text(ParserKind, required=True)
     path = fields.String(required=True)
+    code_version = fields.Integer(
+        allow_none=True, metadata={"description": "the current code version (null: a file)"}
+    )
     requirements = fields.String(required=True)
     engine = enum_text(NotebookEngine, required=True)
     default_args = fields.Dict(required=True)

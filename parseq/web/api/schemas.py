@@ -89,6 +89,9 @@ class RunSchema(ma.Schema):
     worker_id = fields.String(allow_none=True)
     heartbeat_at = _time()
     env_key = fields.String(allow_none=True)
+    code_version = fields.Integer(
+        allow_none=True, metadata={"description": "the parser's code version it ran (null: a file)"}
+    )
     warnings = fields.List(
         fields.String(), metadata={"description": "files not stored or renamed; no result"}
     )
