@@ -121,7 +121,10 @@ PARITY: dict[str, tuple[dict[str, Any], Check]] = {
     ),
 }
 #: Form fields set through another endpoint, and which.
-ELSEWHERE = {"upload": "PUT /api/v1/parsers/<name>/code (issue #21)"}
+ELSEWHERE = {
+    "upload": "PUT /api/v1/parsers/<name>/code (issue #21)",
+    "code_edit": "PUT /api/v1/parsers/<name>/code (issue #21)",
+}
 
 
 def test_every_form_field_has_an_api_counterpart() -> None:
