@@ -11,7 +11,9 @@ from typing import IO, Any
 
 import click
 
+from parseq.core.config import Config
 from parseq.core.errors import ParseqError
+from parseq.web.app import create_app, init_db
 
 
 class _OneLineClickError(click.ClickException):
@@ -87,8 +89,6 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def build_app(**overrides: Any):  # type: ignore[no-untyped-def]
     """The app of this command, named ``parseq <command>`` in PostgreSQL's session list, with
     Alembic's INFO logs (a dozen lines per command) shown only under ``parseq -v``."""
-    from parseq.core.config import Config
-    from parseq.web.app import create_app
 
     values = {k: v for k, v in overrides.items() if v is not None}
     ctx = click.get_current_context(silent=True)
@@ -111,7 +111,6 @@ def _command_name(ctx: click.Context) -> str:
 
 def app_with_db(**overrides: Any):  # type: ignore[no-untyped-def]
     """:func:`build_app` with its database schema created or migrated (``init_db``)."""
-    from parseq.web.app import init_db
 
     app = build_app(**overrides)
     init_db(app)

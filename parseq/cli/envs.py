@@ -7,7 +7,13 @@ import time
 import click
 
 from parseq.cli.common import app_with_db, one_line_errors
+from parseq.core.config import Config
 from parseq.core.errors import ParseqError
+from parseq.envs import cache as envs_mod
+from parseq.sandbox.limits import base_python
+from parseq.services import code_store, metrics
+from parseq.services.runs import get_parser
+from parseq.worker import code as run_code
 
 
 @click.group()
@@ -19,7 +25,6 @@ def envs() -> None:
 @one_line_errors
 def envs_list() -> None:
     """Every cached env, most recently used first."""
-    from parseq.envs import cache as envs_mod
 
     config = _build_config()
     found = envs_mod.list_envs(config)
@@ -37,11 +42,6 @@ def envs_list() -> None:
 @one_line_errors
 def envs_build(parser: str) -> None:
     """Build (or find) the env of PARSER and print its key and interpreter."""
-    from parseq.envs import cache as envs_mod
-    from parseq.sandbox.limits import base_python
-    from parseq.services import code_store, metrics
-    from parseq.services.runs import get_parser
-    from parseq.worker import code as run_code
 
     app = app_with_db()
     config, storage = app.extensions["parseq"].config, app.extensions["parseq"].storage
@@ -74,7 +74,6 @@ def envs_build(parser: str) -> None:
 @one_line_errors
 def envs_prune(max_count: int | None, max_bytes: int | None, everything: bool) -> None:
     """Evict least-recently-used envs past the limits (default: PARSEQ_ENVS_MAX_*)."""
-    from parseq.envs import cache as envs_mod
 
     config = _build_config()
     if everything:
@@ -88,6 +87,5 @@ def envs_prune(max_count: int | None, max_bytes: int | None, everything: bool) -
 
 
 def _build_config():  # type: ignore[no-untyped-def]
-    from parseq.core.config import Config
 
     return Config.from_env()

@@ -15,7 +15,20 @@ import click
 from parseq.cli.common import OneLineErrorsGroup, app_with_db, build_app, one_line_errors
 from parseq.cli.envs import envs
 from parseq.core.config import Config
-from parseq.core.errors import ConfigError, ParseqError
+from parseq.core.errors import ConfigError, ParseqError, SecretsKeyError
+from parseq.db import migrate
+from parseq.db.crypto import rotate_secrets
+from parseq.db.models import Run, db
+from parseq.queue.broker import warn_if_runs_outlast_consumer_timeout
+from parseq.sandbox.limits import shared_user_problem
+from parseq.scheduler.service import SchedulerService, sweep_pending
+from parseq.services.code_store import sync as sync_shipped
+from parseq.services.reaper import reap_once
+from parseq.services.runs import create_run, get_parser
+from parseq.services.tokens import create_token, revoke_token
+from parseq.web.admin.auth import create_user, ensure_admin, set_password
+from parseq.worker.actors import start_worker
+from parseq.worker.execution import run_now
 
 log = logging.getLogger("parseq.cli")
 
@@ -23,7 +36,6 @@ log = logging.getLogger("parseq.cli")
 def _check_parser_user(config: Config, refuse: bool) -> None:
     """Refuse (``refuse``, unless PARSEQ_ALLOW_SHARED_USER), else warn, when parsers would run
     as this process's own user."""
-    from parseq.sandbox.limits import shared_user_problem
 
     problem = shared_user_problem(config)
     if problem is None:
@@ -59,8 +71,6 @@ def init_db_cmd() -> None:
     """Create the database tables (or migrate them to this release), register the parsers
     shipped in parsers/ and, when there are no users yet, the admin user (PARSEQ_ADMIN_PASSWORD,
     or a random password printed once)."""
-    from parseq.services.code_store import sync as sync_shipped
-    from parseq.web.admin.auth import ensure_admin
 
     app = app_with_db()
     with app.app_context():
@@ -90,7 +100,6 @@ def db_group() -> None:
 @one_line_errors
 def db_upgrade(revision: str) -> None:
     """Migrate the database schema up to REVISION (default: this release's newest)."""
-    from parseq.db import migrate
 
     app = build_app()
     migrate.upgrade(app, revision)
@@ -101,7 +110,6 @@ def db_upgrade(revision: str) -> None:
 @one_line_errors
 def db_current() -> None:
     """Print the revision the database schema is at, and whether it is this release's newest."""
-    from parseq.db import migrate
 
     at, heads = migrate.current(build_app()), migrate.heads()
     if set(at) == set(heads):
@@ -116,7 +124,6 @@ def db_current() -> None:
 def db_revision(message: str) -> None:
     """For developers: write a migration from what the models have and the database (at head)
     lacks, into parseq/db/migrations/versions/. Review it before committing."""
-    from parseq.db import migrate
 
     path = migrate.revision(build_app(), message)
     click.echo(f"wrote {path}")
@@ -131,9 +138,6 @@ def _revisions(revs: tuple[str, ...]) -> str:
 def rotate_secrets_cmd() -> None:
     """Re-encrypt every parser's secrets with PARSEQ_SECRETS_KEY (old keys in
     PARSEQ_SECRETS_OLD_KEYS); after it, the old keys can be dropped."""
-    from parseq.core.errors import SecretsKeyError
-    from parseq.db.crypto import rotate_secrets
-    from parseq.db.models import db
 
     app = build_app()
     with app.app_context():
@@ -153,13 +157,6 @@ def rotate_secrets_cmd() -> None:
 @one_line_errors
 def up(host: str | None, port: int | None, threads: int | None) -> None:
     """All in one process: database, worker threads and the web admin (embedded default)."""
-    from parseq.db.models import Run, db
-    from parseq.scheduler.service import SchedulerService, sweep_pending
-    from parseq.services.code_store import sync as sync_shipped
-    from parseq.services.reaper import reap_once
-    from parseq.services.runs import create_run, get_parser
-    from parseq.web.admin.auth import ensure_admin
-    from parseq.worker.actors import start_worker
 
     app = app_with_db(host=host, port=port, worker_threads=threads)
     config = app.extensions["parseq"].config
@@ -206,7 +203,6 @@ def up(host: str | None, port: int | None, threads: int | None) -> None:
 @one_line_errors
 def create_user_cmd(username: str, password: str, reset: bool) -> None:
     """Create an admin panel user USERNAME (or reset its password with --reset)."""
-    from parseq.web.admin.auth import create_user, set_password
 
     app = app_with_db()
     with app.app_context():
@@ -250,8 +246,6 @@ def web(host: str | None, port: int | None) -> None:
 def scheduler() -> None:
     """The scheduler: creates and enqueues runs when schedules are due. Start a second one on
     PostgreSQL as a standby; it takes over within PARSEQ_SCHEDULER_SYNC_INTERVAL_S."""
-    from parseq.scheduler.service import SchedulerService
-    from parseq.services.reaper import reap_once
 
     app = build_app()
     service = SchedulerService(app)
@@ -272,8 +266,6 @@ def scheduler() -> None:
 @one_line_errors
 def worker(threads: int | None) -> None:
     """A worker: executes runs from the broker's queue until stopped."""
-    from parseq.queue.broker import warn_if_runs_outlast_consumer_timeout
-    from parseq.worker.actors import start_worker
 
     app = build_app(worker_threads=threads)
     _check_parser_user(app.extensions["parseq"].config, refuse=True)
@@ -293,7 +285,6 @@ def worker(threads: int | None) -> None:
 @one_line_errors
 def create_token_cmd(name: str, read_only: bool) -> None:
     """Create an API token called NAME and print it (it is shown only this once)."""
-    from parseq.services.tokens import create_token
 
     app = app_with_db()
     with app.app_context():
@@ -308,7 +299,6 @@ def create_token_cmd(name: str, read_only: bool) -> None:
 @one_line_errors
 def revoke_token_cmd(name: str) -> None:
     """Revoke the API token called NAME: requests with it get 401 from now on."""
-    from parseq.services.tokens import revoke_token
 
     app = app_with_db()
     with app.app_context():
@@ -342,9 +332,6 @@ def _parse_arg(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any
 @one_line_errors
 def run_cmd(parser: str, args: dict[str, Any], positional: tuple[str, ...]) -> None:
     """Run PARSER now in this process and print its status and where its files went."""
-    from parseq.services.code_store import sync as sync_shipped
-    from parseq.services.runs import get_parser
-    from parseq.worker.execution import run_now
 
     app = app_with_db()
     _check_parser_user(app.extensions["parseq"].config, refuse=False)

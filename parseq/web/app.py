@@ -10,15 +10,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import Flask, Response
+from flask import Flask, Response, jsonify
 
 from parseq.core.config import Config
 from parseq.db.crypto import local_key, make_cipher
+from parseq.db.migrate import ensure_schema
 from parseq.db.models import db
+from parseq.db.reconnect import is_disconnect
 from parseq.queue.broker import BrokerThread, init_broker
 from parseq.sandbox import procs
+from parseq.services import metrics
 from parseq.storage.base import Storage, get_storage
-from parseq.web import headers
+from parseq.web import api, headers
+from parseq.web.admin import admin
 
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
@@ -40,9 +44,6 @@ class ParseqState:
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app: database, storage, broker, REST API and admin."""
-    from parseq.services import metrics
-    from parseq.web import api
-    from parseq.web.admin import admin
 
     config = config or Config.from_env()
     logging.basicConfig(
@@ -99,7 +100,6 @@ def create_app(config: Config | None = None) -> Flask:
 def _database_error(exc: sa.exc.DBAPIError) -> tuple[Response, int]:
     """A lost database answers 503 (retry later) instead of a bare 500; the next request gets a
     fresh connection (pool pre-ping)."""
-    from parseq.db.reconnect import is_disconnect
 
     db.session.rollback()
     if is_disconnect(exc):
@@ -110,14 +110,12 @@ def _database_error(exc: sa.exc.DBAPIError) -> tuple[Response, int]:
 
 
 def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
-    from flask import jsonify
 
     return jsonify({"error": {"code": code, "message": message}}), status
 
 
 def init_db(app: Flask) -> None:
     """Bring the database to this release's schema: create it, or run the migrations it lacks."""
-    from parseq.db.migrate import ensure_schema
 
     ensure_schema(app)
 
