@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flask import current_app
+
 from parseq.core.config import Config
 from parseq.core.errors import Conflict, ParseqError, ValidationError
 from parseq.db.models import Parser, ParserKind, db
 from parseq.envs import requirements as reqs
 from parseq.notebooks.validate import check_parser_notebook
-from parseq.services import notify_settings
+from parseq.services import code_store, notify_settings
 from parseq.services.registry import validate_path
 from parseq.services.schedules import Schedule
 
@@ -164,5 +166,7 @@ def save_parser(parser: Parser, values: Mapping[str, Any]) -> Parser:
         else:
             setattr(parser, name, value)
     db.session.add(parser)
+    state = current_app.extensions["parseq"]
+    code_store.refresh(state.config, state.storage, parser)  # a changed file or requirements
     db.session.commit()
     return parser
