@@ -107,10 +107,12 @@ def _store(
         if unpacked.kind is ParserKind.NOTEBOOK:
             _check_notebook(script)
         parser.kind = unpacked.kind
-        requirements_in, lock = _lock(config, parser, script)
+        lines = _requirement_lines(config, parser, script)
+        requirements_in = "\n".join(lines)
         current = current_version(parser)
         if current and (current.sha256, current.requirements_in) == (sha, requirements_in):
-            return current
+            return current  # before locking: an unchanged save resolves nothing
+        lock = _lock(config, lines)
         if not storage.exists(storage_key(sha)):
             blob = staging.parent / f"{staging.name}.blob"
             blob.write_bytes(data)
@@ -131,17 +133,19 @@ def _check_notebook(path: Path) -> None:
         raise ValidationError(exc.message, field=code_archive.FIELD) from None
 
 
-def _lock(config: Config, parser: Parser, script: Path) -> tuple[str, str]:
-    """The parser's normalized requirement lines (its field, ``requirements.txt``, PEP 723)
-    and, when locking is on, their lock."""
+def _requirement_lines(config: Config, parser: Parser, script: Path) -> list[str]:
+    """The parser's normalized requirement lines (its field, ``requirements.txt``, PEP 723)."""
     try:
-        lines = registry.requirements_for(config, parser, script).lines
+        return registry.requirements_for(config, parser, script).lines
     except ValidationError as exc:
         raise ValidationError(exc.message, field="requirements") from None
-    text = "\n".join(lines)
+
+
+def _lock(config: Config, lines: list[str]) -> str:
+    """The lock of ``lines`` when locking is on and there are any; else empty."""
     if not config.lock_requirements or not lines:
-        return text, ""
-    return text, code_lock.lock(config, lines, sandbox.base_python(config))
+        return ""
+    return code_lock.lock(config, lines, sandbox.base_python(config))
 
 
 def _add_version(
